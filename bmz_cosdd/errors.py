@@ -7,3 +7,7 @@ class UserError(Exception):
     The message must be one line that names the problem; the CLI prints it
     without a traceback and exits with code 2.
     """
+
+
+class TrainingDiverged(Exception):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""

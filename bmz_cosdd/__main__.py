@@ -1,0 +1,3 @@
+from bmz_cosdd.cli import main
+
+main()

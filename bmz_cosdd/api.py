@@ -1,0 +1,27 @@
+"""The Python API: the same verbs as the CLI.
+
+Examples
+--------
+>>> from bmz_cosdd import api
+>>> result = api.train({"method": "cosdd", "data": {"paths": ["noisy/"], "axes": "SYX"},
+...                     "model": {"direction": "x"}, "train": {"max_time": 600}}, "runs/mine")  # doctest: +SKIP
+>>> trained = api.load_run("runs/mine")                                                          # doctest: +SKIP
+>>> out = api.predict_image(trained, image[None], api.PredictOptions(samples=100))              # doctest: +SKIP
+"""
+
+from bmz_cosdd.demo import run_demo as demo
+from bmz_cosdd.inference.predictor import TrainedModel, load_run, predict_files, predict_image
+from bmz_cosdd.methods.base import PredictOptions
+from bmz_cosdd.training.session import build_config, resume, train
+
+__all__ = [
+    "PredictOptions",
+    "TrainedModel",
+    "build_config",
+    "demo",
+    "load_run",
+    "predict_files",
+    "predict_image",
+    "resume",
+    "train",
+]

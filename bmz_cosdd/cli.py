@@ -1,0 +1,209 @@
+"""The ``bmz-cosdd`` command line: a thin skin over the Python API (parse, call, print)."""
+
+from __future__ import annotations
+
+import inspect
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any, Callable, List, Optional
+
+import typer
+
+from bmz_cosdd import __version__
+from bmz_cosdd.errors import TrainingDiverged, UserError
+from bmz_cosdd.methods.base import Method
+from bmz_cosdd.methods.registry import all_methods
+
+app = typer.Typer(
+    name="bmz-cosdd",
+    help="Train unsupervised microscopy denoisers (COSDD and baselines) and denoise images.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+train_app = typer.Typer(help="Train a denoiser on noisy images (no clean targets needed).", no_args_is_help=True)
+app.add_typer(train_app, name="train")
+
+
+def _say(message: str) -> None:
+    typer.echo(message, err=True)
+
+
+# -- train ----------------------------------------------------------------------
+def _opt(name: str, annotation: Any, help: str, panel: str, default: Any = None, **kwargs: Any) -> inspect.Parameter:
+    return inspect.Parameter(
+        name,
+        inspect.Parameter.KEYWORD_ONLY,
+        default=default,
+        annotation=Annotated[annotation, typer.Option(help=help, rich_help_panel=panel, **kwargs)],
+    )
+
+
+# Options every method's train command has: (name, type, help, config section).
+_DATA = "Data"
+_TRAIN = "Training"
+_COMMON: list[tuple[str, Any, str, str]] = [
+    ("axes", Optional[str], "Axes of the stored arrays, e.g. YX, SYX, SCYX, TYX, ZYX.", _DATA),
+    ("pattern", Optional[str], "Glob pattern for files inside DATA folders, e.g. '*.tif'.", _DATA),
+    ("crop_size", Optional[int], "Side of the square training crops.", _DATA),
+    ("val_fraction", Optional[float], "Fraction of images (or tiles of one image) kept for validation.", _DATA),
+    ("val_crops", Optional[int], "Most fixed validation crops.", _DATA),
+    ("clip_percentiles", Optional[str], "Clip outliers at these percentiles before normalising, e.g. 0.1,99.9.", _DATA),
+    ("batch_size", Optional[int], "Crops per optimiser step.", _TRAIN),
+    ("accumulate", Optional[int], "Virtual batches per step (gradient accumulation).", _TRAIN),
+    ("lr", Optional[float], "Learning rate of every optimiser.", _TRAIN),
+    ("max_steps", Optional[int], "Stop after this many optimiser steps.", _TRAIN),
+    ("max_epochs", Optional[int], "Stop after this many epochs (of --steps-per-epoch steps).", _TRAIN),
+    ("max_time", Optional[float], "Stop after this many seconds of training.", _TRAIN),
+    ("steps_per_epoch", Optional[int], "Steps between validations and checkpoints.", _TRAIN),
+    ("patience", Optional[int], "Early stopping: validations without improvement.", _TRAIN),
+    ("seed", Optional[int], "Seed of initialisation, crops and training noise.", _TRAIN),
+    ("device", Optional[str], "auto (CUDA if present), cpu or cuda[:i].", _TRAIN),
+    ("precision", Optional[str], "auto (bf16 autocast on CUDA only), fp32 or bf16.", _TRAIN),
+]
+_SECTION = {_DATA: "data", _TRAIN: "train"}
+
+
+def _train_values(method: Method, options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Merge defaults < YAML < CLI into a config mapping; also return the CLI train overrides."""
+    from bmz_cosdd.config import load_yaml
+
+    values: dict[str, Any] = load_yaml(options["config"]) if options["config"] is not None else {}
+    if values.get("method") not in (None, method.name):
+        raise UserError(f"the config file is for method {values['method']!r}, not {method.name!r}")
+    values["method"] = method.name
+    for section in ("model", "data", "train"):
+        current = values.get(section) or {}
+        if not isinstance(current, dict):
+            raise UserError(f"config section {section!r} must be a mapping")
+        values[section] = dict(current)
+    if options["data"]:
+        values["data"]["paths"] = [str(p) for p in options["data"]]
+    train_overrides = {}
+    for name, _, _, panel in _COMMON:
+        if options[name] is not None:
+            values[_SECTION[panel]][name] = options[name]
+            if panel == _TRAIN:
+                train_overrides[name] = options[name]
+    for param in method.cli_options():
+        if options[param.name] is not None:
+            values["model"][param.name] = options[param.name]
+    return values, train_overrides
+
+
+def make_train_command(method: Method) -> Callable[..., None]:
+    """Build ``bmz-cosdd train <method>`` from the common options and the method's own."""
+
+    def command(**options: Any) -> None:
+        from bmz_cosdd.training.session import resume, train
+
+        if options["resume"]:
+            if options["out"] is None:
+                raise UserError("--resume needs --out RUN_FOLDER (the run to continue)")
+            _, overrides = _train_values(method, {**options, "config": None})
+            result = resume(options["out"], overrides, progress=not options["quiet"])
+            run_dir = options["out"]
+        else:
+            values, _ = _train_values(method, options)
+            run_dir = options["out"] or Path("runs") / f"{method.name}_{datetime.now():%Y%m%d-%H%M%S}"
+            result = train(values, run_dir, progress=not options["quiet"])
+        _say(
+            f"{method.name}: {result.steps} steps in {result.seconds:.0f} s ({result.steps_per_s:.2f} steps/s), "
+            f"stopped by {result.stopped}; best validation {method.monitor} {result.best:.5g}; run folder {run_dir}"
+        )
+        if result.stopped == "interrupted":
+            _say(f"interrupted: checkpoint saved; continue with: bmz-cosdd train {method.name} --resume --out {run_dir}")
+
+    params = [
+        inspect.Parameter(
+            "data",
+            inspect.Parameter.POSITIONAL_OR_KEYWORD,
+            default=None,
+            annotation=Annotated[Optional[List[Path]], typer.Argument(help="Image files or folders (TIFF, NPY, PNG).", show_default=False)],
+        ),
+        _opt("config", Optional[Path], "YAML file with model/data/train sections (CLI options override it).", "Run"),
+        _opt("out", Optional[Path], "Run folder to create (default runs/<method>_<time>).", "Run"),
+        _opt("resume", bool, "Continue the run in --out exactly from its last checkpoint.", "Run", default=False),
+        _opt("quiet", bool, "No progress bar.", "Run", default=False),
+    ]
+    params += [_opt(name, tp, help, panel) for name, tp, help, panel in _COMMON]
+    params += method.cli_options()
+    command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    command.__annotations__ = {p.name: p.annotation for p in params}
+    command.__doc__ = method.summary
+    return command
+
+
+for _method in all_methods():
+    train_app.command(_method.name, help=_method.summary)(make_train_command(_method))
+
+
+# -- predict --------------------------------------------------------------------
+@app.command()
+def predict(
+    run: Annotated[Path, typer.Argument(help="Run folder of a trained model.")],
+    inputs: Annotated[List[Path], typer.Argument(help="Image files or folders to denoise.")],
+    out: Annotated[Path, typer.Option(help="Folder for the denoised TIFFs.")] = Path("denoised"),
+    axes: Annotated[str, typer.Option(help="Axes of the input arrays, e.g. YX, SYX, TYX.")] = "YX",
+    pattern: Annotated[str, typer.Option(help="Glob pattern inside input folders.")] = "*",
+    estimator: Annotated[Optional[str], typer.Option(help="mmse (average of samples) or direct (one pass of the direct denoiser).")] = None,
+    samples: Annotated[int, typer.Option(help="Posterior samples averaged for the MMSE.")] = 100,
+    sample_batch: Annotated[int, typer.Option(help="Samples decoded at once.")] = 10,
+    save_samples: Annotated[bool, typer.Option(help="Also write the individual samples.")] = False,
+    tile: Annotated[int, typer.Option(help="Largest tile side (halo included) fed to the network.")] = 256,
+    seed: Annotated[int, typer.Option(help="Seed of the posterior sampling.")] = 0,
+    checkpoint: Annotated[str, typer.Option(help="best or last.")] = "best",
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda[:i].")] = "auto",
+) -> None:
+    """Denoise images with a trained run: writes <name>_mmse.tif and <name>_std.tif (or <name>_direct.tif)."""
+    from bmz_cosdd.inference.predictor import load_run, predict_files
+    from bmz_cosdd.methods.base import PredictOptions
+
+    trained = load_run(run, checkpoint=checkpoint, device=device)
+    options = PredictOptions(
+        estimator=estimator or trained.method.estimators[0],
+        samples=samples, sample_batch=sample_batch, keep_samples=save_samples,
+    )
+    written = predict_files(
+        trained, inputs, axes, out, options, pattern=pattern, tile=tile, seed=seed,
+        on_image=lambda path, i, n: _say(f"[{i}/{n}] {path.name}"),
+    )
+    for path in written:
+        typer.echo(str(path))
+
+
+# -- demo -----------------------------------------------------------------------
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option(help="Folder for data, run, denoised images and figure.")] = Path("demo_output"),
+    budget: Annotated[float, typer.Option(help="Training time in seconds.")] = 180.0,
+    samples: Annotated[int, typer.Option(help="Posterior samples for the MMSE.")] = 50,
+    seed: Annotated[int, typer.Option(help="Seed of data, model and sampling.")] = 0,
+    quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
+) -> None:
+    """Synthetic row-correlated noise -> train COSDD -> denoise -> print PSNR and write a side-by-side PNG."""
+    from bmz_cosdd.demo import run_demo
+
+    run_demo(out, budget=budget, samples=samples, seed=seed, progress=not quiet, say=typer.echo)
+
+
+@app.callback(invoke_without_command=True)
+def _root(
+    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
+) -> None:
+    if version:
+        typer.echo(__version__)
+        raise typer.Exit()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: user errors become one line on stderr and exit code 2."""
+    try:
+        app(args=argv, standalone_mode=True)
+    except UserError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    except TrainingDiverged as exc:
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(1)

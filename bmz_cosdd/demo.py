@@ -1,0 +1,123 @@
+"""The demo: synthetic row-correlated data -> train COSDD for a fixed budget -> denoise -> PSNR and a figure."""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from bmz_cosdd.data.io import atomic_write_bytes, write_tiff
+from bmz_cosdd.data.synthetic import make_dataset
+from bmz_cosdd.evaluation import psnr
+from bmz_cosdd.inference.predictor import load_run, predict_image
+from bmz_cosdd.methods.base import PredictOptions
+from bmz_cosdd.training.session import train
+
+
+@dataclass
+class DemoResult:
+    """What the demo measured and wrote."""
+
+    psnr_noisy: float
+    psnr_mmse: float
+    steps: int
+    train_seconds: float
+    run_dir: Path
+    figure: Path
+    denoised: Path
+
+
+def run_demo(
+    out_dir: str | Path = "demo_output",
+    budget: float = 180.0,
+    samples: int = 50,
+    seed: int = 0,
+    preset: str = "tiny",
+    progress: bool = True,
+    say: Callable[[str], None] = print,
+) -> DemoResult:
+    """Make synthetic images with row-correlated, signal-dependent noise, train COSDD, denoise held-out images.
+
+    Parameters
+    ----------
+    out_dir
+        Folder for the data, the run, the denoised images and the figure (must not hold a demo run).
+    budget
+        Training wall time in seconds.
+    samples
+        Posterior samples averaged for the MMSE estimate.
+    seed
+        Seeds the data, the model and the sampling.
+    preset
+        COSDD architecture preset.
+    """
+    out = Path(out_dir)
+    data = make_dataset("mixed", "row_correlated", n=10, shape=(128, 128), seed=seed)
+    train_noisy, test_noisy, test_clean = data.noisy[:8], data.noisy[8:], data.clean[8:]
+    write_tiff(out / "data" / "train_noisy.tif", train_noisy, "SYX")
+    write_tiff(out / "data" / "test_noisy.tif", test_noisy, "SYX")
+    write_tiff(out / "data" / "test_clean.tif", test_clean.astype(np.float32), "SYX")
+    say(f"data: 8 training and 2 held-out 128x128 images with row-correlated noise in {out / 'data'}")
+
+    config = {
+        "method": "cosdd",
+        "model": {"preset": preset, "direction": "x"},
+        "data": {"paths": [str(out / "data" / "train_noisy.tif")], "axes": "SYX", "crop_size": 64,
+                 "val_fraction": 0.25, "val_crops": 8},
+        "train": {"batch_size": 4, "max_time": budget, "max_epochs": None, "steps_per_epoch": 50,
+                  "patience": 1000, "seed": seed},
+    }
+    run_dir = out / "run"
+    result = train(config, run_dir, progress=progress)
+    say(f"trained {result.steps} steps in {result.seconds:.0f} s ({result.steps_per_s:.2f} steps/s), run in {run_dir}")
+
+    trained = load_run(run_dir)
+    options = PredictOptions(estimator="mmse", samples=samples, sample_batch=10)
+    mmse, std = [], []
+    for image in test_noisy:
+        out_img = predict_image(trained, image[None], options, seed=seed)
+        mmse.append(out_img["mmse"][0])
+        std.append(out_img["std"][0])
+    mmse_arr, std_arr = np.stack(mmse), np.stack(std)
+    denoised = out / "test_mmse.tif"
+    write_tiff(denoised, mmse_arr, "SYX")
+    write_tiff(out / "test_std.tif", std_arr, "SYX")
+    p_noisy = float(np.mean([psnr(n, c) for n, c in zip(test_noisy, test_clean)]))
+    p_mmse = float(np.mean([psnr(m, c) for m, c in zip(mmse_arr, test_clean)]))
+    figure = out / "demo.png"
+    _figure(test_noisy, mmse_arr, std_arr, test_clean, p_noisy, p_mmse, samples, figure)
+    say(f"PSNR on held-out images: noisy {p_noisy:.2f} dB -> COSDD MMSE ({samples} samples) {p_mmse:.2f} dB")
+    say(f"figure: {figure}")
+    return DemoResult(p_noisy, p_mmse, result.steps, result.seconds, run_dir, figure, denoised)
+
+
+def _figure(noisy, mmse, std, clean, p_noisy, p_mmse, samples, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = len(noisy)
+    fig, axes = plt.subplots(rows, 4, figsize=(13, 3.3 * rows), squeeze=False)
+    for r in range(rows):
+        lo, hi = np.percentile(clean[r], [0.5, 99.5])
+        panels = [
+            (noisy[r], f"noisy ({psnr(noisy[r], clean[r]):.1f} dB)", "gray", (lo, hi)),
+            (mmse[r], f"COSDD MMSE, {samples} samples ({psnr(mmse[r], clean[r]):.1f} dB)", "gray", (lo, hi)),
+            (std[r], "posterior std", "magma", (None, None)),
+            (clean[r], "clean", "gray", (lo, hi)),
+        ]
+        for ax, (img, title, cmap, (vmin, vmax)) in zip(axes[r], panels):
+            shown = ax.imshow(img, cmap=cmap, vmin=vmin, vmax=vmax)
+            ax.set_title(title, fontsize=9)
+            ax.axis("off")
+            fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.02, label="intensity")
+    fig.suptitle(f"bmz-cosdd demo: row-correlated noise, mean PSNR {p_noisy:.2f} dB -> {p_mmse:.2f} dB")
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=90)
+    plt.close(fig)
+    atomic_write_bytes(path, buffer.getvalue())

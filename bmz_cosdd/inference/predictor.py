@@ -1,0 +1,201 @@
+"""Denoise images with a trained run: load, normalise, predict in tiles, de-normalise, write."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from bmz_cosdd.config import RunConfig, load_yaml
+from bmz_cosdd.data.axes import parse_axes, restore_axes, to_samples_cyx
+from bmz_cosdd.data.io import find_files, read_array, write_tiff
+from bmz_cosdd.data.normalisation import NormStats, denormalise, normalise
+from bmz_cosdd.errors import UserError
+from bmz_cosdd.inference.tiling import predict_tiled
+from bmz_cosdd.methods.base import Method, PredictOptions
+from bmz_cosdd.methods.registry import get_method
+from bmz_cosdd.run_folder import RunFolder
+from bmz_cosdd.training.checkpoints import load_checkpoint
+from bmz_cosdd.training.device import resolve_device
+
+# Outputs that are spreads, not intensities: de-normalised by the scale alone.
+SCALE_ONLY_OUTPUTS = frozenset({"std"})
+
+
+@dataclass
+class TrainedModel:
+    """A trained model ready to predict, with what is needed to interpret its numbers."""
+
+    method: Method
+    model: nn.Module
+    config: RunConfig
+    stats: NormStats
+    device: torch.device
+    step: int
+    source: Path
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def load_run(run_dir: str | Path, checkpoint: str = "best", device: str = "auto") -> TrainedModel:
+    """Load a run folder's ``best`` (or ``last``) checkpoint for prediction.
+
+    The checkpoint is read with ``weights_only=True``: no pickled code runs.
+    """
+    from bmz_cosdd.training.session import build_config  # session imports the trainer; keep start-up light
+
+    run = RunFolder(Path(run_dir))
+    if not run.root.exists():
+        raise UserError(f"no such run folder: {run.root}")
+    if not run.config.is_file():
+        raise UserError(f"{run.root} is not a run folder (no config.yaml)")
+    if checkpoint not in ("best", "last"):
+        raise UserError(f"unknown checkpoint {checkpoint!r} (use best or last)")
+    path = run.best if checkpoint == "best" else run.last
+    if not path.is_file():
+        fallback = run.last if checkpoint == "best" else None
+        if fallback is None or not fallback.is_file():
+            raise UserError(f"{run.root} has no checkpoint ({path.relative_to(run.root)} is missing); train it first")
+        path = fallback
+    values = load_yaml(run.config)
+    values.pop("bmz_cosdd_version", None)
+    config = build_config(values)
+    state = load_checkpoint(path)
+    method = get_method(config.method)
+    dev = resolve_device(device)
+    model = method.build(config.model, int(state["n_channels"]))
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as exc:
+        raise UserError(f"{path} does not match the architecture in {run.config}: {str(exc).splitlines()[0]}") from None
+    model.to(dev).eval()
+    return TrainedModel(
+        method=method, model=model, config=config, stats=NormStats.from_dict(state["stats"]),
+        device=dev, step=int(state["step"]), source=path,
+    )
+
+
+def predict_image(
+    trained: TrainedModel,
+    image: np.ndarray,
+    options: PredictOptions | None = None,
+    tile: int = 256,
+    seed: int = 0,
+    on_tile: Optional[Callable[[int, int], None]] = None,
+) -> dict[str, np.ndarray]:
+    """Denoise one (C, Y, X) image in raw intensities; outputs are float32 in raw intensities.
+
+    Parameters
+    ----------
+    trained
+        From :func:`load_run`.
+    image
+        Raw (C, Y, X) array with the model's channel count.
+    options
+        Estimator and sampling settings (default: MMSE of 100 samples).
+    tile
+        Largest tile side fed to the network, halo included.
+    seed
+        Seeds the posterior sampling, so a prediction is reproducible.
+
+    Returns
+    -------
+    dict
+        e.g. ``mmse`` and ``std`` (C, Y, X), ``samples`` (N, C, Y, X), or ``direct``.
+    """
+    options = options or PredictOptions()
+    method, model = trained.method, trained.model
+    if options.estimator not in method.estimators:
+        raise UserError(
+            f"{method.name} has no estimator {options.estimator!r} (choose {', '.join(method.estimators)})"
+        )
+    if options.samples < 1 or options.sample_batch < 1:
+        raise UserError("--samples and --sample-batch must be at least 1")
+    if image.ndim != 3 or image.shape[0] != trained.stats.n_channels:
+        raise UserError(
+            f"the model expects {trained.stats.n_channels} channel(s), the image has shape {image.shape}"
+        )
+    if not np.isfinite(image).all():
+        raise UserError(f"the image holds {int((~np.isfinite(image)).sum())} NaN or Inf pixels")
+    step = method.size_step(model)
+    halo = method.halo(model)
+    if tile < step + 2 * halo:
+        raise UserError(f"--tile {tile} is too small for this model (at least {step + 2 * halo})")
+    normalised = normalise(image.astype(np.float64), trained.stats)
+
+    def run(x: torch.Tensor) -> dict[str, torch.Tensor]:
+        out = method.predict(model, x.to(trained.device), options)
+        return {k: v.squeeze(-4) for k, v in out.items()}  # drop the batch axis of one tile
+
+    model.eval()
+    devices = [trained.device] if trained.device.type == "cuda" else []
+    with torch.no_grad(), torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        outputs = predict_tiled(run, normalised, tile, halo, step, on_tile)
+    std = np.asarray(trained.stats.std, dtype=np.float64)[:, None, None]
+    result = {}
+    for name, value in outputs.items():
+        if name in SCALE_ONLY_OUTPUTS:
+            result[name] = (value.astype(np.float64) * std).astype(np.float32)
+        else:
+            result[name] = denormalise(value, trained.stats)
+    return result
+
+
+def predict_files(
+    trained: TrainedModel,
+    inputs: Sequence[str | Path],
+    axes: str,
+    out_dir: str | Path,
+    options: PredictOptions | None = None,
+    pattern: str = "*",
+    tile: int = 256,
+    seed: int = 0,
+    on_image: Optional[Callable[[Path, int, int], None]] = None,
+) -> list[Path]:
+    """Denoise every image file in ``inputs`` and write ``<stem>_<output>.tif`` files to ``out_dir``.
+
+    Outputs keep the input's axes; posterior samples get an extra leading ``Q`` axis.
+    Each file is written atomically. Returns the written paths.
+    """
+    files = [f for path in inputs for f in find_files(path, pattern)]
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} exists and is not a folder")
+    arrays = []
+    for path in files:  # check every input before writing anything
+        array = read_array(path)
+        file_axes = parse_axes(axes, array.ndim, path.name)
+        samples = to_samples_cyx(array, file_axes)
+        if samples.shape[1] != trained.stats.n_channels:
+            raise UserError(
+                f"{path.name}: the model expects {trained.stats.n_channels} channel(s), "
+                f"the file has {samples.shape[1]} (axes {file_axes}, shape {array.shape})"
+            )
+        bad = int((~np.isfinite(samples)).sum())
+        if bad:
+            raise UserError(f"{path.name}: {bad} NaN or Inf pixels")
+        arrays.append((path, file_axes, array.shape, samples))
+    written = []
+    for index, (path, file_axes, shape, samples) in enumerate(arrays):
+        per_output: dict[str, list[np.ndarray]] = {}
+        for sample in samples:
+            for name, value in predict_image(trained, sample, options, tile, seed).items():
+                per_output.setdefault(name, []).append(value)
+        for name, values in per_output.items():
+            stacked = np.stack(values)
+            if stacked.ndim == 5:  # (S, N, C, Y, X): posterior samples
+                restored = np.stack([restore_axes(stacked[:, i], file_axes, shape) for i in range(stacked.shape[1])])
+                target_axes = "Q" + file_axes
+            else:
+                restored = restore_axes(stacked, file_axes, shape)
+                target_axes = file_axes
+            target = out / f"{path.stem}_{name}.tif"
+            write_tiff(target, restored.astype(np.float32), target_axes)
+            written.append(target)
+        if on_image is not None:
+            on_image(path, index + 1, len(arrays))
+    return written

@@ -1,0 +1,95 @@
+"""The small surface every method offers (a Protocol, not a class tree).
+
+The trainer, the predictor, the CLI and (later) the exporter only talk to a
+method through this surface and find it in :mod:`bmz_cosdd.methods.registry`.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+
+@dataclass
+class OptimiserSpec:
+    """One optimiser with its plateau scheduler and the validation metric that drives it."""
+
+    name: str
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.ReduceLROnPlateau
+    monitor: str
+
+
+@dataclass
+class PredictOptions:
+    """How a prediction is made.
+
+    Parameters
+    ----------
+    estimator
+        A name from the method's ``estimators`` (e.g. ``mmse`` or ``direct``).
+    samples
+        Posterior samples averaged by stochastic estimators.
+    sample_batch
+        Samples decoded at once (memory against speed).
+    keep_samples
+        Also return the individual samples.
+    """
+
+    estimator: str = "mmse"
+    samples: int = 100
+    sample_batch: int = 10
+    keep_samples: bool = False
+
+
+class Method(Protocol):
+    """What a denoising method provides.
+
+    Attributes
+    ----------
+    name
+        Registry key and CLI name, e.g. ``cosdd``.
+    summary
+        One line for ``--help`` and the README.
+    monitor
+        Validation loss used for early stopping and the best checkpoint.
+    estimators
+        Names accepted by ``PredictOptions.estimator``; the first is the default.
+    """
+
+    name: str
+    summary: str
+    monitor: str
+    estimators: tuple[str, ...]
+
+    def config_from_dict(self, values: dict[str, Any]) -> Any:
+        """Build the method's settings (a dataclass) from a mapping, presets resolved."""
+
+    def cli_options(self) -> list[inspect.Parameter]:
+        """Extra typer options of ``bmz-cosdd train NAME``; ``None`` defaults mean "not given"."""
+
+    def build(self, config: Any, n_channels: int) -> nn.Module:
+        """Create the networks for images with ``n_channels`` channels."""
+
+    def size_step(self, model: nn.Module) -> int:
+        """Spatial sizes the model accepts are multiples of this."""
+
+    def halo(self, model: nn.Module) -> int:
+        """Context in pixels each side of a tile that prediction should add."""
+
+    def training_losses(self, model: nn.Module, batch: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Losses for a normalised batch (B, C, Y, X); ``loss`` is back-propagated, all are logged."""
+
+    def optimisers(self, model: nn.Module, lr: float, factor: float, patience: int) -> list[OptimiserSpec]:
+        """The optimisers (each with its scheduler) that update the model."""
+
+    def predict(self, model: nn.Module, x: torch.Tensor, options: PredictOptions) -> dict[str, torch.Tensor]:
+        """Denoise a normalised batch (B, C, Y, X).
+
+        Returns named outputs whose last two axes are Y and X, e.g. ``mmse`` and
+        ``std`` (B, C, Y, X) and ``samples`` (N, B, C, Y, X).
+        """

@@ -1,0 +1,113 @@
+"""COSDD as a method: losses, optimisers and sampling prediction."""
+
+from __future__ import annotations
+
+import inspect
+from typing import Annotated, Any, Optional
+
+import torch
+import torch.nn.functional as F
+import typer
+from torch import Tensor, nn
+
+from bmz_cosdd.errors import UserError
+from bmz_cosdd.inference.sampling import sample_reduce
+from bmz_cosdd.methods.base import OptimiserSpec, PredictOptions
+from bmz_cosdd.methods.cosdd.config import PRESETS, cosdd_config
+from bmz_cosdd.methods.cosdd.model import COSDDModel
+
+
+def _option(name: str, annotation: Any, help: str, **kwargs: Any) -> inspect.Parameter:
+    return inspect.Parameter(
+        name,
+        inspect.Parameter.KEYWORD_ONLY,
+        default=None,
+        annotation=Annotated[Optional[annotation], typer.Option(help=help, rich_help_panel="COSDD", **kwargs)],
+    )
+
+
+class COSDD:
+    """Correlated and signal-dependent noise: ladder VAE + 1-D autoregressive noise decoder."""
+
+    name = "cosdd"
+    summary = "COSDD: removes row/column-correlated, signal-dependent noise (ladder VAE + 1-D AR noise decoder)"
+    monitor = "elbo"
+    estimators = ("mmse", "direct")
+
+    def config_from_dict(self, values: dict[str, Any]):
+        return cosdd_config(values)
+
+    def cli_options(self) -> list[inspect.Parameter]:
+        return [
+            _option("direction", str, "Axis along which the noise is correlated: x (rows) or y (columns)."),
+            _option("preset", str, f"Architecture preset: {', '.join(PRESETS)}."),
+            _option("n_levels", int, "Hierarchy levels of the ladder VAE (overrides the preset)."),
+            _option("features", int, "Feature width of the ladder VAE (overrides the preset)."),
+            _option("ar_layers", int, "Layers of the autoregressive noise decoder (receptive field)."),
+            _option("n_gaussians", int, "Mixture components of the noise model per pixel."),
+            _option("direct_denoiser", bool, "Also train the deterministic direct denoiser."),
+            _option("direct_loss", str, "Direct denoiser loss: mse (mean) or l1 (median)."),
+        ]
+
+    def build(self, config, n_channels: int) -> COSDDModel:
+        return COSDDModel(config, n_channels)
+
+    def size_step(self, model: nn.Module) -> int:
+        steps = [model.vae.size_step]
+        if model.direct_denoiser is not None:
+            steps.append(model.direct_denoiser.size_step)
+        return max(steps)
+
+    def halo(self, model: nn.Module) -> int:
+        return int(model.halo)
+
+    def training_losses(self, model: nn.Module, batch: Tensor) -> dict[str, Tensor]:
+        n_pixels = batch[0].numel()
+        bu = model.vae.bottom_up(batch)
+        features, kl_levels = model.vae.top_down(bu)
+        nll = model.ar_decoder.nll(batch, features).float().mean()
+        kl = torch.stack(kl_levels, 0).float().sum(0).mean() / n_pixels
+        elbo = nll + kl
+        signal = model.signal_decoder(features.detach())
+        signal_mse = F.mse_loss(signal.float(), batch.float())
+        losses = {"elbo": elbo, "nll": nll, "kl": kl, "signal_mse": signal_mse}
+        total = elbo + signal_mse
+        if model.direct_denoiser is not None:
+            direct = model.direct_denoiser(batch).float()
+            target = signal.detach().float()
+            loss_fn = F.l1_loss if model.direct_loss == "l1" else F.mse_loss
+            losses["direct"] = loss_fn(direct, target)
+            total = total + losses["direct"]
+        losses["loss"] = total
+        return losses
+
+    def optimisers(self, model: nn.Module, lr: float, factor: float, patience: int) -> list[OptimiserSpec]:
+        groups = [
+            ("vae", list(model.vae.parameters()) + list(model.ar_decoder.parameters()), "elbo"),
+            ("signal_decoder", list(model.signal_decoder.parameters()), "signal_mse"),
+        ]
+        if model.direct_denoiser is not None:
+            groups.append(("direct_denoiser", list(model.direct_denoiser.parameters()), "direct"))
+        specs = []
+        for name, params, monitor in groups:
+            opt = torch.optim.Adamax(params, lr=lr)
+            sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=factor, patience=patience)
+            specs.append(OptimiserSpec(name, opt, sched, monitor))
+        return specs
+
+    def predict(self, model: nn.Module, x: Tensor, options: PredictOptions) -> dict[str, Tensor]:
+        if options.estimator == "direct":
+            if model.direct_denoiser is None:
+                raise UserError("this COSDD run has no direct denoiser (train with --direct-denoiser)")
+            return {"direct": model.direct_denoiser(x).float()}
+        # The bottom-up pass is deterministic: run it once, then draw every
+        # posterior sample through the top-down path and the signal decoder only.
+        bu = model.vae.bottom_up(x)
+
+        def draw(k: int) -> Tensor:
+            repeated = [level.repeat(k, 1, 1, 1) for level in bu]
+            features, _ = model.vae.top_down(repeated)
+            signal = model.signal_decoder(features).float()
+            return signal.view(k, *x.shape[:1], *signal.shape[1:])
+
+        return sample_reduce(draw, options.samples, options.sample_batch, options.keep_samples)

@@ -1,0 +1,69 @@
+"""The COSDD networks: ladder VAE, 1-D autoregressive noise decoder, signal decoder, direct denoiser."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from torch import Tensor, nn
+
+from bmz_cosdd.methods.cosdd.config import COSDDConfig
+from bmz_cosdd.nn.ar_decoder import AutoregressiveDecoder
+from bmz_cosdd.nn.ladder_vae import LadderVAE
+from bmz_cosdd.nn.unet import UNet
+
+
+class SignalDecoder(nn.Module):
+    """Maps latent features to the clean signal: ``layers`` 3x3 convolutions with ReLU."""
+
+    def __init__(self, features: int, out_channels: int, layers: int = 4, hidden: int = 128) -> None:
+        super().__init__()
+        modules: list[nn.Module] = []
+        width = features
+        for _ in range(layers - 1):
+            modules += [nn.Conv2d(width, hidden, 3, padding=1), nn.ReLU()]
+            width = hidden
+        modules.append(nn.Conv2d(width, out_channels, 3, padding=1))
+        self.net = nn.Sequential(*modules)
+
+    def forward(self, z: Tensor) -> Tensor:
+        return self.net(z)
+
+
+class COSDDModel(nn.Module):
+    """All networks of one COSDD model.
+
+    The VAE's latent feeds the autoregressive noise decoder (trained by the ELBO) and,
+    detached, the signal decoder (trained by MSE against the noisy image, so it learns
+    E[x | z], the signal). The optional direct denoiser regresses the decoded signal.
+    """
+
+    def __init__(self, config: COSDDConfig, n_channels: int) -> None:
+        super().__init__()
+        self.n_channels = n_channels
+        self.halo = config.halo
+        self.direct_loss = config.direct_loss
+        self.vae = LadderVAE(
+            in_channels=n_channels,
+            n_levels=config.n_levels,
+            latent_channels=list(config.latent_channels),
+            features=config.features,
+            blocks_per_level=config.blocks_per_level,
+        )
+        self.ar_decoder = AutoregressiveDecoder(
+            image_channels=n_channels,
+            cond_channels=config.features,
+            direction=config.direction,
+            n_layers=config.ar_layers,
+            kernel_size=config.ar_kernel,
+            hidden=config.ar_hidden,
+            n_gaussians=config.n_gaussians,
+            min_scale=config.min_scale,
+        )
+        self.signal_decoder = SignalDecoder(
+            config.features, n_channels, layers=config.signal_layers, hidden=config.signal_hidden
+        )
+        self.direct_denoiser: Optional[UNet] = None
+        if config.direct_denoiser:
+            self.direct_denoiser = UNet(
+                n_channels, n_channels, depth=config.direct_depth, features=config.direct_features
+            )

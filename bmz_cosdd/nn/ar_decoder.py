@@ -1,0 +1,236 @@
+"""COSDD's 1-D autoregressive noise decoder p(x | z).
+
+The decoder predicts, for every pixel, a Gaussian mixture over the pixel's value
+given the latent features at that pixel and the values of STRICTLY EARLIER
+pixels of the same row (direction ``"x"``) or column (direction ``"y"``). Its
+receptive field is one-dimensional, so it can model row/column-correlated noise
+but not the signal, which therefore has to be carried by the latent.
+
+Layout of the stack (written for direction "x"; "y" transposes Y and X around it):
+
+- layer 0: a 1 x k convolution over the input padded by k on the left, whose last
+  output is dropped, so output i sees pixels i-k .. i-1 (the pixel itself is masked);
+- layers 1 .. n-1: causal 1 x k convolutions padded by (k-1)*d on the left, with
+  dilation d = 2 on odd layers and 1 on even layers, residual connections;
+- every layer adds a 1x1 convolution of the conditioning features and applies ReLU;
+- a 1x1 head gives, per image channel, K mixture logits, means and raw scales.
+"""
+
+
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from bmz_cosdd.nn.mixture import mixture_nll, mixture_sample, scale_from_raw
+
+__all__ = ["AutoregressiveDecoder", "receptive_field", "layer_dilation"]
+
+
+def layer_dilation(layer: int) -> int:
+    """Dilation of layer ``layer`` (0-based) of the stack: 1, 2, 1, 2, ..."""
+    return 2 if layer % 2 == 1 else 1
+
+
+def receptive_field(n_layers: int, kernel_size: int) -> int:
+    """Number of earlier pixels along the noise direction that one output sees.
+
+    The first layer sees ``kernel_size`` earlier pixels; every later layer of
+    dilation d extends the reach by ``(kernel_size - 1) * d``.
+
+    Examples
+    --------
+    >>> receptive_field(8, 5)
+    49
+    """
+    if n_layers < 1:
+        raise ValueError(f"n_layers must be >= 1, got {n_layers}")
+    reach = kernel_size
+    for layer in range(1, n_layers):
+        reach += (kernel_size - 1) * layer_dilation(layer)
+    return reach
+
+
+class _MaskedFirstLayer(nn.Module):
+    """Layer 0: sees strictly earlier pixels of the row plus the conditioning at the pixel."""
+
+    def __init__(self, cin: int, cond_channels: int, hidden: int, kernel_size: int) -> None:
+        super().__init__()
+        self.kernel_size = kernel_size
+        self.conv = nn.Conv2d(cin, hidden, (1, kernel_size))
+        self.cond = nn.Conv2d(cond_channels, hidden, 1)
+
+    def forward(self, x: Tensor, cond: Tensor) -> Tensor:
+        # Padding by k (not k-1) and dropping the last output shifts the window one
+        # pixel to the left, so output i covers inputs i-k .. i-1.
+        h = self.conv(F.pad(x, [self.kernel_size, 0, 0, 0]))
+        h = h[..., :-1]
+        return torch.relu(h + self.cond(cond))
+
+
+class _CausalLayer(nn.Module):
+    """Later layer: causal dilated 1 x k convolution with a residual connection."""
+
+    def __init__(self, hidden: int, cond_channels: int, kernel_size: int, dilation: int) -> None:
+        super().__init__()
+        self.pad = (kernel_size - 1) * dilation
+        self.conv = nn.Conv2d(hidden, hidden, (1, kernel_size), dilation=(1, dilation))
+        self.cond = nn.Conv2d(cond_channels, hidden, 1)
+
+    def forward(self, h: Tensor, cond: Tensor) -> Tensor:
+        out = self.conv(F.pad(h, [self.pad, 0, 0, 0]))
+        return h + torch.relu(out + self.cond(cond))
+
+
+class AutoregressiveDecoder(nn.Module):
+    """Conditional 1-D autoregressive Gaussian-mixture decoder (COSDD's noise model).
+
+    Parameters
+    ----------
+    image_channels : int
+        Channels C of the image x.
+    cond_channels : int
+        Channels of the conditioning features (the VAE's output features).
+    direction : {"x", "y"}, default "x"
+        Noise direction: pixels depend on earlier pixels of the same row ("x") or
+        column ("y"). All channels of earlier pixels enter; no channel of the pixel
+        itself and nothing from other rows/columns does.
+    n_layers : int, default 8
+        Number of 1 x k convolution layers.
+    kernel_size : int, default 5
+        k.
+    hidden : int, default 64
+        Filters per layer.
+    n_gaussians : int, default 3
+        Mixture components K per pixel and channel.
+    min_scale : float, default 1e-3
+        Floor of the mixture scales (in the units of x).
+
+    Attributes
+    ----------
+    receptive_field : int
+        Number of earlier pixels along ``direction`` that one output sees
+        (49 for the defaults).
+    direction : str
+    image_channels, n_gaussians : int
+    min_scale : float
+
+    Notes
+    -----
+    ``forward`` and ``nll`` are TorchScript-compatible; ``sample`` is eager only.
+
+    Examples
+    --------
+    >>> dec = AutoregressiveDecoder(1, 16)
+    >>> logits, means, scales = dec(torch.zeros(2, 1, 8, 32), torch.zeros(2, 16, 8, 32))
+    >>> logits.shape
+    torch.Size([2, 1, 3, 8, 32])
+    """
+
+    receptive_field: int
+
+    def __init__(
+        self,
+        image_channels: int,
+        cond_channels: int,
+        direction: str = "x",
+        n_layers: int = 8,
+        kernel_size: int = 5,
+        hidden: int = 64,
+        n_gaussians: int = 3,
+        min_scale: float = 1e-3,
+    ) -> None:
+        super().__init__()
+        if direction not in ("x", "y"):
+            raise ValueError(f"direction must be 'x' or 'y', got {direction!r}")
+        if min_scale <= 0:
+            raise ValueError(f"min_scale must be > 0, got {min_scale}")
+        if kernel_size < 2:
+            raise ValueError(f"kernel_size must be >= 2, got {kernel_size}")
+        self.image_channels = image_channels
+        self.n_gaussians = n_gaussians
+        self.min_scale = float(min_scale)
+        self.direction = direction
+        self._transpose = direction == "y"
+        self.receptive_field = receptive_field(n_layers, kernel_size)
+
+        self.first = _MaskedFirstLayer(image_channels, cond_channels, hidden, kernel_size)
+        self.layers = nn.ModuleList(
+            [_CausalLayer(hidden, cond_channels, kernel_size, layer_dilation(i)) for i in range(1, n_layers)]
+        )
+        self.head = nn.Sequential(
+            nn.Conv2d(hidden, hidden, 1),
+            nn.ReLU(),
+            nn.Conv2d(hidden, image_channels * 3 * n_gaussians, 1),
+        )
+
+    def _params_x(self, x: Tensor, cond: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+        """Mixture parameters for direction "x" (rows); tensors already in that frame."""
+        h = self.first(x, cond)
+        for layer in self.layers:
+            h = layer(h, cond)
+        out = self.head(h)
+        b, y, w = out.shape[0], out.shape[2], out.shape[3]
+        out = out.reshape(b, self.image_channels, 3, self.n_gaussians, y, w)
+        logits = out[:, :, 0]
+        means = out[:, :, 1]
+        scales = scale_from_raw(out[:, :, 2], self.min_scale)
+        return logits, means, scales
+
+    def forward(self, x: Tensor, cond: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+        """Mixture parameters of p(x_i | x_<i, z) for every pixel.
+
+        Parameters
+        ----------
+        x : Tensor
+            Image, (B, image_channels, Y, X).
+        cond : Tensor
+            Conditioning features, (B, cond_channels, Y, X).
+
+        Returns
+        -------
+        logits, means, scales : Tensor
+            Each (B, image_channels, K, Y, X); scales >= ``min_scale``.
+        """
+        if self._transpose:
+            logits, means, scales = self._params_x(x.transpose(-1, -2), cond.transpose(-1, -2))
+            return logits.transpose(-1, -2), means.transpose(-1, -2), scales.transpose(-1, -2)
+        return self._params_x(x, cond)
+
+    @torch.jit.export
+    def nll(self, x: Tensor, cond: Tensor) -> Tensor:
+        """Negative log-likelihood of ``x`` per pixel and channel, (B, C, Y, X), in nats."""
+        logits, means, scales = self.forward(x, cond)
+        return mixture_nll(x, logits, means, scales)
+
+    @torch.jit.unused
+    def sample(self, cond: Tensor, generator: Optional[torch.Generator] = None) -> Tensor:
+        """Draw a noise image from p(x | z) by ancestral sampling along the direction.
+
+        Pixels are drawn one position at a time (all rows, or columns, in parallel);
+        each step evaluates the network on a window of ``receptive_field + 1``
+        positions only, which gives the same result as the full image since nothing
+        further away can enter. Eager only (not TorchScript).
+
+        Parameters
+        ----------
+        cond : Tensor
+            Conditioning features, (B, cond_channels, Y, X).
+        generator : torch.Generator, optional
+            See :func:`bmz_cosdd.nn.mixture.mixture_sample`.
+
+        Returns
+        -------
+        Tensor
+            (B, image_channels, Y, X).
+        """
+        c = cond.transpose(-1, -2) if self._transpose else cond
+        b, _, y, w = c.shape
+        x = c.new_zeros(b, self.image_channels, y, w)
+        with torch.no_grad():
+            for i in range(w):
+                lo = max(0, i - self.receptive_field)
+                logits, means, scales = self._params_x(x[..., lo : i + 1], c[..., lo : i + 1])
+                x[..., i] = mixture_sample(logits[..., -1], means[..., -1], scales[..., -1], generator)
+        return x.transpose(-1, -2) if self._transpose else x

@@ -1,0 +1,372 @@
+"""Hierarchical (ladder) VAE shared by COSDD and HDN.
+
+Resolution layout
+-----------------
+Level 0 is the finest. On the way up, level ``l`` first halves Y and X (strided
+conv) when ``downsample[l]`` is True, then applies its gated residual blocks; its
+output is ``bu[l]``. By default (``downsample_every=2``) levels 0, 2, 4, ...
+downsample, so the finest latent already lives at half resolution and pairs of
+levels share a resolution. On the way down, level ``l`` works at the resolution
+of ``bu[l]`` and ends with a bilinear upsampling where the bottom-up path
+downsampled, so the output features come back at input resolution.
+
+Top-down step at level ``l`` (from the top to level 0), with top-down features h:
+
+- prior p(z_l | z_>l): 3x3 conv of h (top level: a learned per-channel mean and
+  log-variance broadcast to the top level's spatial size, so the model runs on any
+  image size that is a multiple of ``size_step``);
+- posterior q(z_l | x, z_>l): 1x1 conv + gated block on concat(h, bu[l]), then a
+  3x3 conv (top level: a 3x3 conv of bu[top]);
+- z_l = mean + std * eps (or the posterior mean);
+- h <- h + GatedResBlock(1x1 conv(concat(h, z_l))) (the residual is the
+  "stochastic skip"; top level: h = GatedResBlock(1x1 conv(z_top)));
+- ``blocks_per_level`` gated residual blocks, then upsampling if ``downsample[l]``.
+
+A final gated residual block at input resolution gives the output features. The
+input x enters the output only through the sampled latents.
+"""
+
+
+from typing import List, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import Tensor, nn
+
+from bmz_cosdd.nn.blocks import Downsample, GatedResBlock, Upsample
+
+__all__ = ["LadderVAE", "gaussian_kl", "LOGVAR_MIN", "LOGVAR_MAX"]
+
+#: Log-variances of the prior and posterior are clamped to this range; a variance
+#: of exp(-20) is far below any useful latent precision and exp(10) far above the
+#: N(0, 1)-scale of the latents, so only runaway values are affected.
+LOGVAR_MIN = -20.0
+LOGVAR_MAX = 10.0
+
+
+def gaussian_kl(mu_q: Tensor, logvar_q: Tensor, mu_p: Tensor, logvar_p: Tensor) -> Tensor:
+    """Elementwise KL(q || p) between diagonal Gaussians given by means and log-variances.
+
+    Returns
+    -------
+    Tensor
+        ``0.5 * (logvar_p - logvar_q + (exp(logvar_q) + (mu_q - mu_p)^2) / exp(logvar_p) - 1)``,
+        broadcast shape of the inputs, in nats.
+    """
+    diff = mu_q - mu_p
+    return 0.5 * (logvar_p - logvar_q + (torch.exp(logvar_q) + diff * diff) * torch.exp(-logvar_p) - 1.0)
+
+
+# The clamps below write LOGVAR_MIN / LOGVAR_MAX out: TorchScript cannot read module-level floats.
+
+
+def _split_gaussian(params: Tensor, channels: int) -> Tuple[Tensor, Tensor]:
+    mu = params[:, :channels]
+    logvar = params[:, channels:].clamp(-20.0, 10.0)
+    return mu, logvar
+
+
+def _draw(mu: Tensor, logvar: Tensor, eps: Optional[Tensor], use_mean: bool) -> Tensor:
+    if use_mean:
+        return mu
+    if eps is None:
+        noise = torch.randn_like(mu)
+    else:
+        if eps.shape != mu.shape:
+            raise ValueError("eps has the wrong shape for this level's latent")
+        noise = eps
+    return mu + torch.exp(0.5 * logvar) * noise
+
+
+def _eps_at(eps: Optional[List[Tensor]], level: int) -> Optional[Tensor]:
+    if eps is None:
+        return None
+    return eps[level]
+
+
+def _flag_at(flags: Optional[List[bool]], level: int) -> bool:
+    if flags is None:
+        return False
+    return flags[level]
+
+
+def _blocks(features: int, n: int, batch_norm: bool, dropout: float) -> nn.Sequential:
+    return nn.Sequential(*[GatedResBlock(features, batch_norm=batch_norm, dropout=dropout) for _ in range(n)])
+
+
+class _BottomUpLevel(nn.Module):
+    def __init__(self, features: int, n_blocks: int, downsample: bool, batch_norm: bool, dropout: float) -> None:
+        super().__init__()
+        self.down = Downsample(features, features) if downsample else nn.Identity()
+        self.blocks = _blocks(features, n_blocks, batch_norm, dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.blocks(self.down(x))
+
+
+class _TopLevel(nn.Module):
+    """Top of the hierarchy: learned broadcast prior, posterior from bottom-up features only."""
+
+    def __init__(
+        self, features: int, latent: int, n_blocks: int, upsample: bool, batch_norm: bool, dropout: float
+    ) -> None:
+        super().__init__()
+        self.latent = latent
+        self.prior_mean = nn.Parameter(torch.zeros(1, latent, 1, 1))
+        self.prior_logvar = nn.Parameter(torch.zeros(1, latent, 1, 1))
+        self.posterior = nn.Conv2d(features, 2 * latent, 3, padding=1)
+        self.z_in = nn.Conv2d(latent, features, 1)
+        self.z_block = GatedResBlock(features, batch_norm=batch_norm, dropout=dropout)
+        self.blocks = _blocks(features, n_blocks, batch_norm, dropout)
+        self.up = Upsample(features, features) if upsample else nn.Identity()
+
+    def prior(self, like: Tensor) -> Tuple[Tensor, Tensor]:
+        logvar = self.prior_logvar.clamp(-20.0, 10.0)
+        return self.prior_mean.expand_as(like), logvar.expand_as(like)
+
+    def from_z(self, z: Tensor) -> Tensor:
+        h = self.z_block(self.z_in(z))
+        return self.up(self.blocks(h))
+
+    def forward(self, bu: Tensor, eps: Optional[Tensor], use_mean: bool) -> Tuple[Tensor, Tensor]:
+        q_mu, q_lv = _split_gaussian(self.posterior(bu), self.latent)
+        p_mu, p_lv = self.prior(q_mu)
+        z = _draw(q_mu, q_lv, eps, use_mean)
+        kl = gaussian_kl(q_mu, q_lv, p_mu, p_lv).sum(dim=(1, 2, 3))
+        return self.from_z(z), kl
+
+
+class _TopDownLevel(nn.Module):
+    """Any level below the top: conditional prior, posterior from merged bu/td features."""
+
+    def __init__(
+        self, features: int, latent: int, n_blocks: int, upsample: bool, batch_norm: bool, dropout: float
+    ) -> None:
+        super().__init__()
+        self.latent = latent
+        self.prior_conv = nn.Conv2d(features, 2 * latent, 3, padding=1)
+        self.merge = nn.Conv2d(2 * features, features, 1)
+        self.merge_block = GatedResBlock(features, batch_norm=batch_norm, dropout=dropout)
+        self.posterior = nn.Conv2d(features, 2 * latent, 3, padding=1)
+        self.z_in = nn.Conv2d(features + latent, features, 1)
+        self.z_block = GatedResBlock(features, batch_norm=batch_norm, dropout=dropout)
+        self.blocks = _blocks(features, n_blocks, batch_norm, dropout)
+        self.up = Upsample(features, features) if upsample else nn.Identity()
+
+    def prior(self, h: Tensor) -> Tuple[Tensor, Tensor]:
+        return _split_gaussian(self.prior_conv(h), self.latent)
+
+    def from_z(self, h: Tensor, z: Tensor) -> Tensor:
+        h = h + self.z_block(self.z_in(torch.cat([h, z], dim=1)))
+        return self.up(self.blocks(h))
+
+    def forward(self, h: Tensor, bu: Tensor, eps: Optional[Tensor], use_mean: bool) -> Tuple[Tensor, Tensor]:
+        p_mu, p_lv = self.prior(h)
+        merged = self.merge_block(self.merge(torch.cat([h, bu], dim=1)))
+        q_mu, q_lv = _split_gaussian(self.posterior(merged), self.latent)
+        z = _draw(q_mu, q_lv, eps, use_mean)
+        kl = gaussian_kl(q_mu, q_lv, p_mu, p_lv).sum(dim=(1, 2, 3))
+        return self.from_z(h, z), kl
+
+
+class LadderVAE(nn.Module):
+    """Hierarchical VAE with a bottom-up (inference) and a top-down (generative) path.
+
+    See the module docstring for the exact layout.
+
+    Parameters
+    ----------
+    in_channels : int
+        Channels of the input image.
+    n_levels : int
+        Number of latent levels (>= 1).
+    latent_channels : int or sequence of int
+        Latent channels per level (one int for all, or one per level, index 0 = finest).
+    features : int
+        Width of the deterministic features.
+    blocks_per_level : int, default 1
+        Gated residual blocks per level on each path.
+    downsample_every : int, default 2
+        Level ``l`` halves the resolution when ``l % downsample_every == 0``
+        (levels 0, 2, 4, ... by default; 1 = every level; <= 0 = never).
+    batch_norm : bool, default True
+    dropout : float, default 0.0
+        Passed to every gated residual block.
+
+    Attributes
+    ----------
+    n_levels : int
+    latent_channels : list of int
+    features : int
+    downsample : list of bool
+        Whether level ``l`` changes resolution (index 0 = finest).
+    size_step : int
+        ``2 ** sum(downsample)``; input Y and X must be multiples of it.
+
+    Notes
+    -----
+    ``forward``, ``bottom_up``, ``top_down`` and ``latent_shapes`` are
+    TorchScript-compatible; ``sample_prior`` is eager only. In training mode batch
+    normalisation couples the samples of a batch; use ``eval()`` for per-sample
+    reproducibility.
+
+    Examples
+    --------
+    >>> vae = LadderVAE(1, n_levels=4, latent_channels=8, features=16).eval()
+    >>> features, kl = vae(torch.zeros(1, 1, 32, 48))
+    >>> features.shape, len(kl)
+    (torch.Size([1, 16, 32, 48]), 4)
+    """
+
+    n_levels: int
+    latent_channels: List[int]
+    features: int
+    downsample: List[bool]
+    size_step: int
+
+    def __init__(
+        self,
+        in_channels: int,
+        n_levels: int,
+        latent_channels: Union[int, Sequence[int]],
+        features: int,
+        blocks_per_level: int = 1,
+        downsample_every: int = 2,
+        batch_norm: bool = True,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if n_levels < 1:
+            raise ValueError(f"n_levels must be >= 1, got {n_levels}")
+        if isinstance(latent_channels, int):
+            channels = [latent_channels] * n_levels
+        else:
+            channels = [int(c) for c in latent_channels]
+        if len(channels) != n_levels:
+            raise ValueError(f"latent_channels has {len(channels)} entries for {n_levels} levels")
+        self.n_levels = n_levels
+        self.latent_channels = channels
+        self.features = features
+        self.downsample = [downsample_every > 0 and level % downsample_every == 0 for level in range(n_levels)]
+        self.size_step = 2 ** sum(self.downsample)
+
+        self.stem = nn.Conv2d(in_channels, features, 5, padding=2)
+        self.bu_levels = nn.ModuleList(
+            [
+                _BottomUpLevel(features, blocks_per_level, self.downsample[level], batch_norm, dropout)
+                for level in range(n_levels)
+            ]
+        )
+        top = n_levels - 1
+        self.top = _TopLevel(features, channels[top], blocks_per_level, self.downsample[top], batch_norm, dropout)
+        # Ordered from just below the top down to level 0, the order of the top-down pass.
+        self.td_levels = nn.ModuleList(
+            [
+                _TopDownLevel(features, channels[level], blocks_per_level, self.downsample[level], batch_norm, dropout)
+                for level in range(top - 1, -1, -1)
+            ]
+        )
+        self.head = GatedResBlock(features, batch_norm=batch_norm, dropout=dropout)
+
+    def bottom_up(self, x: Tensor) -> List[Tensor]:
+        """Deterministic bottom-up features, one per level, index 0 = finest.
+
+        Parameters
+        ----------
+        x : Tensor
+            (B, in_channels, Y, X) with Y and X multiples of ``size_step``.
+        """
+        if x.shape[-2] % self.size_step != 0 or x.shape[-1] % self.size_step != 0:
+            raise ValueError(
+                f"input Y and X must be multiples of {self.size_step}, got {x.shape[-2]} x {x.shape[-1]}"
+            )
+        h = self.stem(x)
+        out: List[Tensor] = []
+        for level in self.bu_levels:
+            h = level(h)
+            out.append(h)
+        return out
+
+    def top_down(
+        self, bu: List[Tensor], eps: Optional[List[Tensor]] = None, use_mean: Optional[List[bool]] = None
+    ) -> Tuple[Tensor, List[Tensor]]:
+        """Top-down pass: sample every level's latent from the posterior and decode.
+
+        Parameters
+        ----------
+        bu : list of Tensor
+            Output of :meth:`bottom_up` (possibly repeated along the batch).
+        eps : list of Tensor, optional
+            One standard-normal tensor per level (index 0 = finest) of the shape of
+            that level's latent, (B, latent_channels[l], h_l, w_l), used instead of
+            internal ``torch.randn_like`` draws.
+        use_mean : list of bool, optional
+            ``use_mean[l]`` takes the posterior mean at level ``l`` instead of a sample.
+
+        Returns
+        -------
+        features : Tensor
+            (B, features, Y, X) at input resolution.
+        kl : list of Tensor
+            Analytic KL(q || p) per level (index 0 = finest), each (B,), summed over
+            the level's (C, Y, X).
+        """
+        n = self.n_levels
+        if len(bu) != n:
+            raise ValueError("bu must hold one tensor per level")
+        if eps is not None and len(eps) != n:
+            raise ValueError("eps must hold one tensor per level")
+        if use_mean is not None and len(use_mean) != n:
+            raise ValueError("use_mean must hold one flag per level")
+
+        level = n - 1
+        h, kl = self.top(bu[level], _eps_at(eps, level), _flag_at(use_mean, level))
+        kls: List[Tensor] = [kl]
+        for td in self.td_levels:
+            level -= 1
+            h, kl = td(h, bu[level], _eps_at(eps, level), _flag_at(use_mean, level))
+            kls.insert(0, kl)
+        return self.head(h), kls
+
+    def forward(self, x: Tensor) -> Tuple[Tensor, List[Tensor]]:
+        """``top_down(bottom_up(x))`` with fresh posterior samples: (features, kl per level)."""
+        return self.top_down(self.bottom_up(x))
+
+    @torch.jit.export
+    def latent_shapes(self, height: int, width: int) -> List[Tuple[int, int, int]]:
+        """(C, h, w) of every level's latent (index 0 = finest) for an input of that size."""
+        shapes: List[Tuple[int, int, int]] = []
+        h = height
+        w = width
+        for level in range(self.n_levels):
+            if self.downsample[level]:
+                h = (h + 1) // 2
+                w = (w + 1) // 2
+            shapes.append((self.latent_channels[level], h, w))
+        return shapes
+
+    @torch.jit.unused
+    def sample_prior(
+        self, n: int, height: int, width: int, generator: Optional[torch.Generator] = None
+    ) -> Tensor:
+        """Features (n, features, height, width) decoded from latents drawn from the prior.
+
+        Eager only. ``generator`` (optional) is used for every draw; the draws are
+        made on its device and moved to the model's device.
+        """
+        if height % self.size_step != 0 or width % self.size_step != 0:
+            raise ValueError(f"height and width must be multiples of {self.size_step}")
+        device = self.top.prior_mean.device
+        dtype = self.top.prior_mean.dtype
+        gen_device = device if generator is None else generator.device
+
+        def draw(mu: Tensor, logvar: Tensor) -> Tensor:
+            noise = torch.randn(mu.shape, generator=generator, device=gen_device, dtype=dtype).to(device)
+            return mu + torch.exp(0.5 * logvar) * noise
+
+        shapes = self.latent_shapes(height, width)
+        c, hh, ww = shapes[-1]
+        like = torch.empty(n, c, hh, ww, device=device, dtype=dtype)
+        h = self.top.from_z(draw(*self.top.prior(like)))
+        for td in self.td_levels:
+            h = td.from_z(h, draw(*td.prior(h)))
+        return self.head(h)

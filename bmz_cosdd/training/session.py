@@ -1,0 +1,169 @@
+"""From a configuration to a trained run folder: data, split, statistics, model, trainer."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bmz_cosdd import __version__
+from bmz_cosdd.config import RunConfig, dump_yaml, from_dict, load_yaml, DataConfig, TrainConfig
+from bmz_cosdd.data.crops import RandomCrops, fixed_val_crops
+from bmz_cosdd.data.io import Image, atomic_write_text, load_images
+from bmz_cosdd.data.normalisation import NormStats, compute_stats, normalise
+from bmz_cosdd.data.splits import split_images
+from bmz_cosdd.errors import UserError
+from bmz_cosdd.methods.registry import get_method
+from bmz_cosdd.run_folder import RunFolder
+from bmz_cosdd.training.checkpoints import load_checkpoint
+from bmz_cosdd.training.device import resolve_device
+from bmz_cosdd.training.trainer import TrainResult, Trainer, check_limits
+
+# Settings that may change when a run is resumed (they do not alter what was learnt so far).
+RESUMABLE = ("max_steps", "max_epochs", "max_time", "patience", "device")
+
+
+def build_config(values: dict[str, Any]) -> RunConfig:
+    """Resolve a mapping shaped like ``config.yaml`` into a checked :class:`RunConfig`."""
+    unknown = sorted(set(values) - {"method", "model", "data", "train"})
+    if unknown:
+        raise UserError(f"unknown config section{'s' if len(unknown) > 1 else ''}: {', '.join(unknown)}")
+    if not values.get("method"):
+        raise UserError("no method given (e.g. method: cosdd)")
+    method = get_method(values["method"])
+    config = RunConfig(
+        method=method.name,
+        model=method.config_from_dict(values.get("model") or {}),
+        data=from_dict(DataConfig, values.get("data"), "data."),
+        train=from_dict(TrainConfig, values.get("train"), "train."),
+    )
+    check_data(config.data)
+    check_limits(config.train)
+    return config
+
+
+def check_data(data: DataConfig) -> None:
+    if not data.paths:
+        raise UserError("no training data given (pass DATA paths or data.paths in the config file)")
+    if data.crop_size < 8:
+        raise UserError(f"data.crop_size must be at least 8, got {data.crop_size}")
+    if not 0 < data.val_fraction < 1:
+        raise UserError(f"data.val_fraction must be between 0 and 1 (exclusive), got {data.val_fraction}")
+    if data.val_crops < 1:
+        raise UserError(f"data.val_crops must be at least 1, got {data.val_crops}")
+    if data.clip_percentiles is not None and len(data.clip_percentiles) != 2:
+        raise UserError(f"data.clip_percentiles needs two values (low, high), got {data.clip_percentiles}")
+
+
+@dataclass
+class PreparedData:
+    """Normalised training and validation data of a run."""
+
+    stats: NormStats
+    train: list[Image]
+    val: list[Image]
+    split: dict[str, Any]
+    n_channels: int
+
+
+def prepare_data(data: DataConfig, seed: int, stats: NormStats | None = None) -> PreparedData:
+    """Load, split and normalise the images; statistics come from the training part only."""
+    images = load_images(data.paths, data.pattern, data.axes)
+    channels = {im.data.shape[0] for im in images}
+    if len(channels) > 1:
+        raise UserError(f"images disagree in channel count: {sorted(channels)}")
+    split = split_images(images, data.val_fraction, seed, data.crop_size)
+    if stats is None:
+        clip = tuple(data.clip_percentiles) if data.clip_percentiles is not None else None
+        stats = compute_stats([im.data for im in split.train], clip)
+    n_channels = channels.pop()
+    if stats.n_channels != n_channels:
+        raise UserError(f"the statistics have {stats.n_channels} channels but the images have {n_channels}")
+
+    def norm(items: list[Image]) -> list[Image]:
+        return [Image(data=normalise(im.data, stats), source=im.source) for im in items]
+
+    return PreparedData(stats, norm(split.train), norm(split.val), split.description, n_channels)
+
+
+def train(
+    config: RunConfig | dict[str, Any],
+    run_dir: str | Path,
+    progress: bool = True,
+) -> TrainResult:
+    """Train a new run in ``run_dir`` (which must not hold a run already).
+
+    Parameters
+    ----------
+    config
+        A :class:`RunConfig` or a mapping shaped like ``config.yaml``.
+    run_dir
+        Folder for the config, statistics, split, checkpoints and metrics.
+    progress
+        Show a progress bar.
+    """
+    if not isinstance(config, RunConfig):
+        config = build_config(config)
+    run = RunFolder(Path(run_dir))
+    if run.last.exists() or run.best.exists():
+        raise UserError(f"{run.root} already holds a trained run (resume it with --resume or choose another --out)")
+    data = prepare_data(config.data, config.train.seed)
+    run.root.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run.config, dump_yaml({**config.to_dict(), "bmz_cosdd_version": __version__}))
+    data.stats.save(run.stats)
+    atomic_write_text(run.split, json.dumps(data.split, indent=1))
+    return _fit(config, run, data, progress, resume_state=None)
+
+
+def resume(run_dir: str | Path, overrides: dict[str, Any] | None = None, progress: bool = True) -> TrainResult:
+    """Continue the run in ``run_dir`` from its last checkpoint, exactly as if never stopped.
+
+    ``overrides`` may extend the limits (``max_steps``, ``max_epochs``, ``max_time``),
+    change ``patience`` or the ``device``.
+    """
+    run = RunFolder(Path(run_dir))
+    if not run.config.is_file():
+        raise UserError(f"{run.root} is not a run folder (no config.yaml)")
+    if not run.last.is_file():
+        raise UserError(f"{run.root} has no checkpoint to resume from ({run.last} is missing)")
+    values = load_yaml(run.config)
+    values.pop("bmz_cosdd_version", None)
+    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    bad = sorted(set(overrides) - set(RESUMABLE))
+    if bad:
+        raise UserError(f"cannot change {', '.join(bad)} when resuming (only {', '.join(RESUMABLE)})")
+    values.setdefault("train", {}).update(overrides)
+    config = build_config(values)
+    data = prepare_data(config.data, config.train.seed, stats=NormStats.load(run.stats))
+    state = load_checkpoint(run.last)
+    atomic_write_text(run.config, dump_yaml({**config.to_dict(), "bmz_cosdd_version": __version__}))
+    return _fit(config, run, data, progress, resume_state=state)
+
+
+def _fit(
+    config: RunConfig, run: RunFolder, data: PreparedData, progress: bool, resume_state: dict[str, Any] | None
+) -> TrainResult:
+    method = get_method(config.method)
+    device = resolve_device(config.train.device)
+    torch.manual_seed(config.train.seed)
+    model = method.build(config.model, data.n_channels).to(device)
+    step = method.size_step(model)
+    if config.data.crop_size % step:
+        raise UserError(
+            f"data.crop_size ({config.data.crop_size}) must be a multiple of {step} for this architecture"
+        )
+    generator = torch.Generator().manual_seed(config.train.seed + 1)
+    crops = RandomCrops(data.train, config.data.crop_size, generator)
+    val_crops = fixed_val_crops(data.val, config.data.crop_size, config.data.val_crops)
+    extra = {
+        "method": config.method,
+        "config": config.to_dict(),
+        "stats": data.stats.to_dict(),
+        "n_channels": data.n_channels,
+        "bmz_cosdd_version": __version__,
+    }
+    trainer = Trainer(method, model, config.train, run, crops, val_crops, device, extra, progress)
+    return trainer.fit(resume_state)
