@@ -252,10 +252,14 @@ def write_tiff(path: Path, array: np.ndarray, axes: str) -> None:
         ImageJ would drop it) the file is ImageJ-compatible; otherwise it is a
         plain TIFF with ``{'axes': ...}`` in its metadata. Either way
         ``tifffile.imread`` returns the array's shape and
-        ``tifffile.TiffFile(path).series[0].axes`` the axes.
+        ``tifffile.TiffFile(path).series[0].axes`` the axes. A leading ``Q``
+        (tifffile's "other" axis) marks a stack of posterior samples.
     """
     data = np.ascontiguousarray(array, dtype=np.float32)
-    parsed = parse_axes(axes, data.ndim, str(path), shape=data.shape)
+    if axes[:1].upper() == "Q":
+        parsed = "Q" + parse_axes(axes[1:], data.ndim - 1, str(path), shape=data.shape[1:])
+    else:
+        parsed = parse_axes(axes, data.ndim, str(path), shape=data.shape)
     if _imagej_compatible(parsed, data.shape):
         kwargs: dict = {"imagej": True, "metadata": {"axes": parsed}}
     else:

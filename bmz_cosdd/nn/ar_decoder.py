@@ -204,7 +204,6 @@ class AutoregressiveDecoder(nn.Module):
         logits, means, scales = self.forward(x, cond)
         return mixture_nll(x, logits, means, scales)
 
-    @torch.jit.unused
     def sample(self, cond: Tensor, generator: Optional[torch.Generator] = None) -> Tensor:
         """Draw a noise image from p(x | z) by ancestral sampling along the direction.
 

@@ -344,7 +344,6 @@ class LadderVAE(nn.Module):
             shapes.append((self.latent_channels[level], h, w))
         return shapes
 
-    @torch.jit.unused
     def sample_prior(
         self, n: int, height: int, width: int, generator: Optional[torch.Generator] = None
     ) -> Tensor:

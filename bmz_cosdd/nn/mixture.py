@@ -18,9 +18,6 @@ from torch import Tensor
 
 __all__ = ["mixture_nll", "mixture_sample", "mixture_mean", "scale_from_raw"]
 
-# 0.5 * log(2 pi), written out: TorchScript cannot read module-level floats.
-_HALF_LOG_2PI = 0.9189385332046727
-
 
 def scale_from_raw(raw: Tensor, min_scale: float) -> Tensor:
     """Map an unconstrained network output to a standard deviation >= ``min_scale``.
@@ -61,6 +58,7 @@ def mixture_nll(x: Tensor, logits: Tensor, means: Tensor, scales: Tensor) -> Ten
     """
     log_w = torch.log_softmax(logits, dim=2)
     z = (x.unsqueeze(2) - means) / scales
+    # 0.9189... = 0.5 * log(2 pi), written out: TorchScript cannot read module-level floats.
     log_pdf = -0.5 * z * z - torch.log(scales) - 0.9189385332046727
     return -torch.logsumexp(log_w + log_pdf, dim=2)
 

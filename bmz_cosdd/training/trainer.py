@@ -229,7 +229,7 @@ class Trainer:
                     else "no checkpoint had been written yet"
                 )
                 raise TrainingDiverged(
-                    f"training diverged: the loss is {float(loss)} at step {self.step + 1}; {kept}"
+                    f"training diverged: the loss is {float(loss.detach())} at step {self.step + 1}; {kept}"
                     " (try a lower --lr or check the data for outliers)"
                 )
             (loss / self.cfg.accumulate).backward()

@@ -167,9 +167,25 @@ def test_sample_prior():
 
 
 def test_logvar_clamp_range():
+    from bmz_cosdd.nn.ladder_vae import _split_gaussian
+
     assert LOGVAR_MIN < 0 < LOGVAR_MAX
+    params = torch.tensor([0.0, 0.0, 1e6, -1e6]).reshape(1, 4, 1, 1)
+    _, logvar = _split_gaussian(params, 2)
+    assert logvar.flatten().tolist() == [LOGVAR_MAX, LOGVAR_MIN]
     vae = _vae()
     with torch.no_grad():
         vae.top.prior_logvar.fill_(1e6)
     _, kl = vae(torch.randn(1, 1, 32, 32))
     assert all(torch.isfinite(k).all() for k in kl)
+
+
+def test_reparameterisation_uses_the_standard_deviation():
+    from bmz_cosdd.nn.ladder_vae import _draw
+
+    mu, logvar, eps = torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 4)
+    assert torch.allclose(_draw(mu, logvar, eps, False), mu + torch.exp(0.5 * logvar) * eps)
+    assert torch.equal(_draw(mu, logvar, eps, True), mu)
+    torch.manual_seed(0)
+    big = _draw(torch.zeros(200_000), torch.full((200_000,), 2 * torch.log(torch.tensor(3.0)).item()), None, False)
+    assert abs(big.std().item() / 3.0 - 1.0) < 0.02

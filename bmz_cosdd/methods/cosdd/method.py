@@ -59,7 +59,11 @@ class COSDD:
         return max(steps)
 
     def halo(self, model: nn.Module) -> int:
-        return int(model.halo)
+        # The direct denoiser is deterministic: its receptive field makes tiling exact.
+        halos = [int(model.halo)]
+        if model.direct_denoiser is not None:
+            halos.append(int(model.direct_denoiser.receptive_field))
+        return max(halos)
 
     def training_losses(self, model: nn.Module, batch: Tensor) -> dict[str, Tensor]:
         n_pixels = batch[0].numel()

@@ -1,0 +1,88 @@
+import pytest
+import torch
+
+from bmz_cosdd.errors import UserError
+from bmz_cosdd.methods.base import PredictOptions
+from bmz_cosdd.methods.registry import get_method
+
+
+def _tiny(**overrides):
+    method = get_method("cosdd")
+    values = {"preset": "tiny", "n_levels": 2, "latent_channels": [4], "features": 8, "ar_layers": 3,
+              "ar_hidden": 8, "signal_hidden": 8, "direct_denoiser": True, "direct_depth": 1,
+              "direct_features": 4, **overrides}
+    torch.manual_seed(0)
+    return method, method.build(method.config_from_dict(values), 1)
+
+
+def test_losses_are_finite_and_named():
+    method, model = _tiny()
+    losses = method.training_losses(model, torch.randn(2, 1, 32, 32))
+    assert set(losses) == {"loss", "elbo", "nll", "kl", "signal_mse", "direct"}
+    assert all(torch.isfinite(v) for v in losses.values())
+    assert losses["kl"] >= 0
+    torch.testing.assert_close(losses["elbo"], losses["nll"] + losses["kl"])
+
+
+def test_signal_decoder_and_direct_denoiser_do_not_train_the_vae():
+    method, model = _tiny()
+    losses = method.training_losses(model, torch.randn(2, 1, 32, 32))
+    (losses["signal_mse"] + losses["direct"]).backward()
+    assert all(p.grad is None or torch.all(p.grad == 0) for p in model.vae.parameters())
+    assert all(p.grad is None or torch.all(p.grad == 0) for p in model.ar_decoder.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.signal_decoder.parameters())
+
+
+def test_prediction_encodes_once_and_samples_in_batches():
+    method, model = _tiny()
+    model.eval()
+    calls = {"bottom_up": 0, "top_down": 0}
+    bottom_up, top_down = model.vae.bottom_up, model.vae.top_down
+
+    def count_bu(x):
+        calls["bottom_up"] += 1
+        return bottom_up(x)
+
+    def count_td(bu, *args, **kwargs):
+        calls["top_down"] += 1
+        return top_down(bu, *args, **kwargs)
+
+    model.vae.bottom_up, model.vae.top_down = count_bu, count_td
+    x = torch.randn(2, 1, 32, 32)
+    with torch.no_grad():
+        out = method.predict(model, x, PredictOptions(samples=20, sample_batch=6, keep_samples=True))
+    assert calls == {"bottom_up": 1, "top_down": 4}
+    assert out["mmse"].shape == (2, 1, 32, 32) and out["std"].shape == (2, 1, 32, 32)
+    assert out["samples"].shape == (20, 2, 1, 32, 32)
+    torch.testing.assert_close(out["samples"].mean(0), out["mmse"], rtol=1e-5, atol=1e-5)
+    assert torch.all(out["std"] > 0)
+
+
+def test_direct_estimator():
+    method, model = _tiny()
+    out = method.predict(model.eval(), torch.randn(1, 1, 32, 32), PredictOptions(estimator="direct"))
+    assert set(out) == {"direct"} and out["direct"].shape == (1, 1, 32, 32)
+    method, model = _tiny(direct_denoiser=False)
+    with pytest.raises(UserError, match="no direct denoiser"):
+        method.predict(model.eval(), torch.randn(1, 1, 32, 32), PredictOptions(estimator="direct"))
+
+
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        ({"preset": "huge"}, "unknown preset 'huge'"),
+        ({"direction": "z"}, "unknown noise direction 'z'"),
+        ({"direct_loss": "l3"}, "unknown direct-denoiser loss"),
+        ({"n_levels": 3, "latent_channels": [4, 4]}, "latent_channels has 2 entries"),
+        ({"colour": 1}, "unknown setting model.colour"),
+    ],
+)
+def test_bad_settings(values, message):
+    with pytest.raises(UserError, match=message):
+        get_method("cosdd").config_from_dict(values)
+
+
+def test_direction_y_model_runs():
+    method, model = _tiny(direction="y")
+    losses = method.training_losses(model, torch.randn(2, 1, 32, 32))
+    assert torch.isfinite(losses["loss"])
