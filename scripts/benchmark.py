@@ -1,0 +1,160 @@
+"""Speed and memory of COSDD training and prediction; prints one JSON object.
+
+Examples
+--------
+    python scripts/benchmark.py                       # reference config 64/8/3, batch 4 crop 64
+    python scripts/benchmark.py --preset small --batch 16 --crop 64
+    python scripts/benchmark.py --device cuda
+
+Each phase runs in its own process so that its peak memory (RSS, and CUDA peak
+when on GPU) is its own. Timings exclude the first (warm-up) steps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import subprocess
+import sys
+import time
+
+
+def model_values(args: argparse.Namespace) -> dict:
+    if args.preset == "reference":
+        # The reference implementation's default: features 64, 8 levels of 32 latent channels, 3 Gaussians.
+        return {"preset": "small", "n_levels": 8, "latent_channels": [32], "features": 64,
+                "ar_hidden": 64, "signal_hidden": 128, "n_gaussians": 3, "direction": "x"}
+    return {"preset": args.preset, "direction": "x"}
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def phase_train(args: argparse.Namespace) -> dict:
+    import torch
+
+    from bmz_cosdd.methods.registry import get_method
+    from bmz_cosdd.training.device import autocast_for, resolve_device
+
+    torch.manual_seed(0)
+    device = resolve_device(args.device)
+    method = get_method("cosdd")
+    values = model_values(args)
+    values["direct_denoiser"] = args.direct_denoiser
+    model = method.build(method.config_from_dict(values), 1).to(device)
+    specs = method.optimisers(model, 2e-3, 0.1, 10)
+    batch = torch.randn(args.batch, 1, args.crop, args.crop, device=device)
+
+    def step() -> None:
+        for s in specs:
+            s.optimizer.zero_grad(set_to_none=True)
+        with autocast_for(device):
+            losses = method.training_losses(model, batch)
+        losses["loss"].backward()
+        for s in specs:
+            s.optimizer.step()
+
+    for _ in range(args.warmup):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(args.steps):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    seconds = (time.perf_counter() - start) / args.steps
+    out = {
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "batch": args.batch,
+        "crop": args.crop,
+        "direct_denoiser": args.direct_denoiser,
+        "seconds_per_step": seconds,
+        "steps_per_s": 1 / seconds,
+        "peak_rss_mib": peak_rss_mib(),
+    }
+    if device.type == "cuda":
+        out["peak_cuda_mib"] = torch.cuda.max_memory_allocated() / 2**20
+    return out
+
+
+def phase_predict(args: argparse.Namespace) -> dict:
+    import torch
+
+    from bmz_cosdd.methods.base import PredictOptions
+    from bmz_cosdd.methods.registry import get_method
+    from bmz_cosdd.training.device import resolve_device
+
+    torch.manual_seed(0)
+    device = resolve_device(args.device)
+    method = get_method("cosdd")
+    model = method.build(method.config_from_dict(model_values(args)), 1).to(device).eval()
+    image = torch.randn(1, 1, args.image, args.image, device=device)
+    options = PredictOptions(samples=args.samples, sample_batch=args.sample_batch)
+    with torch.no_grad():
+        method.predict(model, image, PredictOptions(samples=1, sample_batch=1))  # warm-up
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        method.predict(model, image, options)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+    seconds = time.perf_counter() - start
+    out = {
+        "image": f"{args.image}x{args.image}",
+        "samples": args.samples,
+        "sample_batch": args.sample_batch,
+        "seconds_total": seconds,
+        "seconds_per_sample": seconds / args.samples,
+        "peak_rss_mib": peak_rss_mib(),
+    }
+    if device.type == "cuda":
+        out["peak_cuda_mib"] = torch.cuda.max_memory_allocated() / 2**20
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="reference", help="reference (64/8/3), tiny, small or large")
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--crop", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--direct-denoiser", action="store_true")
+    parser.add_argument("--image", type=int, default=512)
+    parser.add_argument("--samples", type=int, default=20)
+    parser.add_argument("--sample-batch", type=int, default=5)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--phase", choices=["train", "predict"], help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    if args.phase:
+        result = phase_train(args) if args.phase == "train" else phase_predict(args)
+        print(json.dumps(result))
+        return
+    results = {}
+    for phase in ("train", "predict"):
+        proc = subprocess.run([sys.executable, __file__, *sys.argv[1:], "--phase", phase],
+                              capture_output=True, text=True, check=True)
+        results[phase] = json.loads(proc.stdout.strip().splitlines()[-1])
+    import torch
+
+    print(json.dumps({
+        "config": {"preset": args.preset, **model_values(args)},
+        "device": args.device,
+        "torch": torch.__version__,
+        "threads": args.threads or torch.get_num_threads(),
+        "machine": platform.processor() or platform.machine(),
+        **results,
+    }, indent=1))
+
+
+if __name__ == "__main__":
+    main()
