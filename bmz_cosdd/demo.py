@@ -17,6 +17,11 @@ from bmz_cosdd.methods.base import PredictOptions
 from bmz_cosdd.training.session import train
 
 
+# Shot noise plus clearly visible horizontal stripes (correlation about 0.4 between
+# horizontal neighbours, none between vertical ones): noisy PSNR about 22 dB.
+DEMO_NOISE = {"gain": 0.01, "read_sigma": 0.02, "stripe_sigma": 0.15, "blur_sigma": 3.0}
+
+
 @dataclass
 class DemoResult:
     """What the demo measured and wrote."""
@@ -55,7 +60,7 @@ def run_demo(
         COSDD architecture preset.
     """
     out = Path(out_dir)
-    data = make_dataset("mixed", "row_correlated", n=10, shape=(128, 128), seed=seed)
+    data = make_dataset("mixed", "row_correlated", n=10, shape=(128, 128), seed=seed, **DEMO_NOISE)
     train_noisy, test_noisy, test_clean = data.noisy[:8], data.noisy[8:], data.clean[8:]
     write_tiff(out / "data" / "train_noisy.tif", train_noisy, "SYX")
     write_tiff(out / "data" / "test_noisy.tif", test_noisy, "SYX")

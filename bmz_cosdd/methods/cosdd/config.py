@@ -63,7 +63,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # Paper appendix, "large": 14 levels, 13 x 64 latent channels and 128 at the top.
     "large": dict(
         n_levels=14, latent_channels=[64] * 13 + [128], features=64, ar_hidden=64,
-        signal_hidden=128, direct_features=64, direct_depth=4,
+        signal_hidden=128, direct_features=40, direct_depth=3,
     ),
     # Paper appendix, "small": 6 levels and half the dimensions.
     "small": dict(
