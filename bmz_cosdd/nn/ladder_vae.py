@@ -18,12 +18,15 @@ Top-down step at level ``l`` (from the top to level 0), with top-down features h
 - posterior q(z_l | x, z_>l): 1x1 conv + gated block on concat(h, bu[l]), then a
   3x3 conv (top level: a 3x3 conv of bu[top]);
 - z_l = mean + std * eps (or the posterior mean);
-- h <- h + GatedResBlock(1x1 conv(concat(h, z_l))) (the residual is the
-  "stochastic skip"; top level: h = GatedResBlock(1x1 conv(z_top)));
+- h <- h + 1x1 conv(concat(h, z_l)) (the residual is the "stochastic skip";
+  top level: h = 1x1 conv(z_top));
 - ``blocks_per_level`` gated residual blocks, then upsampling if ``downsample[l]``.
 
-A final gated residual block at input resolution gives the output features. The
-input x enters the output only through the sampled latents.
+The upsampled features of level 0 are the output (the decoders that consume them
+add their own full-resolution layers, so none is spent here). The input x enters
+the output only through the sampled latents. Prediction, which needs no KL, can
+skip the priors with ``compute_kl=False``: per posterior sample the top-down
+path then costs only the posterior and decoding convolutions.
 """
 
 
@@ -115,7 +118,6 @@ class _TopLevel(nn.Module):
         self.prior_logvar = nn.Parameter(torch.zeros(1, latent, 1, 1))
         self.posterior = nn.Conv2d(features, 2 * latent, 3, padding=1)
         self.z_in = nn.Conv2d(latent, features, 1)
-        self.z_block = GatedResBlock(features, batch_norm=batch_norm, dropout=dropout)
         self.blocks = _blocks(features, n_blocks, batch_norm, dropout)
         self.up = Upsample(features, features) if upsample else nn.Identity()
 
@@ -124,14 +126,17 @@ class _TopLevel(nn.Module):
         return self.prior_mean.expand_as(like), logvar.expand_as(like)
 
     def from_z(self, z: Tensor) -> Tensor:
-        h = self.z_block(self.z_in(z))
-        return self.up(self.blocks(h))
+        return self.up(self.blocks(self.z_in(z)))
 
-    def forward(self, bu: Tensor, eps: Optional[Tensor], use_mean: bool) -> Tuple[Tensor, Tensor]:
+    def forward(
+        self, bu: Tensor, eps: Optional[Tensor], use_mean: bool, compute_kl: bool
+    ) -> Tuple[Tensor, Optional[Tensor]]:
         q_mu, q_lv = _split_gaussian(self.posterior(bu), self.latent)
-        p_mu, p_lv = self.prior(q_mu)
         z = _draw(q_mu, q_lv, eps, use_mean)
-        kl = gaussian_kl(q_mu, q_lv, p_mu, p_lv).sum(dim=(1, 2, 3))
+        kl: Optional[Tensor] = None
+        if compute_kl:
+            p_mu, p_lv = self.prior(q_mu)
+            kl = gaussian_kl(q_mu, q_lv, p_mu, p_lv).sum(dim=(1, 2, 3))
         return self.from_z(z), kl
 
 
@@ -148,7 +153,6 @@ class _TopDownLevel(nn.Module):
         self.merge_block = GatedResBlock(features, batch_norm=batch_norm, dropout=dropout)
         self.posterior = nn.Conv2d(features, 2 * latent, 3, padding=1)
         self.z_in = nn.Conv2d(features + latent, features, 1)
-        self.z_block = GatedResBlock(features, batch_norm=batch_norm, dropout=dropout)
         self.blocks = _blocks(features, n_blocks, batch_norm, dropout)
         self.up = Upsample(features, features) if upsample else nn.Identity()
 
@@ -156,15 +160,19 @@ class _TopDownLevel(nn.Module):
         return _split_gaussian(self.prior_conv(h), self.latent)
 
     def from_z(self, h: Tensor, z: Tensor) -> Tensor:
-        h = h + self.z_block(self.z_in(torch.cat([h, z], dim=1)))
+        h = h + self.z_in(torch.cat([h, z], dim=1))
         return self.up(self.blocks(h))
 
-    def forward(self, h: Tensor, bu: Tensor, eps: Optional[Tensor], use_mean: bool) -> Tuple[Tensor, Tensor]:
-        p_mu, p_lv = self.prior(h)
+    def forward(
+        self, h: Tensor, bu: Tensor, eps: Optional[Tensor], use_mean: bool, compute_kl: bool
+    ) -> Tuple[Tensor, Optional[Tensor]]:
         merged = self.merge_block(self.merge(torch.cat([h, bu], dim=1)))
         q_mu, q_lv = _split_gaussian(self.posterior(merged), self.latent)
         z = _draw(q_mu, q_lv, eps, use_mean)
-        kl = gaussian_kl(q_mu, q_lv, p_mu, p_lv).sum(dim=(1, 2, 3))
+        kl: Optional[Tensor] = None
+        if compute_kl:
+            p_mu, p_lv = self.prior(h)
+            kl = gaussian_kl(q_mu, q_lv, p_mu, p_lv).sum(dim=(1, 2, 3))
         return self.from_z(h, z), kl
 
 
@@ -265,7 +273,6 @@ class LadderVAE(nn.Module):
                 for level in range(top - 1, -1, -1)
             ]
         )
-        self.head = GatedResBlock(features, batch_norm=batch_norm, dropout=dropout)
 
     def bottom_up(self, x: Tensor) -> List[Tensor]:
         """Deterministic bottom-up features, one per level, index 0 = finest.
@@ -287,7 +294,11 @@ class LadderVAE(nn.Module):
         return out
 
     def top_down(
-        self, bu: List[Tensor], eps: Optional[List[Tensor]] = None, use_mean: Optional[List[bool]] = None
+        self,
+        bu: List[Tensor],
+        eps: Optional[List[Tensor]] = None,
+        use_mean: Optional[List[bool]] = None,
+        compute_kl: bool = True,
     ) -> Tuple[Tensor, List[Tensor]]:
         """Top-down pass: sample every level's latent from the posterior and decode.
 
@@ -301,6 +312,8 @@ class LadderVAE(nn.Module):
             internal ``torch.randn_like`` draws.
         use_mean : list of bool, optional
             ``use_mean[l]`` takes the posterior mean at level ``l`` instead of a sample.
+        compute_kl : bool, default True
+            False skips the priors and returns an empty KL list (prediction).
 
         Returns
         -------
@@ -308,7 +321,7 @@ class LadderVAE(nn.Module):
             (B, features, Y, X) at input resolution.
         kl : list of Tensor
             Analytic KL(q || p) per level (index 0 = finest), each (B,), summed over
-            the level's (C, Y, X).
+            the level's (C, Y, X); empty when ``compute_kl`` is False.
         """
         n = self.n_levels
         if len(bu) != n:
@@ -319,13 +332,16 @@ class LadderVAE(nn.Module):
             raise ValueError("use_mean must hold one flag per level")
 
         level = n - 1
-        h, kl = self.top(bu[level], _eps_at(eps, level), _flag_at(use_mean, level))
-        kls: List[Tensor] = [kl]
+        h, kl = self.top(bu[level], _eps_at(eps, level), _flag_at(use_mean, level), compute_kl)
+        kls: List[Tensor] = []
+        if kl is not None:
+            kls.append(kl)
         for td in self.td_levels:
             level -= 1
-            h, kl = td(h, bu[level], _eps_at(eps, level), _flag_at(use_mean, level))
-            kls.insert(0, kl)
-        return self.head(h), kls
+            h, kl = td(h, bu[level], _eps_at(eps, level), _flag_at(use_mean, level), compute_kl)
+            if kl is not None:
+                kls.insert(0, kl)
+        return h, kls
 
     def forward(self, x: Tensor) -> Tuple[Tensor, List[Tensor]]:
         """``top_down(bottom_up(x))`` with fresh posterior samples: (features, kl per level)."""
@@ -368,4 +384,4 @@ class LadderVAE(nn.Module):
         h = self.top.from_z(draw(*self.top.prior(like)))
         for td in self.td_levels:
             h = td.from_z(h, draw(*td.prior(h)))
-        return self.head(h)
+        return h

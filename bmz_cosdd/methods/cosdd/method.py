@@ -110,7 +110,7 @@ class COSDD:
 
         def draw(k: int) -> Tensor:
             repeated = [level.repeat(k, 1, 1, 1) for level in bu]
-            features, _ = model.vae.top_down(repeated)
+            features, _ = model.vae.top_down(repeated, compute_kl=False)
             signal = model.signal_decoder(features).float()
             return signal.view(k, *x.shape[:1], *signal.shape[1:])
 
