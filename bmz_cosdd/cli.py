@@ -145,13 +145,13 @@ def predict(
     run: Annotated[Path, typer.Argument(help="Run folder of a trained model.")],
     inputs: Annotated[List[Path], typer.Argument(help="Image files or folders to denoise.")],
     out: Annotated[Path, typer.Option(help="Folder for the denoised TIFFs.")] = Path("denoised"),
-    axes: Annotated[str, typer.Option(help="Axes of the input arrays, e.g. YX, SYX, TYX.")] = "YX",
+    axes: Annotated[Optional[str], typer.Option(help="Axes of the input arrays, e.g. YX, SYX, TYX (default: the training data's).", show_default=False)] = None,
     pattern: Annotated[str, typer.Option(help="Glob pattern inside input folders.")] = "*",
     estimator: Annotated[Optional[str], typer.Option(help="mmse (average of samples) or direct (one pass of the direct denoiser).")] = None,
     samples: Annotated[int, typer.Option(help="Posterior samples averaged for the MMSE.")] = 100,
     sample_batch: Annotated[int, typer.Option(help="Samples decoded at once.")] = 10,
     save_samples: Annotated[bool, typer.Option(help="Also write the individual samples.")] = False,
-    tile: Annotated[int, typer.Option(help="Largest tile side (halo included) fed to the network.")] = 256,
+    tile: Annotated[int, typer.Option(help="Largest tile side (halo included) fed to the network.")] = 512,
     seed: Annotated[int, typer.Option(help="Seed of the posterior sampling.")] = 0,
     checkpoint: Annotated[str, typer.Option(help="best or last.")] = "best",
     device: Annotated[str, typer.Option(help="auto, cpu or cuda[:i].")] = "auto",
@@ -166,7 +166,7 @@ def predict(
         samples=samples, sample_batch=sample_batch, keep_samples=save_samples,
     )
     written = predict_files(
-        trained, inputs, axes, out, options, pattern=pattern, tile=tile, seed=seed,
+        trained, inputs, axes or trained.config.data.axes, out, options, pattern=pattern, tile=tile, seed=seed,
         on_image=lambda path, i, n: _say(f"[{i}/{n}] {path.name}"),
     )
     for path in written:

@@ -82,7 +82,7 @@ def predict_image(
     trained: TrainedModel,
     image: np.ndarray,
     options: PredictOptions | None = None,
-    tile: int = 256,
+    tile: int = 512,
     seed: int = 0,
     on_tile: Optional[Callable[[int, int], None]] = None,
 ) -> dict[str, np.ndarray]:
@@ -152,7 +152,7 @@ def predict_files(
     out_dir: str | Path,
     options: PredictOptions | None = None,
     pattern: str = "*",
-    tile: int = 256,
+    tile: int = 512,
     seed: int = 0,
     on_image: Optional[Callable[[Path, int, int], None]] = None,
 ) -> list[Path]:

@@ -27,9 +27,14 @@ def _pad(image: np.ndarray, pads: list[tuple[int, int]]) -> np.ndarray:
 
 
 def tile_layout(size: int, tile: int, halo: int, step: int) -> tuple[int, int]:
-    """Inner tile length and tile count along one axis of length ``size``."""
-    inner = max(step, (tile - 2 * halo) // step * step)
-    inner = min(inner, _round_up(size, step))
+    """Inner tile length and tile count along one axis of length ``size``.
+
+    Uses as few tiles as ``tile`` allows and spreads the image evenly over them,
+    so little is computed beyond the image itself.
+    """
+    largest = max(step, (tile - 2 * halo) // step * step)
+    count = int(math.ceil(size / largest))
+    inner = _round_up(int(math.ceil(size / count)), step)
     return inner, int(math.ceil(size / inner))
 
 

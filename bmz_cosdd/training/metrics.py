@@ -52,6 +52,14 @@ def _series(records: Iterable[dict[str, Any]], kind: str, key: str) -> tuple[lis
     return xs, ys
 
 
+def _units(key: str) -> str:
+    if key in ("elbo", "nll", "kl"):
+        return "nats / pixel"
+    if key == "loss":
+        return "sum of all terms"
+    return "loss (normalised units)"
+
+
 def plot_curves(records: list[dict[str, Any]], path: Path, title: str = "Training") -> None:
     """Write a PNG with one panel per loss term: training (line) and validation (dots) against step."""
     import matplotlib
@@ -79,7 +87,7 @@ def plot_curves(records: list[dict[str, Any]], path: Path, title: str = "Trainin
             ax.plot(vx, vy, "o-", ms=3, lw=1, color="tab:orange", label="validation")
         ax.set_title(key)
         ax.set_xlabel("optimiser step")
-        ax.set_ylabel("nats / pixel" if key in ("elbo", "nll", "kl", "loss") else "loss (normalised units)")
+        ax.set_ylabel(_units(key))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     for ax in list(axes.flat)[len(keys):]:
