@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
@@ -125,15 +126,19 @@ def predict_image(
     if tile < step + 2 * halo:
         raise UserError(f"--tile {tile} is too small for this model (at least {step + 2 * halo})")
     normalised = normalise(image.astype(np.float64), trained.stats)
+    tiles = {"done": 0}
 
     def run(x: torch.Tensor) -> dict[str, torch.Tensor]:
-        out = method.predict(model, x.to(trained.device), options)
+        # A seed per tile, so no tile repeats another's draws (no periodic pattern).
+        tile_options = dataclasses.replace(options, seed=seed + tiles["done"])
+        tiles["done"] += 1
+        out = method.predict(model, x.to(trained.device), tile_options)
         return {k: v.squeeze(-4) for k, v in out.items()}  # drop the batch axis of one tile
 
     model.eval()
     devices = [trained.device] if trained.device.type == "cuda" else []
+    # The sampler seeds torch's global generator; keep the caller's stream untouched.
     with torch.no_grad(), torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
         outputs = predict_tiled(run, normalised, tile, halo, step, on_tile)
     std = np.asarray(trained.stats.std, dtype=np.float64)[:, None, None]
     result = {}

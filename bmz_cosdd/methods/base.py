@@ -38,12 +38,15 @@ class PredictOptions:
         Samples decoded at once (memory against speed).
     keep_samples
         Also return the individual samples.
+    seed
+        Seed of the posterior draws (the same seed gives the same result).
     """
 
     estimator: str = "mmse"
     samples: int = 100
     sample_batch: int = 10
     keep_samples: bool = False
+    seed: int = 0
 
 
 class Method(Protocol):

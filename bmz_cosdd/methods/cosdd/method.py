@@ -11,7 +11,7 @@ import typer
 from torch import Tensor, nn
 
 from bmz_cosdd.errors import UserError
-from bmz_cosdd.inference.sampling import sample_reduce
+from bmz_cosdd.inference.posterior import PosteriorSampler
 from bmz_cosdd.methods.base import OptimiserSpec, PredictOptions
 from bmz_cosdd.methods.cosdd.config import PRESETS, cosdd_config
 from bmz_cosdd.methods.cosdd.model import COSDDModel
@@ -104,14 +104,17 @@ class COSDD:
             if model.direct_denoiser is None:
                 raise UserError("this COSDD run has no direct denoiser (train with --direct-denoiser)")
             return {"direct": model.direct_denoiser(x).float()}
-        # The bottom-up pass is deterministic: run it once, then draw every
-        # posterior sample through the top-down path and the signal decoder only.
-        bu = model.vae.bottom_up(x)
+        # The bottom-up pass is deterministic: the sampler runs it once, then draws
+        # every posterior sample through the top-down path and the signal decoder only.
+        mmse, std, samples = self.sampler(model, options).reduce(x)
+        out = {"mmse": mmse, "std": std}
+        if options.keep_samples:
+            out["samples"] = samples
+        return out
 
-        def draw(k: int) -> Tensor:
-            repeated = [level.repeat(k, 1, 1, 1) for level in bu]
-            features, _ = model.vae.top_down(repeated, compute_kl=False)
-            signal = model.signal_decoder(features).float()
-            return signal.view(k, *x.shape[:1], *signal.shape[1:])
-
-        return sample_reduce(draw, options.samples, options.sample_batch, options.keep_samples)
+    def sampler(self, model: nn.Module, options: PredictOptions) -> PosteriorSampler:
+        """The sampling module shared by prediction and export."""
+        return PosteriorSampler(
+            model.vae, model.signal_decoder, n_samples=options.samples, sample_batch=options.sample_batch,
+            seed=options.seed, keep_samples=options.keep_samples,
+        )
