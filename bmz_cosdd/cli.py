@@ -173,6 +173,59 @@ def predict(
         typer.echo(str(path))
 
 
+# -- package / validate ---------------------------------------------------------
+@app.command()
+def package(
+    run: Annotated[Path, typer.Argument(help="Run folder of a trained model.")],
+    out: Annotated[Path, typer.Option(help="The package zip to write.")] = Path("model.zip"),
+    estimator: Annotated[Optional[str], typer.Option(help="mmse (in-graph sampling) or direct (the deterministic direct denoiser).")] = None,
+    outputs: Annotated[str, typer.Option(help="mmse (one output, for ilastik), mmse,std or mmse,std,samples.")] = "mmse",
+    samples: Annotated[int, typer.Option(help="Posterior samples averaged inside the model.")] = 100,
+    sample_batch: Annotated[int, typer.Option(help="Samples decoded at once inside the model.")] = 10,
+    seed: Annotated[int, typer.Option(help="Seed of the in-graph sampling (recorded in the package).")] = 0,
+    name: Annotated[Optional[str], typer.Option(help="Model name shown on bioimage.io.")] = None,
+    description: Annotated[Optional[str], typer.Option(help="One-sentence description.")] = None,
+    author: Annotated[Optional[List[str]], typer.Option(help="'Name; Affiliation' (repeat for several).")] = None,
+    version: Annotated[Optional[str], typer.Option(help="The model's version (not the library's).")] = None,
+    license: Annotated[Optional[str], typer.Option(help="SPDX licence of the weights.")] = None,
+    meta: Annotated[Optional[Path], typer.Option(help="YAML with name, description, authors, version, license, tags.")] = None,
+    device: Annotated[Optional[str], typer.Option(help="Device for validation: cpu or cuda.")] = None,
+) -> None:
+    """Package a trained run for the BioImage Model Zoo and validate every weight format."""
+    from bmz_cosdd.export.package import load_meta, package_run
+    from bmz_cosdd.methods.base import ExportOptions
+    from bmz_cosdd.zoo.validate import format_table
+
+    metadata = load_meta(meta, name=name, description=description, authors=author or [], version=version,
+                         license=license)
+    options = ExportOptions(
+        estimator=estimator or "mmse", outputs=tuple(o.strip() for o in outputs.split(",") if o.strip()),
+        samples=samples, sample_batch=sample_batch, seed=seed,
+    )
+    result = package_run(run, out, options, metadata, device=device, say=_say)
+    for note in result.notes:
+        _say(note)
+    if result.validation:
+        typer.echo(format_table(result.validation))
+    typer.echo(f"package written: {result.path} ({', '.join(result.weight_formats)})")
+
+
+@app.command()
+def validate(
+    package: Annotated[Path, typer.Argument(help="A bioimage.io model package (zip).")],
+    device: Annotated[Optional[str], typer.Option(help="cpu or cuda (default: bioimageio.core's choice).")] = None,
+) -> None:
+    """Run bioimageio.core's test for every weight format at default tolerance (offline)."""
+    from bmz_cosdd.export.rdf import read_package_descr
+    from bmz_cosdd.zoo.validate import format_table, validate_package
+
+    read_package_descr(package)
+    results = validate_package(package, device=device)
+    typer.echo(format_table(results))
+    if not all(r.passed for r in results):
+        raise typer.Exit(1)
+
+
 # -- demo -----------------------------------------------------------------------
 @app.command()
 def demo(

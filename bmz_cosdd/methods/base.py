@@ -90,9 +90,58 @@ class Method(Protocol):
     def optimisers(self, model: nn.Module, lr: float, factor: float, patience: int) -> list[OptimiserSpec]:
         """The optimisers (each with its scheduler) that update the model."""
 
+    def export(self, model: nn.Module, config: Any, options: "ExportOptions") -> "ExportedModel":
+        """The scriptable inference module of a trained model, for packaging."""
+
     def predict(self, model: nn.Module, x: torch.Tensor, options: PredictOptions) -> dict[str, torch.Tensor]:
         """Denoise a normalised batch (B, C, Y, X).
 
         Returns named outputs whose last two axes are Y and X, e.g. ``mmse`` and
         ``std`` (B, C, Y, X) and ``samples`` (N, B, C, Y, X).
         """
+
+
+@dataclass
+class ExportOptions:
+    """What an exported (packaged) model computes.
+
+    Parameters
+    ----------
+    estimator
+        A name from the method's ``estimators``.
+    outputs
+        Outputs of a sampling model, e.g. ``("mmse",)``, ``("mmse", "std")`` or
+        ``("mmse", "std", "samples")``; deterministic estimators have one output.
+    samples, sample_batch, seed
+        Fixed at export: the packaged model is deterministic.
+    """
+
+    estimator: str = "mmse"
+    outputs: tuple[str, ...] = ("mmse",)
+    samples: int = 100
+    sample_batch: int = 10
+    seed: int = 0
+
+
+@dataclass
+class ExportedModel:
+    """A scriptable inference module and what a package needs to describe it.
+
+    ``module`` takes a normalised (B, C, Y, X) input whose Y and X are multiples of
+    ``size_step`` and returns ``outputs`` in normalised units; ``builder`` called with
+    ``builder_kwargs`` rebuilds it (for state-dict weights), and ``source_modules``
+    (dependencies first) hold everything ``builder`` needs.
+    """
+
+    module: nn.Module
+    outputs: list[str]
+    builder: Any
+    builder_kwargs: dict[str, Any]
+    source_modules: list[Any]
+    size_step: int
+    halo: int
+    n_samples: int | None
+    cite: list[tuple[str, str]]
+    tags: list[str]
+    card: str
+    card_fields: dict[str, str]

@@ -146,6 +146,8 @@ class UNet(nn.Module):
 
     size_step: int
     receptive_field: int
+    depth: int
+    features: int
 
     def __init__(
         self,
@@ -167,6 +169,8 @@ class UNet(nn.Module):
             raise ValueError("residual=True needs in_channels == out_channels")
         self.residual = residual
         self.size_step = 2**depth
+        self.depth = depth
+        self.features = features
         self.receptive_field = unet_receptive_field(depth, kernel_size, blur_pool, top_skip)
 
         widths = [features * 2**i for i in range(depth + 1)]

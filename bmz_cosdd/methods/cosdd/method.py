@@ -11,8 +11,8 @@ import typer
 from torch import Tensor, nn
 
 from bmz_cosdd.errors import UserError
-from bmz_cosdd.inference.posterior import PosteriorSampler
-from bmz_cosdd.methods.base import OptimiserSpec, PredictOptions
+from bmz_cosdd.inference.posterior import OUTPUT_WRAPPERS, PosteriorSampler
+from bmz_cosdd.methods.base import ExportedModel, ExportOptions, OptimiserSpec, PredictOptions
 from bmz_cosdd.methods.cosdd.config import PRESETS, cosdd_config
 from bmz_cosdd.methods.cosdd.model import COSDDModel
 
@@ -111,6 +111,69 @@ class COSDD:
         if options.keep_samples:
             out["samples"] = samples
         return out
+
+    def export(self, model: nn.Module, config, options: ExportOptions) -> ExportedModel:
+        import bmz_cosdd.inference.posterior as posterior
+        import bmz_cosdd.methods.cosdd.architecture as architecture
+        import bmz_cosdd.nn.blocks as blocks
+        import bmz_cosdd.nn.decoders as decoders
+        import bmz_cosdd.nn.ladder_vae as ladder_vae
+        import bmz_cosdd.nn.unet as unet
+
+        if options.estimator not in self.estimators:
+            raise UserError(f"unknown estimator {options.estimator!r} (choose {', '.join(self.estimators)})")
+        sources = [blocks, ladder_vae, decoders, unet, posterior, architecture]
+        fields = {
+            "direction": config.direction,
+            "direction_word": "rows" if config.direction == "x" else "columns",
+            "preset": config.preset,
+            "architecture": (
+                f"{config.n_levels} levels, latent channels {list(config.latent_channels)}, {config.features} features; "
+                f"autoregressive noise decoder with a receptive field of {model.ar_decoder.receptive_field} px "
+                f"along {config.direction}, {config.n_gaussians} Gaussians"
+            ),
+        }
+        cite = [("B. Salmon and A. Krull, Unsupervised Denoising for Signal-Dependent and Row-Correlated "
+                 "Imaging Noise, WACV 2025", "10.48550/arXiv.2310.07887")]
+        tags = ["denoising", "cosdd", "unsupervised", "vae", "2d", "pytorch", "correlated-noise"]
+        if options.estimator == "direct":
+            if model.direct_denoiser is None:
+                raise UserError("this COSDD run has no direct denoiser (train with --direct-denoiser)")
+            if tuple(options.outputs) != ("mmse",):
+                raise UserError("the direct estimator has one output; drop --outputs")
+            kwargs = {"n_channels": model.n_channels, "depth": model.direct_denoiser.depth,
+                      "features": model.direct_denoiser.features}
+            module = architecture.build_direct_model(**kwargs)
+            module.load_state_dict(model.direct_denoiser.state_dict())
+            return ExportedModel(
+                module=module.eval(), outputs=["denoised"], builder=architecture.build_direct_model,
+                builder_kwargs=kwargs, source_modules=sources, size_step=module.size_step,
+                halo=module.receptive_field, n_samples=None, cite=cite, tags=tags, card="cosdd.md",
+                card_fields={**fields, "estimator": "direct denoiser (one deterministic pass, trained to "
+                             f"regress the decoded signal with {config.direct_loss.upper()})"},
+            )
+        outputs = list(options.outputs)
+        if tuple(outputs) not in OUTPUT_WRAPPERS:
+            raise UserError(
+                f"unsupported outputs {','.join(outputs)} (choose {' or '.join(','.join(o) for o in OUTPUT_WRAPPERS)})"
+            )
+        kwargs = {
+            "n_channels": model.n_channels, "n_levels": config.n_levels,
+            "latent_channels": list(config.latent_channels), "features": config.features,
+            "blocks_per_level": config.blocks_per_level, "signal_layers": config.signal_layers,
+            "signal_hidden": config.signal_hidden, "n_samples": options.samples,
+            "sample_batch": options.sample_batch, "seed": options.seed, "outputs": outputs,
+        }
+        module = architecture.build_sampling_model(**kwargs)
+        module.sampler.vae.load_state_dict(model.vae.state_dict())
+        module.sampler.decoder.load_state_dict(model.signal_decoder.state_dict())
+        return ExportedModel(
+            module=module.eval(), outputs=outputs, builder=architecture.build_sampling_model,
+            builder_kwargs=kwargs, source_modules=sources, size_step=model.vae.size_step,
+            halo=self.halo(model), n_samples=options.samples, cite=cite, tags=tags, card="cosdd.md",
+            card_fields={**fields, "estimator": f"MMSE: mean of {options.samples} posterior samples "
+                         f"(seed {options.seed}, drawn inside the model)"},
+        )
 
     def sampler(self, model: nn.Module, options: PredictOptions) -> PosteriorSampler:
         """The sampling module shared by prediction and export."""

@@ -8,25 +8,9 @@ from torch import Tensor, nn
 
 from bmz_cosdd.methods.cosdd.config import COSDDConfig
 from bmz_cosdd.nn.ar_decoder import AutoregressiveDecoder
+from bmz_cosdd.nn.decoders import SignalDecoder
 from bmz_cosdd.nn.ladder_vae import LadderVAE
 from bmz_cosdd.nn.unet import UNet
-
-
-class SignalDecoder(nn.Module):
-    """Maps latent features to the clean signal: ``layers`` 3x3 convolutions with ReLU."""
-
-    def __init__(self, features: int, out_channels: int, layers: int = 4, hidden: int = 128) -> None:
-        super().__init__()
-        modules: list[nn.Module] = []
-        width = features
-        for _ in range(layers - 1):
-            modules += [nn.Conv2d(width, hidden, 3, padding=1), nn.ReLU()]
-            width = hidden
-        modules.append(nn.Conv2d(width, out_channels, 3, padding=1))
-        self.net = nn.Sequential(*modules)
-
-    def forward(self, z: Tensor) -> Tensor:
-        return self.net(z)
 
 
 class COSDDModel(nn.Module):

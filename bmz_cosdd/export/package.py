@@ -1,0 +1,312 @@
+"""Turn a trained run into a validated BioImage Model Zoo package (method-agnostic).
+
+The method gives its scriptable inference module; this module scripts it, writes
+the state dict and the bundled architecture source, picks a test image from the
+run's validation data, renders the model card and covers, builds the package
+with bioimageio.spec's classes, validates every weight format with
+bioimageio.core at default tolerance, and only then moves the zip into place.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+import string
+import tempfile
+from dataclasses import dataclass, field
+from datetime import date
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from bmz_cosdd import __version__
+from bmz_cosdd.config import load_yaml
+from bmz_cosdd.data.io import load_images
+from bmz_cosdd.data.splits import split_images
+from bmz_cosdd.errors import UserError
+from bmz_cosdd.export.source_bundle import bundle_sources
+from bmz_cosdd.inference.predictor import TrainedModel, load_run
+from bmz_cosdd.methods.base import ExportedModel, ExportOptions
+from bmz_cosdd.run_folder import RunFolder
+
+
+@dataclass
+class PackageMeta:
+    """Who and what the package is, from CLI options or a YAML file.
+
+    Parameters
+    ----------
+    name, description
+        Shown on bioimage.io.
+    authors
+        ``[{"name": ..., "affiliation": ..., "orcid": ..., "github_user": ...}]``.
+    version
+        The model's own version (not the library's).
+    license
+        SPDX identifier of the weights.
+    """
+
+    name: str = ""
+    description: str = ""
+    authors: list[dict[str, str]] = field(default_factory=list)
+    version: str = "0.1.0"
+    license: str = "MIT"
+    tags: list[str] = field(default_factory=list)
+    git_repo: str | None = None
+
+
+def load_meta(path: str | Path | None, **overrides: Any) -> PackageMeta:
+    """Metadata from a YAML file (optional) with CLI values on top."""
+    values: dict[str, Any] = load_yaml(path) if path is not None else {}
+    unknown = sorted(set(values) - set(PackageMeta.__dataclass_fields__))
+    if unknown:
+        raise UserError(f"unknown package metadata {', '.join(unknown)} in {path}")
+    values.update({k: v for k, v in overrides.items() if v not in (None, [], "")})
+    authors = values.get("authors") or []
+    if isinstance(authors, str):
+        authors = [authors]
+    values["authors"] = [_author(a) for a in authors]
+    return PackageMeta(**values)
+
+
+def _author(value: Any) -> dict[str, str]:
+    if isinstance(value, dict):
+        if not value.get("name"):
+            raise UserError(f"an author needs a name, got {value}")
+        return {k: str(v) for k, v in value.items() if v}
+    parts = [p.strip() for p in str(value).split(";")]
+    if not parts[0]:
+        raise UserError(f"an author needs a name, got {value!r}")
+    author = {"name": parts[0]}
+    if len(parts) > 1 and parts[1]:
+        author["affiliation"] = parts[1]
+    return author
+
+
+@dataclass
+class PackageResult:
+    """Where the package went and how its validation went."""
+
+    path: Path
+    weight_formats: list[str]
+    validation: list[Any]
+    notes: list[str]
+
+
+def _round_up(value: int, step: int) -> int:
+    return int(math.ceil(value / step) * step)
+
+
+def _test_image(trained: TrainedModel, size_min: int, size_step: int, max_size: int = 256) -> np.ndarray:
+    """A raw (1, C, Y, X) crop of the first validation image, sized to the model's grid."""
+    data = trained.config.data
+    try:
+        images = load_images(data.paths, data.pattern, data.axes)
+    except UserError as exc:
+        raise UserError(f"cannot read the run's training data for a test image ({exc})") from None
+    split = split_images(images, data.val_fraction, trained.config.train.seed, data.crop_size)
+    image = split.val[0].data
+    limit = max(size_min, max_size // size_step * size_step)
+    sizes = []
+    for extent in image.shape[-2:]:
+        usable = extent // size_step * size_step
+        if usable < size_min:
+            raise UserError(
+                f"the validation image {split.val[0].source} ({image.shape[-2]} x {image.shape[-1]}) is smaller"
+                f" than the model's minimum size {size_min}"
+            )
+        sizes.append(min(usable, limit))
+    y0 = (image.shape[-2] - sizes[0]) // 2
+    x0 = (image.shape[-1] - sizes[1]) // 2
+    return np.ascontiguousarray(image[None, :, y0 : y0 + sizes[0], x0 : x0 + sizes[1]], dtype=np.float32)
+
+
+def _cover(raw: np.ndarray, mmse: np.ndarray, std: np.ndarray | None, title: str) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [(raw, "input", "gray"), (mmse, "denoised", "gray")]
+    if std is not None:
+        panels.append((std, "posterior std", "magma"))
+    lo, hi = np.percentile(raw, [0.5, 99.5])
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.4 * len(panels), 3.6))
+    for ax, (img, label, cmap) in zip(np.atleast_1d(axes), panels):
+        kwargs = {"vmin": lo, "vmax": hi} if cmap == "gray" else {}
+        ax.imshow(img, cmap=cmap, **kwargs)
+        ax.set_title(label)
+        ax.axis("off")
+    fig.suptitle(title)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def _render_card(template: str, fields: dict[str, Any]) -> str:
+    try:
+        text = resources.files("bmz_cosdd").joinpath("model_cards", template).read_text()
+    except FileNotFoundError:
+        raise UserError(f"model card template {template} is missing from model_cards/") from None
+    return string.Template(text).substitute({k: str(v) for k, v in fields.items()})
+
+
+def _onnx(exported: ExportedModel, module: torch.nn.Module, example: torch.Tensor, path: Path) -> str | None:
+    """Export to ONNX; return None on success or the reason it is left out."""
+    if exported.n_samples is not None:
+        # Sampling models draw their noise with torch.manual_seed + randn, which ONNX
+        # can only express as RandomNormalLike: not reproducible against the test output.
+        return "ONNX left out: its random-normal op cannot reproduce the seeded posterior samples of this model"
+    try:
+        import onnx  # noqa: F401
+    except ImportError:
+        return "ONNX left out: the onnx package is not installed"
+    try:
+        torch.onnx.export(
+            module, (example,), str(path), opset_version=17, input_names=["input"], output_names=["output"],
+            dynamic_axes={"input": {0: "b", 2: "y", 3: "x"}, "output": {0: "b", 2: "y", 3: "x"}},
+            dynamo=False,
+        )
+    except Exception as exc:  # the exporter raises many types; the package goes on without ONNX
+        return f"ONNX left out: export failed ({str(exc).splitlines()[0][:120]})"
+    return None
+
+
+def package_run(
+    run_dir: str | Path,
+    out: str | Path,
+    options: ExportOptions | None = None,
+    meta: PackageMeta | None = None,
+    validate: bool = True,
+    device: str | None = None,
+    say: Any = print,
+) -> PackageResult:
+    """Package the best checkpoint of ``run_dir`` as a bioimage.io model zip at ``out``.
+
+    The zip is built in a temporary folder, validated for every weight format at
+    default tolerance, and only then renamed to ``out``; on any failure nothing is
+    left at ``out`` (an existing file there stays untouched).
+    """
+    from bmz_cosdd.export.rdf import Author, PackageContent, build_package
+    from bmz_cosdd.zoo.validate import validate_package
+
+    options = options or ExportOptions()
+    meta = meta or PackageMeta()
+    out = Path(out)
+    if out.suffix != ".zip":
+        raise UserError(f"--out must name a .zip file, got {out}")
+    trained = load_run(run_dir, device="cpu")
+    method, model = trained.method, trained.model
+    if options.samples < 1 or options.sample_batch < 1:
+        raise UserError("--samples and --sample-batch must be at least 1")
+    exported = method.export(model, trained.config.model, options)
+    module = exported.module.eval()
+    step = exported.size_step
+    halo = _round_up(exported.halo, step)
+    size_min = _round_up(2 * halo + 1, step)
+    raw = _test_image(trained, size_min, step)
+    notes: list[str] = []
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # Built beside the target so the final rename stays on one file system.
+    with tempfile.TemporaryDirectory(prefix=".bmz-cosdd-package-", dir=out.parent) as tmp:
+        work = Path(tmp)
+        scripted = torch.jit.script(module)
+        scripted.save(str(work / "weights_torchscript.pt"))
+        torch.save(module.state_dict(), work / "weights_state_dict.pt")
+        (work / "architecture.py").write_text(
+            bundle_sources(exported.source_modules, f"{method.name} architecture for bioimage.io state-dict weights")
+        )
+        np.save(work / "test_input.npy", raw)
+        onnx_path = work / "weights.onnx"
+        normalised = torch.from_numpy(((raw.astype(np.float64) - np.asarray(trained.stats.mean)[:, None, None])
+                                       / np.asarray(trained.stats.std)[:, None, None]).astype(np.float32))
+        reason = _onnx(exported, module, normalised, onnx_path)
+        if reason:
+            notes.append(reason)
+            onnx_path = None
+
+        # The cover shows input | denoised | std (std from an in-framework run when not packaged).
+        from bmz_cosdd.inference.predictor import predict_image
+        from bmz_cosdd.methods.base import PredictOptions
+
+        cover_options = PredictOptions(
+            estimator=options.estimator, samples=options.samples, sample_batch=options.sample_batch, seed=options.seed
+        )
+        preview = predict_image(trained, raw[0], cover_options, tile=4096, seed=options.seed)
+        denoised = preview.get("mmse", preview.get("direct"))
+        cover = work / "cover.png"
+        cover.write_bytes(_cover(raw[0, 0], denoised[0], preview["std"][0] if "std" in preview else None,
+                                 meta.name or f"{method.name} denoiser"))
+
+        config = trained.config
+        run = RunFolder(Path(run_dir))
+        split = load_yaml(run.split) if run.split.is_file() else {}
+        state = torch.load(trained.source, map_location="cpu", weights_only=True)
+        formats = ["torchscript", "pytorch_state_dict"] + (["onnx"] if onnx_path else [])
+        name = meta.name or f"{method.name} denoiser"
+        fields = {
+            "name": name,
+            "description": meta.description or method.summary,
+            "package_name": out.name,
+            "outputs_text": ", ".join(exported.outputs),
+            "n_channels": model_channels(trained),
+            "size_min": size_min, "size_step": step, "halo": halo,
+            "mean": [round(v, 6) for v in trained.stats.mean], "std": [round(v, 6) for v in trained.stats.std],
+            "data_text": ", ".join(Path(p).name for p in config.data.paths),
+            "axes": config.data.axes, "n_train": len(split.get("train", [])), "n_val": len(split.get("val", [])),
+            "split_mode": split.get("mode", "images"), "seed": config.train.seed, "crop_size": config.data.crop_size,
+            "lr": config.train.lr, "batch_size": config.train.batch_size, "steps": trained.step,
+            "train_seconds": round(float(state.get("elapsed", 0.0))), "monitor": method.monitor,
+            "best_value": f"{float(state.get('best', float('nan'))):.5g}",
+            "best_step": state.get("best_step", trained.step), "library_version": __version__,
+            "torch_version": torch.__version__.split("+")[0], "weight_formats": ", ".join(formats),
+            **exported.card_fields,
+        }
+        docs = work / "README.md"
+        docs.write_text(_render_card(exported.card, fields))
+        authors = [Author(**a) for a in meta.authors] or [Author(name="bmz-cosdd user")]
+        content = PackageContent(
+            name=name, description=fields["description"], authors=authors, version=meta.version,
+            license=meta.license, tags=sorted(set(exported.tags) | set(meta.tags)), cite=exported.cite,
+            documentation=docs, covers=[cover], n_channels=model_channels(trained),
+            size_min=size_min, size_step=step, halo=halo,
+            mean=list(trained.stats.mean), std=list(trained.stats.std), outputs=exported.outputs,
+            n_samples=exported.n_samples, test_input=work / "test_input.npy",
+            torchscript=work / "weights_torchscript.pt", state_dict=work / "weights_state_dict.pt",
+            architecture_source=work / "architecture.py", architecture_callable=exported.builder.__name__,
+            architecture_kwargs=exported.builder_kwargs, onnx=onnx_path,
+            pytorch_version=torch.__version__.split("+")[0],
+            config={
+                "library_version": __version__, "method": method.name, "training": config.to_dict(),
+                "normalisation": trained.stats.to_dict(), "export": {
+                    "estimator": options.estimator, "outputs": exported.outputs, "samples": exported.n_samples,
+                    "sample_batch": options.sample_batch, "seed": options.seed,
+                },
+                "trained_steps": trained.step, "packaged": date.today().isoformat(),
+            },
+            git_repo=meta.git_repo,
+        )
+        staged = work / out.name
+        build_package(content, staged, work_dir=work / "build")
+        results = []
+        if validate:
+            say(f"validating {len(formats)} weight format(s) with bioimageio.core at default tolerance ...")
+            results = validate_package(staged, device=device)
+            failed = [r for r in results if not r.passed]
+            if failed:
+                details = "; ".join(f"{r.weight_format}: {r.details[0] if r.details else 'failed'}" for r in failed)
+                raise UserError(f"the package failed bioimageio.core's test ({details}); nothing was written")
+        os.replace(staged, out)
+    return PackageResult(path=out, weight_formats=formats, validation=results, notes=notes)
+
+
+def model_channels(trained: TrainedModel) -> int:
+    return int(trained.stats.n_channels)
+

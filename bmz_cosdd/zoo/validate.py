@@ -1,0 +1,191 @@
+"""Validate a package with bioimageio.core, one weight format at a time, offline.
+
+Each weight format present is tested by ``bioimageio.core.test_model`` at its DEFAULT
+tolerance (relative 1e-3, absolute 1e-3, 100 mismatched elements per million), never
+with ``stop_early`` (in core 0.11 it stops after the first *passing* format and
+reports success), and without touching the network.
+
+Examples
+--------
+>>> results = validate_package(Path("model.bioimageio.zip"))  # doctest: +SKIP
+>>> print(format_table(results))                              # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+from bmz_cosdd.errors import UserError
+from bmz_cosdd.export.rdf import offline_spec, read_package_descr
+
+#: Weight formats in the order they are tested and reported.
+WEIGHT_FORMATS = ("torchscript", "pytorch_state_dict", "onnx")
+#: Warning severities (bioimageio.spec levels) surfaced in the results: WARNING and up.
+_MIN_SEVERITY = 30
+_MAX_LINE = 400
+
+
+@dataclass
+class FormatResult:
+    """Outcome of core's tests for one weight format.
+
+    Attributes
+    ----------
+    weight_format
+        ``torchscript``, ``pytorch_state_dict`` or ``onnx``.
+    passed
+        Every check for this format passed.
+    details
+        The failing checks, one line each.
+    warnings
+        Warnings worth a look (e.g. elements off within tolerance, format hints), one line each.
+    seconds
+        Time core's test took.
+    """
+
+    weight_format: str
+    passed: bool
+    details: list[str]
+    warnings: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def _one_line(text: str) -> str:
+    line = " ".join(str(text).replace("\\|", "|").split())
+    return line if len(line) <= _MAX_LINE else line[: _MAX_LINE - 3] + "..."
+
+
+@contextmanager
+def offline_bioimageio(github_users: Sequence[str] = ()) -> Iterator[None]:
+    """Keep bioimageio.spec/core off the network while inside.
+
+    - GitHub users of the package's authors count as known (spec would look them up).
+    - No progress bars (``CI`` setting), no warnings logged by spec to the console.
+    Everything spec and core fetch for a local package is read from the zip itself;
+    URLs in the description (``git_repo``, cite ``url``) are only checked with a request
+    whose failure offline is a warning, never an error.
+    """
+    from bioimageio.spec._internal._settings import settings
+
+    saved = {"CI": settings.CI, "log_warnings": settings.log_warnings}
+    env_saved = os.environ.get("BIOIMAGEIO_CI")
+    try:
+        settings.CI = True
+        settings.log_warnings = False
+        with offline_spec(github_users):
+            yield
+    finally:
+        settings.CI = saved["CI"]
+        settings.log_warnings = saved["log_warnings"]
+        if env_saved is None:
+            os.environ.pop("BIOIMAGEIO_CI", None)
+
+
+@contextmanager
+def _quiet_core() -> Iterator[None]:
+    """Silence bioimageio's loguru chatter; results carry what matters."""
+    from loguru import logger
+
+    logger.disable("bioimageio")
+    try:
+        yield
+    finally:
+        logger.enable("bioimageio")
+
+
+def _summarise(weight_format: str, summary: Any, seconds: float) -> FormatResult:
+    failed: list[str] = []
+    warned: list[str] = []
+    for detail in summary.details:
+        loc = tuple(map(str, detail.loc or ()))
+        other_format = len(loc) >= 2 and loc[0] == "weights" and loc[1] != weight_format
+        if other_format:
+            continue
+        if detail.status == "failed":
+            msgs = [e.msg for e in detail.errors] or ["failed"]
+            for msg in msgs:
+                failed.append(_one_line(f"{detail.name}: {msg}"))
+        for w in detail.warnings:
+            if int(w.severity) >= _MIN_SEVERITY:
+                where = ".".join(map(str, w.loc)) if w.loc else detail.name
+                warned.append(_one_line(f"{where}: {w.msg}"))
+    passed = summary.status == "passed" and not failed
+    if not passed and not failed:
+        failed.append(f"bioimageio.core reported status {summary.status!r}")
+    return FormatResult(
+        weight_format=weight_format,
+        passed=passed,
+        details=failed,
+        warnings=list(dict.fromkeys(warned)),
+        seconds=seconds,
+    )
+
+
+def validate_package(path: Path, device: str | None = None) -> list[FormatResult]:
+    """Run bioimageio.core's model test once per weight format in the package.
+
+    Parameters
+    ----------
+    path
+        A package zip.
+    device
+        ``"cpu"`` or ``"cuda"`` (``"cuda:1"``...); default: core's choice (CUDA if available).
+
+    Returns
+    -------
+    list of FormatResult
+        One per weight format present, in the order torchscript, pytorch_state_dict, onnx
+        (then any other format the package has).
+
+    Raises
+    ------
+    bmz_cosdd.errors.UserError
+        If the file is not a readable bioimage.io model package.
+    """
+    import time
+
+    from bioimageio.core import test_model
+
+    path = Path(path).absolute()
+    descr = read_package_descr(path)
+    present = [wf for wf, entry in descr.weights if entry is not None]
+    formats = [wf for wf in WEIGHT_FORMATS if wf in present] + [wf for wf in present if wf not in WEIGHT_FORMATS]
+    if device is not None and not str(device).strip():
+        raise UserError("device must be 'cpu' or 'cuda' (or e.g. 'cuda:1')")
+    devices = None if device is None else [str(device)]
+    github_users = [a.github_user for a in descr.authors if a.github_user]
+
+    results: list[FormatResult] = []
+    with offline_bioimageio(github_users), _quiet_core():
+        for wf in formats:
+            start = time.perf_counter()
+            summary = test_model(path, weight_format=wf, devices=devices, stop_early=False)
+            results.append(_summarise(wf, summary, time.perf_counter() - start))
+    return results
+
+
+def format_table(results: Sequence[FormatResult]) -> str:
+    """A plain-text table, one row per weight format, failing checks and warnings below.
+
+    >>> print(format_table([FormatResult("torchscript", True, [])]))
+    weight format       result  time
+    torchscript         passed  0.0 s
+    """
+    rows = [("weight format", "result", "time")]
+    for r in results:
+        rows.append((r.weight_format, "passed" if r.passed else "FAILED", f"{r.seconds:.1f} s"))
+    w0 = max(len(r[0]) for r in rows) + 2
+    w1 = max(len(r[1]) for r in rows) + 2
+    lines = [f"{a:<{w0}}{b:<{w1}}{c}".rstrip() for a, b, c in rows]
+    for r in results:
+        for d in r.details:
+            lines.append(f"  {r.weight_format}: FAILED {d}")
+        for w in r.warnings:
+            lines.append(f"  {r.weight_format}: warning {w}")
+    if not results:
+        lines.append("(no weight formats)")
+    return "\n".join(lines)
