@@ -142,7 +142,7 @@ for _method in all_methods():
 # -- predict --------------------------------------------------------------------
 @app.command()
 def predict(
-    run: Annotated[Path, typer.Argument(help="Run folder of a trained model.")],
+    run: Annotated[Path, typer.Argument(help="Run folder of a trained model, or a bioimage.io model package (zip).")],
     inputs: Annotated[List[Path], typer.Argument(help="Image files or folders to denoise.")],
     out: Annotated[Path, typer.Option(help="Folder for the denoised TIFFs.")] = Path("denoised"),
     axes: Annotated[Optional[str], typer.Option(help="Axes of the input arrays, e.g. YX, SYX, TYX (default: the training data's).", show_default=False)] = None,
@@ -155,10 +155,22 @@ def predict(
     seed: Annotated[int, typer.Option(help="Seed of the posterior sampling.")] = 0,
     checkpoint: Annotated[str, typer.Option(help="best or last.")] = "best",
     device: Annotated[str, typer.Option(help="auto, cpu or cuda[:i].")] = "auto",
+    weight_format: Annotated[Optional[str], typer.Option(help="Package only: torchscript, pytorch_state_dict or onnx.")] = None,
 ) -> None:
-    """Denoise images with a trained run: writes <name>_mmse.tif and <name>_std.tif (or <name>_direct.tif)."""
+    """Denoise images with a trained run (writes <name>_mmse.tif and <name>_std.tif, or <name>_direct.tif),
+    or with any bioimage.io model package through bioimageio.core, block by block."""
     from bmz_cosdd.inference.predictor import load_run, predict_files
     from bmz_cosdd.methods.base import PredictOptions
+    from bmz_cosdd.zoo.predict import is_package, predict_files_with_package
+
+    if is_package(run):
+        written = predict_files_with_package(
+            run, inputs, axes or "YX", out, pattern=pattern, weight_format=weight_format, block=tile,
+            device=None if device == "auto" else device, on_image=lambda path, i, n: _say(f"[{i}/{n}] {path.name}"),
+        )
+        for path in written:
+            typer.echo(str(path))
+        return
 
     trained = load_run(run, checkpoint=checkpoint, device=device)
     options = PredictOptions(

@@ -41,7 +41,7 @@ import zipfile
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, NoReturn, Sequence
 
 import numpy as np
 
@@ -168,7 +168,7 @@ class PackageContent:
 # --------------------------------------------------------------------------- checks
 
 
-def _fail(msg: str) -> None:
+def _fail(msg: str) -> NoReturn:
     raise ValueError(msg)
 
 
@@ -194,7 +194,7 @@ def _yaml_value(value: Any, where: str) -> Any:
     if isinstance(value, dict):
         out = {}
         for k, v in value.items():
-            if not isinstance(k, (str, int)):
+            if not isinstance(k, str):
                 _fail(f"{where}: key {k!r} is not a string")
             out[k] = _yaml_value(v, f"{where}.{k}")
         return out
@@ -299,30 +299,64 @@ def check_content(content: PackageContent) -> None:
 
 
 @contextmanager
-def offline_spec(github_users: Sequence[str] = ()) -> Iterator[None]:
-    """Keep bioimageio.spec from looking GitHub users up online while inside.
+def offline_bioimageio(github_users: Sequence[str] = ()) -> Iterator[None]:
+    """Keep bioimageio.spec and bioimageio.core off the network while inside.
 
-    spec checks every author's ``github_user`` against the GitHub API whenever it
-    performs IO checks (which ``test_model`` always does), and that look-up raises
-    offline. Users named here are treated as known for the duration.
+    Everything a local package needs is read from the package itself, but spec, when it
+    performs IO checks (which ``bioimageio.core.test_model`` always forces), also
+
+    - sends a request to every URL in the description (``git_repo``, cite ``url``); a
+      failure is only a warning, but a black-holed network costs ``http_timeout``
+      (10 s) per request;
+    - looks every author's ``github_user`` up on the GitHub API; offline that raises.
+
+    Inside this context every synchronous httpx request (spec's only HTTP client) fails
+    at once with ``httpx.ConnectError``, and the ``github_users`` given count as known.
+    The patch is process-wide: do not run other HTTP work in other threads meanwhile.
     """
+    import httpx
+
+    saved_handle = httpx.HTTPTransport.handle_request
+
+    def refuse(self: Any, request: Any) -> Any:
+        raise httpx.ConnectError(f"offline: bmz-cosdd does not contact {request.url.host}", request=request)
+
     try:
         from bioimageio.spec._internal import field_validation as fv
 
-        known = fv.KNOWN_GITHUB_USERS
+        known: set[str] = fv.KNOWN_GITHUB_USERS
     except (ImportError, AttributeError):  # pragma: no cover - other spec versions
-        yield
-        return
+        known = set()
     added = {u.lower() for u in github_users if u and u.lower() not in known}
     known.update(added)
+    httpx.HTTPTransport.handle_request = refuse  # type: ignore[method-assign]
     try:
         yield
     finally:
+        httpx.HTTPTransport.handle_request = saved_handle  # type: ignore[method-assign]
         known.difference_update(added)
 
 
 def _github_users(content: PackageContent) -> list[str]:
     return [a.github_user for a in content.authors if a.github_user]
+
+
+def _author(v0_5: Any, author: Author) -> Any:
+    """Only the fields given (spec writes explicit None values into the YAML)."""
+    fields = {k: getattr(author, k) for k in ("affiliation", "github_user", "orcid")}
+    return v0_5.Author(name=author.name, **{k: v for k, v in fields.items() if v})
+
+
+@contextmanager
+def quiet_bioimageio() -> Iterator[None]:
+    """Silence bioimageio's loguru logging (DEBUG by default) while inside."""
+    from loguru import logger
+
+    logger.disable("bioimageio")
+    try:
+        yield
+    finally:
+        logger.enable("bioimageio")
 
 
 def _channel_names(n: int) -> list[str]:
@@ -450,21 +484,22 @@ def _describe(content: PackageContent, files: dict[str, Path], with_test_outputs
             parent="pytorch_state_dict" if has_sd else "torchscript",
         )
 
+    optional: dict[str, Any] = {}
+    if c.git_repo:
+        optional["git_repo"] = v0_5.HttpUrl(c.git_repo)
+    if files["attachments"]:
+        optional["attachments"] = [F(source=p) for p in files["attachments"]]
     return v0_5.ModelDescr(
         name=c.name,
         description=c.description,
-        authors=[
-            v0_5.Author(name=a.name, affiliation=a.affiliation, github_user=a.github_user, orcid=a.orcid)
-            for a in c.authors
-        ],
+        authors=[_author(v0_5, a) for a in c.authors],
         version=v0_5.Version(str(c.version)),
         license=v0_5.LicenseId(c.license),
         tags=list(c.tags),
         cite=[v0_5.CiteEntry(text=t, doi=v0_5.Doi(d)) for t, d in c.cite],
         documentation=F(source=files["documentation"]),
-        covers=[F(source=p) for p in files["covers"]],  # type: ignore[union-attr]
-        attachments=[F(source=p) for p in files["attachments"]],  # type: ignore[union-attr]
-        git_repo=v0_5.HttpUrl(c.git_repo) if c.git_repo else None,
+        covers=[F(source=p) for p in files["covers"]],
+        **optional,
         inputs=inputs,
         outputs=outputs,
         weights=v0_5.WeightsDescr(**weights),
@@ -619,7 +654,7 @@ def build_package(content: PackageContent, out_zip: Path, work_dir: Path | None 
     with tempfile.TemporaryDirectory(prefix="bmz-package-", dir=work_dir) as tmp:
         stage = Path(tmp)
         try:
-            with offline_spec(_github_users(content)):
+            with offline_bioimageio(_github_users(content)), quiet_bioimageio():
                 files = _stage(content, stage)
                 with ValidationContext(root=stage, perform_io_checks=True, log_warnings=False):
                     draft = _describe(content, files, with_test_outputs=False)
@@ -640,7 +675,7 @@ def build_package(content: PackageContent, out_zip: Path, work_dir: Path | None 
 
 
 def check_zip_members(path: Path) -> list[str]:
-    """Member names of the zip at ``path``; UserError if any would land outside its folder."""
+    """Member names of the zip at ``path``; UserError if any would escape its folder when extracted."""
     path = Path(path)
     if not path.exists():
         raise UserError(f"package not found: {path}")
@@ -661,7 +696,7 @@ def check_zip_members(path: Path) -> list[str]:
             or re.match(r"^[A-Za-z]:", name)
             or ".." in p.parts
         ):
-            raise UserError(f"package {path.name} has a member outside its folder: {name!r}")
+            raise UserError(f"package {path.name} has a member that escapes its folder: {name!r}")
     return names
 
 
@@ -680,9 +715,9 @@ def read_package_descr(path: Path) -> Any:
     path = Path(path)
     names = check_zip_members(path)
     if RDF_NAME not in names and "bioimageio.yaml" not in names:
-        raise UserError(f"package {path.name} has no rdf.yaml: not a bioimage.io package")
+        raise UserError(f"package {path.name} has no rdf.yaml: not a bioimage.io model package")
     try:
-        with ValidationContext(perform_io_checks=False, log_warnings=False):
+        with offline_bioimageio(), quiet_bioimageio(), ValidationContext(perform_io_checks=False, log_warnings=False):
             descr = load_description(path, perform_io_checks=False)
     except Exception as e:  # noqa: BLE001 - spec raises many kinds for broken files
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]

@@ -13,14 +13,14 @@ Examples
 
 from __future__ import annotations
 
-import os
+import re
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from bmz_cosdd.errors import UserError
-from bmz_cosdd.export.rdf import offline_spec, read_package_descr
+from bmz_cosdd.export.rdf import offline_bioimageio, quiet_bioimageio, read_package_descr
 
 #: Weight formats in the order they are tested and reported.
 WEIGHT_FORMATS = ("torchscript", "pytorch_state_dict", "onnx")
@@ -56,45 +56,22 @@ class FormatResult:
 
 def _one_line(text: str) -> str:
     line = " ".join(str(text).replace("\\|", "|").split())
+    line = re.sub(r"np\.\w+\(([^()]*)\)", r"\1", line)  # np.int64(3) -> 3
     return line if len(line) <= _MAX_LINE else line[: _MAX_LINE - 3] + "..."
 
 
 @contextmanager
-def offline_bioimageio(github_users: Sequence[str] = ()) -> Iterator[None]:
-    """Keep bioimageio.spec/core off the network while inside.
-
-    - GitHub users of the package's authors count as known (spec would look them up).
-    - No progress bars (``CI`` setting), no warnings logged by spec to the console.
-    Everything spec and core fetch for a local package is read from the zip itself;
-    URLs in the description (``git_repo``, cite ``url``) are only checked with a request
-    whose failure offline is a warning, never an error.
-    """
+def _validation_settings(github_users: Sequence[str]) -> Iterator[None]:
+    """Offline (see :func:`bmz_cosdd.export.rdf.offline_bioimageio`), no progress bars."""
     from bioimageio.spec._internal._settings import settings
 
-    saved = {"CI": settings.CI, "log_warnings": settings.log_warnings}
-    env_saved = os.environ.get("BIOIMAGEIO_CI")
+    saved_ci = settings.CI
     try:
-        settings.CI = True
-        settings.log_warnings = False
-        with offline_spec(github_users):
+        settings.CI = True  # core/spec show no progress bars in CI mode
+        with offline_bioimageio(github_users):
             yield
     finally:
-        settings.CI = saved["CI"]
-        settings.log_warnings = saved["log_warnings"]
-        if env_saved is None:
-            os.environ.pop("BIOIMAGEIO_CI", None)
-
-
-@contextmanager
-def _quiet_core() -> Iterator[None]:
-    """Silence bioimageio's loguru chatter; results carry what matters."""
-    from loguru import logger
-
-    logger.disable("bioimageio")
-    try:
-        yield
-    finally:
-        logger.enable("bioimageio")
+        settings.CI = saved_ci
 
 
 def _summarise(weight_format: str, summary: Any, seconds: float) -> FormatResult:
@@ -160,7 +137,7 @@ def validate_package(path: Path, device: str | None = None) -> list[FormatResult
     github_users = [a.github_user for a in descr.authors if a.github_user]
 
     results: list[FormatResult] = []
-    with offline_bioimageio(github_users), _quiet_core():
+    with _validation_settings(github_users), quiet_bioimageio():
         for wf in formats:
             start = time.perf_counter()
             summary = test_model(path, weight_format=wf, devices=devices, stop_early=False)
@@ -169,11 +146,14 @@ def validate_package(path: Path, device: str | None = None) -> list[FormatResult
 
 
 def format_table(results: Sequence[FormatResult]) -> str:
-    """A plain-text table, one row per weight format, failing checks and warnings below.
+    """A plain-text table, one row per weight format, then failing checks and warnings.
 
-    >>> print(format_table([FormatResult("torchscript", True, [])]))
-    weight format       result  time
-    torchscript         passed  0.0 s
+    Warnings every format reports (about the description itself) are listed once.
+
+    >>> print(format_table([FormatResult("torchscript", True, [], ["a hint"], 1.25)]))
+    weight format  result  time
+    torchscript    passed  1.2 s
+      warning: a hint
     """
     rows = [("weight format", "result", "time")]
     for r in results:
@@ -181,11 +161,17 @@ def format_table(results: Sequence[FormatResult]) -> str:
     w0 = max(len(r[0]) for r in rows) + 2
     w1 = max(len(r[1]) for r in rows) + 2
     lines = [f"{a:<{w0}}{b:<{w1}}{c}".rstrip() for a, b, c in rows]
+    if not results:
+        lines.append("(no weight formats)")
+        return "\n".join(lines)
+    common = [w for w in results[0].warnings if all(w in r.warnings for r in results[1:])]
     for r in results:
         for d in r.details:
             lines.append(f"  {r.weight_format}: FAILED {d}")
+    for r in results:
         for w in r.warnings:
-            lines.append(f"  {r.weight_format}: warning {w}")
-    if not results:
-        lines.append("(no weight formats)")
+            if w not in common:
+                lines.append(f"  {r.weight_format}: warning {w}")
+    for w in common:
+        lines.append(f"  warning: {w}")
     return "\n".join(lines)
