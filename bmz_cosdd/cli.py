@@ -31,12 +31,12 @@ def _say(message: str) -> None:
 
 
 # -- train ----------------------------------------------------------------------
-def _opt(name: str, annotation: Any, help: str, panel: str, default: Any = None, **kwargs: Any) -> inspect.Parameter:
+def _opt(name: str, annotation: Any, help: str, panel: str, default: Any = None, *decls: str) -> inspect.Parameter:
     return inspect.Parameter(
         name,
         inspect.Parameter.KEYWORD_ONLY,
         default=default,
-        annotation=Annotated[annotation, typer.Option(help=help, rich_help_panel=panel, **kwargs)],
+        annotation=Annotated[annotation, typer.Option(*decls, help=help, rich_help_panel=panel)],
     )
 
 
@@ -107,7 +107,7 @@ def make_train_command(method: Method) -> Callable[..., None]:
         else:
             values, _ = _train_values(method, options)
             run_dir = options["out"] or Path("runs") / f"{method.name}_{datetime.now():%Y%m%d-%H%M%S}"
-            result = train(values, run_dir, progress=not options["quiet"])
+            result = train(values, run_dir, progress=not options["quiet"], init_from=options["from_package"])
         _say(
             f"{method.name}: {result.steps} steps in {result.seconds:.0f} s ({result.steps_per_s:.2f} steps/s), "
             f"stopped by {result.stopped}; best validation {method.monitor} {result.best:.5g}; run folder {run_dir}"
@@ -124,8 +124,10 @@ def make_train_command(method: Method) -> Callable[..., None]:
         ),
         _opt("config", Optional[Path], "YAML file with model/data/train sections (CLI options override it).", "Run"),
         _opt("out", Optional[Path], "Run folder to create (default runs/<method>_<time>).", "Run"),
-        _opt("resume", bool, "Continue the run in --out exactly from its last checkpoint.", "Run", default=False),
-        _opt("quiet", bool, "No progress bar.", "Run", default=False),
+        _opt("resume", bool, "Continue the run in --out exactly from its last checkpoint.", "Run", False),
+        _opt("from_package", Optional[Path], "Start from a package's weights, architecture and statistics (fine-tune).",
+             "Run", None, "--from"),
+        _opt("quiet", bool, "No progress bar.", "Run", False),
     ]
     params += [_opt(name, tp, help, panel) for name, tp, help, panel in _COMMON]
     params += method.cli_options()

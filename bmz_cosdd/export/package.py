@@ -34,6 +34,9 @@ from bmz_cosdd.methods.base import ExportedModel, ExportOptions
 from bmz_cosdd.run_folder import RunFolder
 
 
+TRAINING_STATE = "training_state.pt"
+
+
 @dataclass
 class PackageMeta:
     """Who and what the package is, from CLI options or a YAML file.
@@ -293,6 +296,11 @@ def package_run(
             },
             git_repo=meta.git_repo,
         )
+        # Everything needed to continue training (the noise decoder is not in the inference weights).
+        torch.save({"method": method.name, "model": model.state_dict(), "config": config.to_dict(),
+                    "stats": trained.stats.to_dict(), "n_channels": model_channels(trained), "step": trained.step},
+                   work / TRAINING_STATE)
+        content.attachments = [work / TRAINING_STATE]
         staged = work / out.name
         build_package(content, staged, work_dir=work / "build")
         results = []
@@ -305,6 +313,27 @@ def package_run(
                 raise UserError(f"the package failed bioimageio.core's test ({details}); nothing was written")
         os.replace(staged, out)
     return PackageResult(path=out, weight_formats=formats, validation=results, notes=notes)
+
+
+def read_training_state(package: str | Path) -> dict[str, Any]:
+    """The training state a bmz-cosdd package carries (weights_only load; one-line errors)."""
+    import zipfile
+
+    from bmz_cosdd.export.rdf import read_package_descr
+
+    read_package_descr(package)  # not a zip / escaping paths / not a model: one clear line
+    with zipfile.ZipFile(package) as zf:
+        names = [n for n in zf.namelist() if n.split("/")[-1] == TRAINING_STATE]
+        if not names:
+            raise UserError(f"{package} holds no {TRAINING_STATE}: it was not made by bmz-cosdd package")
+        data = zf.read(names[0])
+    try:
+        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as exc:  # corrupt or foreign content: one line
+        raise UserError(f"{package}: {TRAINING_STATE} is not readable ({str(exc).splitlines()[0][:120]})") from None
+    if not isinstance(state, dict) or not {"method", "model", "config", "stats"} <= set(state):
+        raise UserError(f"{package}: {TRAINING_STATE} is not a bmz-cosdd training state")
+    return state
 
 
 def model_channels(trained: TrainedModel) -> int:

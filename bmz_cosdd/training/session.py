@@ -93,6 +93,7 @@ def train(
     config: RunConfig | dict[str, Any],
     run_dir: str | Path,
     progress: bool = True,
+    init_from: str | Path | None = None,
 ) -> TrainResult:
     """Train a new run in ``run_dir`` (which must not hold a run already).
 
@@ -104,18 +105,32 @@ def train(
         Folder for the config, statistics, split, checkpoints and metrics.
     progress
         Show a progress bar.
+    init_from
+        A package made by ``bmz-cosdd package``: training continues from its weights,
+        with its architecture and normalisation statistics (fine-tuning on new data).
     """
+    init_state = None
+    if init_from is not None:
+        from bmz_cosdd.export.package import read_training_state
+
+        init_state = read_training_state(init_from)
+        values = config.to_dict() if isinstance(config, RunConfig) else dict(config)
+        if values.get("method") != init_state["method"]:
+            raise UserError(f"the package holds a {init_state['method']} model, not {values.get('method')}")
+        values["model"] = init_state["config"]["model"]
+        config = values
     if not isinstance(config, RunConfig):
         config = build_config(config)
     run = RunFolder(Path(run_dir))
     if run.last.exists() or run.best.exists():
         raise UserError(f"{run.root} already holds a trained run (resume it with --resume or choose another --out)")
-    data = prepare_data(config.data, config.train.seed)
+    stats = NormStats.from_dict(init_state["stats"]) if init_state is not None else None
+    data = prepare_data(config.data, config.train.seed, stats=stats)
     run.root.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run.config, dump_yaml({**config.to_dict(), "bmz_cosdd_version": __version__}))
     data.stats.save(run.stats)
     atomic_write_text(run.split, json.dumps(data.split, indent=1))
-    return _fit(config, run, data, progress, resume_state=None)
+    return _fit(config, run, data, progress, resume_state=None, init_state=init_state)
 
 
 def resume(run_dir: str | Path, overrides: dict[str, Any] | None = None, progress: bool = True) -> TrainResult:
@@ -144,12 +159,23 @@ def resume(run_dir: str | Path, overrides: dict[str, Any] | None = None, progres
 
 
 def _fit(
-    config: RunConfig, run: RunFolder, data: PreparedData, progress: bool, resume_state: dict[str, Any] | None
+    config: RunConfig,
+    run: RunFolder,
+    data: PreparedData,
+    progress: bool,
+    resume_state: dict[str, Any] | None,
+    init_state: dict[str, Any] | None = None,
 ) -> TrainResult:
     method = get_method(config.method)
     device = resolve_device(config.train.device)
     torch.manual_seed(config.train.seed)
-    model = method.build(config.model, data.n_channels).to(device)
+    model = method.build(config.model, data.n_channels)
+    if init_state is not None:
+        try:
+            model.load_state_dict(init_state["model"])
+        except RuntimeError as exc:
+            raise UserError(f"the package's weights do not fit its architecture: {str(exc).splitlines()[0]}") from None
+    model = model.to(device)
     step = method.size_step(model)
     if config.data.crop_size % step:
         raise UserError(

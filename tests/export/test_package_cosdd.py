@@ -153,3 +153,24 @@ def test_bad_packages_and_formats(package, tmp_path, noisy_stack, capsys):
         assert code == 2, (args, err)
         assert len(err.strip().splitlines()) == 1 and words in err.lower(), err
     assert not (tmp_path / "o").exists() and not (tmp_path / "m.zip").exists()
+
+
+def test_train_from_package_starts_from_its_weights(package, noisy_stack, tmp_path):
+    from bmz_cosdd.export.package import read_training_state
+    from bmz_cosdd.run_folder import RunFolder
+    from bmz_cosdd.training.checkpoints import load_checkpoint
+    from bmz_cosdd.training.session import train
+    from helpers import tiny_config
+
+    state = read_training_state(package)
+    config = tiny_config(noisy_stack, max_steps=1, lr=1e-12)
+    config["model"] = {"preset": "tiny"}  # replaced by the package's architecture
+    train(config, tmp_path / "ft", progress=False, init_from=package)
+    weights = load_checkpoint(RunFolder(tmp_path / "ft").last)["model"]
+    for key, value in state["model"].items():
+        if value.is_floating_point() and "running" not in key:
+            torch.testing.assert_close(weights[key], value, rtol=1e-5, atol=1e-6)
+    with pytest.raises(UserError, match="not a zip|zip"):
+        bad = tmp_path / "bad.zip"
+        bad.write_text("x")
+        train(config, tmp_path / "ft2", progress=False, init_from=bad)
