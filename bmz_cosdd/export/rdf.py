@@ -215,7 +215,10 @@ def _check_file(path: Path | None, what: str, suffixes: Sequence[str] | None = N
 
 
 def _onnx_opset(path: Path) -> int:
-    import onnx
+    try:
+        import onnx
+    except ImportError:
+        _fail("onnx weights need the 'onnx' package (pip install onnx onnxruntime)")
 
     model = onnx.load(str(path), load_external_data=False)
     opsets = [o.version for o in model.opset_import if o.domain in ("", "ai.onnx")]
