@@ -104,5 +104,7 @@ class Upsample(nn.Module):
         self.conv = nn.Conv2d(cin, cout, 1)
 
     def forward(self, x: Tensor) -> Tensor:
-        x = F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False)
+        # The aten op, not F.interpolate: scripting F.interpolate compiles every mode,
+        # including ops (lanczos) that torch 2.0 - deepImageJ's libtorch - cannot load.
+        x = torch.ops.aten.upsample_bilinear2d(x, [x.shape[-2] * 2, x.shape[-1] * 2], False, None)
         return self.conv(x)

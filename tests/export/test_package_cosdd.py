@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import subprocess
 import sys
 import zipfile
@@ -200,3 +201,15 @@ def test_std_and_samples_outputs_validate(trained_run, tmp_path):
     descr = read_package_descr(out)
     assert [str(o.id) for o in descr.outputs] == ["mmse", "std", "samples"]
     assert [str(a.id) for a in descr.outputs[2].axes][:3] == ["batch", "index", "channel"]
+
+
+def test_scripted_weights_avoid_ops_torch_2_0_cannot_load(package, tmp_path):
+    """deepImageJ runs libtorch 2.0: scripted code must not compile F.interpolate (it drags in new ops)."""
+    with zipfile.ZipFile(package) as zf:
+        name = next(n for n in zf.namelist() if "torchscript" in n)
+        code = b"".join(zf.read(n) for n in [name])
+    with zipfile.ZipFile(io.BytesIO(code)) as inner:
+        text = "".join(inner.read(n).decode(errors="ignore") for n in inner.namelist() if n.endswith(".py"))
+    assert "upsample_bilinear2d" in text
+    for op in ("_upsample_lanczos2d_aa", "_upsample_bicubic2d_aa", "interpolate", "aten::Generator", "Generator("):
+        assert op not in text, op
