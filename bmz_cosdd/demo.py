@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
-from bmz_cosdd.data.io import atomic_write_bytes, write_tiff
+from bmz_cosdd.data.io import write_tiff
 from bmz_cosdd.data.synthetic import make_dataset
 from bmz_cosdd.evaluation import psnr
 from bmz_cosdd.inference.predictor import load_run, predict_image
 from bmz_cosdd.methods.base import PredictOptions
+from bmz_cosdd.plotting import pyplot, save_figure
 from bmz_cosdd.training.session import train
 
 
@@ -100,11 +100,7 @@ def run_demo(
 
 
 def _figure(noisy, mmse, std, clean, p_noisy, p_mmse, samples, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     rows = len(noisy)
     fig, axes = plt.subplots(rows, 4, figsize=(13, 3.3 * rows), squeeze=False)
     for r in range(rows):
@@ -121,8 +117,4 @@ def _figure(noisy, mmse, std, clean, p_noisy, p_mmse, samples, path: Path) -> No
             ax.axis("off")
             fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.02, label="intensity")
     fig.suptitle(f"bmz-cosdd demo: row-correlated noise, mean PSNR {p_noisy:.2f} dB -> {p_mmse:.2f} dB")
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=90)
-    plt.close(fig)
-    atomic_write_bytes(path, buffer.getvalue())
+    save_figure(fig, path)

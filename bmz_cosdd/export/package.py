@@ -31,6 +31,7 @@ from bmz_cosdd.errors import UserError
 from bmz_cosdd.export.source_bundle import bundle_sources
 from bmz_cosdd.inference.predictor import TrainedModel, load_run
 from bmz_cosdd.methods.base import ExportedModel, ExportOptions
+from bmz_cosdd.plotting import figure_bytes, pyplot
 from bmz_cosdd.run_folder import RunFolder
 
 
@@ -129,11 +130,7 @@ def _test_image(trained: TrainedModel, size_min: int, size_step: int, max_size: 
 
 
 def _cover(raw: np.ndarray, mmse: np.ndarray, std: np.ndarray | None, title: str) -> bytes:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     panels = [(raw, "input", "gray"), (mmse, "denoised", "gray")]
     if std is not None:
         panels.append((std, "posterior std", "magma"))
@@ -145,11 +142,7 @@ def _cover(raw: np.ndarray, mmse: np.ndarray, std: np.ndarray | None, title: str
         ax.set_title(label)
         ax.axis("off")
     fig.suptitle(title)
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100)
-    plt.close(fig)
-    return buffer.getvalue()
+    return figure_bytes(fig, dpi=100)
 
 
 def _render_card(template: str, fields: dict[str, Any]) -> str:

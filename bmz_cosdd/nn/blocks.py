@@ -6,7 +6,6 @@ shaped (B, C, Y, X).
 
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = ["GatedResBlock", "Downsample", "Upsample", "check_odd_kernel"]

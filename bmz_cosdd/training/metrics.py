@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from bmz_cosdd.data.io import atomic_write_bytes
+from bmz_cosdd.plotting import pyplot, save_figure
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
@@ -62,11 +63,7 @@ def _units(key: str) -> str:
 
 def plot_curves(records: list[dict[str, Any]], path: Path, title: str = "Training") -> None:
     """Write a PNG with one panel per loss term: training (line) and validation (dots) against step."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     skip = {"kind", "step", "epoch", "time", "steps_per_s"}
     keys: list[str] = []
     for r in records:
@@ -93,10 +90,4 @@ def plot_curves(records: list[dict[str, Any]], path: Path, title: str = "Trainin
     for ax in list(axes.flat)[len(keys):]:
         ax.axis("off")
     fig.suptitle(title)
-    fig.tight_layout()
-    import io
-
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=90)
-    plt.close(fig)
-    atomic_write_bytes(path, buffer.getvalue())
+    save_figure(fig, path)

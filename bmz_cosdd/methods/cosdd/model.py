@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-from torch import Tensor, nn
+from torch import nn
 
 from bmz_cosdd.methods.cosdd.config import COSDDConfig
 from bmz_cosdd.nn.ar_decoder import AutoregressiveDecoder
