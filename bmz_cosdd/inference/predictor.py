@@ -12,10 +12,9 @@ import torch
 from torch import nn
 
 from bmz_cosdd.config import RunConfig, load_yaml
-from bmz_cosdd.data.axes import parse_axes, restore_axes, to_samples_cyx
-from bmz_cosdd.data.io import find_files, read_array, write_tiff
 from bmz_cosdd.data.normalisation import NormStats, denormalise, normalise
 from bmz_cosdd.errors import UserError
+from bmz_cosdd.inference.files import read_inputs, write_outputs
 from bmz_cosdd.inference.tiling import predict_tiled
 from bmz_cosdd.methods.base import Method, PredictOptions
 from bmz_cosdd.methods.registry import get_method
@@ -166,41 +165,17 @@ def predict_files(
     Outputs keep the input's axes; posterior samples get an extra leading ``Q`` axis.
     Each file is written atomically. Returns the written paths.
     """
-    files = [f for path in inputs for f in find_files(path, pattern)]
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} exists and is not a folder")
-    arrays = []
-    for path in files:  # check every input before writing anything
-        array = read_array(path)
-        file_axes = parse_axes(axes, array.ndim, path.name)
-        samples = to_samples_cyx(array, file_axes)
-        if samples.shape[1] != trained.stats.n_channels:
-            raise UserError(
-                f"{path.name}: the model expects {trained.stats.n_channels} channel(s), "
-                f"the file has {samples.shape[1]} (axes {file_axes}, shape {array.shape})"
-            )
-        bad = int((~np.isfinite(samples)).sum())
-        if bad:
-            raise UserError(f"{path.name}: {bad} NaN or Inf pixels")
-        arrays.append((path, file_axes, array.shape, samples))
+    loaded = read_inputs(inputs, pattern, axes, trained.stats.n_channels)
     written = []
-    for index, (path, file_axes, shape, samples) in enumerate(arrays):
+    for index, item in enumerate(loaded):
         per_output: dict[str, list[np.ndarray]] = {}
-        for sample in samples:
+        for sample in item.samples:
             for name, value in predict_image(trained, sample, options, tile, seed).items():
                 per_output.setdefault(name, []).append(value)
-        for name, values in per_output.items():
-            stacked = np.stack(values)
-            if stacked.ndim == 5:  # (S, N, C, Y, X): posterior samples
-                restored = np.stack([restore_axes(stacked[:, i], file_axes, shape) for i in range(stacked.shape[1])])
-                target_axes = "Q" + file_axes
-            else:
-                restored = restore_axes(stacked, file_axes, shape)
-                target_axes = file_axes
-            target = out / f"{path.stem}_{name}.tif"
-            write_tiff(target, restored.astype(np.float32), target_axes)
-            written.append(target)
+        written += write_outputs(out, item, per_output)
         if on_image is not None:
-            on_image(path, index + 1, len(arrays))
+            on_image(item.path, index + 1, len(loaded))
     return written

@@ -7,9 +7,8 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from bmz_cosdd.data.axes import parse_axes, restore_axes, to_samples_cyx
-from bmz_cosdd.data.io import find_files, read_array, write_tiff
 from bmz_cosdd.errors import UserError
+from bmz_cosdd.inference.files import read_inputs, write_outputs
 
 WEIGHT_FORMATS = ("torchscript", "pytorch_state_dict", "onnx")
 
@@ -75,27 +74,20 @@ def predict_files_with_package(
     channel_axis = by_type.get("channel")
     n_channels = len(channel_axis.channel_names) if channel_axis is not None else 1
 
-    files = [f for path in inputs for f in find_files(path, pattern)]
-    loaded = []
-    for path in files:  # check every input before predicting or writing anything
-        array = read_array(path)
-        file_axes = parse_axes(axes, array.ndim, path.name)
-        samples = to_samples_cyx(array, file_axes).astype(np.float32)
-        if samples.shape[1] != n_channels:
-            raise UserError(f"{path.name}: the model expects {n_channels} channel(s), the file has {samples.shape[1]}")
-        y, x = samples.shape[-2:]
+    loaded = read_inputs(inputs, pattern, axes, n_channels)
+    for item in loaded:
+        y, x = item.samples.shape[-2:]
         if y < min_y or x < min_x:
-            raise UserError(f"{path.name}: the image ({y} x {x}) is smaller than the model's minimum size ({min_y} x {min_x})")
-        if not np.isfinite(samples).all():
-            raise UserError(f"{path.name}: NaN or Inf pixels")
-        loaded.append((path, file_axes, array.shape, samples))
-
+            raise UserError(
+                f"{item.path.name}: the image ({y} x {x}) is smaller than the model's minimum size ({min_y} x {min_x})"
+            )
     pipeline = create_prediction_pipeline(descr, weight_format=weight_format, devices=[device] if device else None)
     written: list[Path] = []
-    # Not used as a context manager: core 0.11's unload on exit can block forever.
-    for index, (path, file_axes, shape, samples) in enumerate(loaded):
+    # Not used as a context manager: core 0.11's predict() unloads the model itself and
+    # an outer `with pipeline:` then blocks forever on exit.
+    for index, item in enumerate(loaded):
         per_output: dict[str, list[np.ndarray]] = {}
-        for sample in samples:
+        for sample in item.samples.astype(np.float32):
             data = _fit_to_grid(sample, min_y, step_y, min_x, step_x)
             result = predict(
                 model=pipeline,
@@ -105,19 +97,9 @@ def predict_files_with_package(
             for member_id, member in result.members.items():
                 value = np.asarray(member.data)[0][..., : sample.shape[-2], : sample.shape[-1]]
                 per_output.setdefault(str(member_id), []).append(value)
-        for name, values in per_output.items():
-            stacked = np.stack(values)
-            if stacked.ndim == 5:  # (S, N, C, Y, X): an index axis of samples
-                restored = np.stack([restore_axes(stacked[:, i], file_axes, shape) for i in range(stacked.shape[1])])
-                target_axes = "Q" + file_axes
-            else:
-                restored = restore_axes(stacked, file_axes, shape)
-                target_axes = file_axes
-            target = Path(out_dir) / f"{path.stem}_{name}.tif"
-            write_tiff(target, restored.astype(np.float32), target_axes)
-            written.append(target)
+        written += write_outputs(out_dir, item, per_output)
         if on_image is not None:
-            on_image(path, index + 1, len(loaded))
+            on_image(item.path, index + 1, len(loaded))
     return written
 
 
