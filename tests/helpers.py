@@ -15,3 +15,13 @@ def tiny_config(data_path: Path, **train: object) -> dict:
         "data": {"paths": [str(data_path)], "axes": "SYX", "crop_size": 32, "val_fraction": 0.25, "val_crops": 4},
         "train": {"batch_size": 2, "max_steps": 6, "max_epochs": None, "steps_per_epoch": 3, "seed": 0, **train},
     }
+
+
+def write_zip(path: Path, members: dict[str, str]) -> Path:
+    """A zip holding ``members`` (name -> text), names written as given (even ``../x``)."""
+    import zipfile
+
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, text in members.items():
+            zf.writestr(name, text)
+    return path

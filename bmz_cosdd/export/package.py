@@ -26,6 +26,7 @@ import torch
 from bmz_cosdd import __version__
 from bmz_cosdd.config import load_yaml
 from bmz_cosdd.data.io import load_images
+from bmz_cosdd.data.normalisation import normalise
 from bmz_cosdd.data.splits import split_images
 from bmz_cosdd.errors import UserError
 from bmz_cosdd.export.source_bundle import bundle_sources
@@ -221,9 +222,7 @@ def package_run(
         )
         np.save(work / "test_input.npy", raw)
         onnx_path = work / "weights.onnx"
-        normalised = torch.from_numpy(((raw.astype(np.float64) - np.asarray(trained.stats.mean)[:, None, None])
-                                       / np.asarray(trained.stats.std)[:, None, None]).astype(np.float32))
-        reason = _onnx(exported, module, normalised, onnx_path)
+        reason = _onnx(exported, module, torch.from_numpy(normalise(raw, trained.stats)), onnx_path)
         if reason:
             notes.append(reason)
             onnx_path = None
@@ -244,7 +243,6 @@ def package_run(
         config = trained.config
         run = RunFolder(Path(run_dir))
         split = load_yaml(run.split) if run.split.is_file() else {}
-        state = torch.load(trained.source, map_location="cpu", weights_only=True)
         formats = ["torchscript", "pytorch_state_dict"] + (["onnx"] if onnx_path else [])
         name = meta.name or f"{method.name} denoiser"
         fields = {
@@ -252,16 +250,16 @@ def package_run(
             "description": meta.description or method.summary,
             "package_name": out.name,
             "outputs_text": ", ".join(exported.outputs),
-            "n_channels": model_channels(trained),
+            "n_channels": trained.stats.n_channels,
             "size_min": size_min, "size_step": step, "halo": halo,
             "mean": [round(v, 6) for v in trained.stats.mean], "std": [round(v, 6) for v in trained.stats.std],
             "data_text": ", ".join(Path(p).name for p in config.data.paths),
             "axes": config.data.axes, "n_train": len(split.get("train", [])), "n_val": len(split.get("val", [])),
             "split_mode": split.get("mode", "images"), "seed": config.train.seed, "crop_size": config.data.crop_size,
             "lr": config.train.lr, "batch_size": config.train.batch_size, "steps": trained.step,
-            "train_seconds": round(float(state.get("elapsed", 0.0))), "monitor": method.monitor,
-            "best_value": f"{float(state.get('best', float('nan'))):.5g}",
-            "best_step": state.get("best_step", trained.step), "library_version": __version__,
+            "train_seconds": round(trained.training.get("elapsed", 0.0)), "monitor": method.monitor,
+            "best_value": f"{trained.training.get('best', float('nan')):.5g}",
+            "best_step": int(trained.training.get("best_step", trained.step)), "library_version": __version__,
             "torch_version": torch.__version__.split("+")[0], "weight_formats": ", ".join(formats),
             **exported.card_fields,
         }
@@ -271,7 +269,7 @@ def package_run(
         content = PackageContent(
             name=name, description=fields["description"], authors=authors, version=meta.version,
             license=meta.license, tags=sorted(set(exported.tags) | set(meta.tags)), cite=exported.cite,
-            documentation=docs, covers=[cover], n_channels=model_channels(trained),
+            documentation=docs, covers=[cover], n_channels=trained.stats.n_channels,
             size_min=size_min, size_step=step, halo=halo,
             mean=list(trained.stats.mean), std=list(trained.stats.std), outputs=exported.outputs,
             n_samples=exported.n_samples, test_input=work / "test_input.npy",
@@ -291,7 +289,7 @@ def package_run(
         )
         # Everything needed to continue training (the noise decoder is not in the inference weights).
         torch.save({"method": method.name, "model": model.state_dict(), "config": config.to_dict(),
-                    "stats": trained.stats.to_dict(), "n_channels": model_channels(trained), "step": trained.step},
+                    "stats": trained.stats.to_dict(), "n_channels": trained.stats.n_channels, "step": trained.step},
                    work / TRAINING_STATE)
         content.attachments = [work / TRAINING_STATE]
         staged = work / out.name
@@ -339,6 +337,4 @@ def read_training_state(package: str | Path) -> dict[str, Any]:
     return state
 
 
-def model_channels(trained: TrainedModel) -> int:
-    return int(trained.stats.n_channels)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -37,7 +37,7 @@ class TrainedModel:
     device: torch.device
     step: int
     source: Path
-    extra: dict[str, Any] = field(default_factory=dict)
+    training: dict[str, float] = field(default_factory=dict)  # elapsed seconds, best monitored loss, best step
 
 
 def load_run(run_dir: str | Path, checkpoint: str = "best", device: str = "auto") -> TrainedModel:
@@ -75,6 +75,7 @@ def load_run(run_dir: str | Path, checkpoint: str = "best", device: str = "auto"
     return TrainedModel(
         method=method, model=model, config=config, stats=NormStats.from_dict(state["stats"]),
         device=dev, step=int(state["step"]), source=path,
+        training={key: float(state[key]) for key in ("elapsed", "best", "best_step") if key in state},
     )
 
 

@@ -124,6 +124,7 @@ def test_predict_through_package_in_blocks_has_no_seams(package, noisy_stack, tm
 
 def test_bad_packages_and_formats(package, tmp_path, noisy_stack, capsys):
     from bmz_cosdd.cli import main
+    from helpers import write_zip
 
     def run(args):
         with pytest.raises(SystemExit) as exc:
@@ -132,13 +133,8 @@ def test_bad_packages_and_formats(package, tmp_path, noisy_stack, capsys):
 
     not_zip = tmp_path / "notzip.zip"
     not_zip.write_text("hello")
-    evil = tmp_path / "evil.zip"
-    with zipfile.ZipFile(evil, "w") as zf:
-        zf.writestr("../evil.txt", "x")
-        zf.writestr("rdf.yaml", "type: model")
-    no_model = tmp_path / "nomodel.zip"
-    with zipfile.ZipFile(no_model, "w") as zf:
-        zf.writestr("readme.txt", "x")
+    evil = write_zip(tmp_path / "evil.zip", {"../evil.txt": "x", "rdf.yaml": "type: model"})
+    no_model = write_zip(tmp_path / "nomodel.zip", {"readme.txt": "x"})
     tiny = tmp_path / "tiny.tif"
     from bmz_cosdd.data.io import write_tiff
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import write_zip
 import torch
 import yaml
 
@@ -423,10 +424,7 @@ def test_read_package_descr_rejects_bad_files(tmp_path, default_package):
     _, good = default_package
     not_zip = tmp_path / "notzip.zip"
     not_zip.write_text("hello")
-    evil = tmp_path / "evil.zip"
-    with zipfile.ZipFile(evil, "w") as zf:
-        zf.writestr("rdf.yaml", "type: model")
-        zf.writestr("../evil", "x")
+    evil = write_zip(tmp_path / "evil.zip", {"rdf.yaml": "type: model", "../evil": "x"})
     absolute = tmp_path / "absolute.zip"
     with zipfile.ZipFile(absolute, "w") as zf:
         info = zipfile.ZipInfo("rdf.yaml")
@@ -434,13 +432,8 @@ def test_read_package_descr_rejects_bad_files(tmp_path, default_package):
         info = zipfile.ZipInfo("x")
         info.filename = "/etc/evil"
         zf.writestr(info, "x")
-    nested_evil = tmp_path / "nested.zip"
-    with zipfile.ZipFile(nested_evil, "w") as zf:
-        zf.writestr("rdf.yaml", "type: model")
-        zf.writestr("a/../../evil", "x")
-    no_rdf = tmp_path / "nordf.zip"
-    with zipfile.ZipFile(no_rdf, "w") as zf:
-        zf.writestr("readme.txt", "x")
+    nested_evil = write_zip(tmp_path / "nested.zip", {"rdf.yaml": "type: model", "a/../../evil": "x"})
+    no_rdf = write_zip(tmp_path / "nordf.zip", {"readme.txt": "x"})
     broken_rdf = tmp_path / "broken.zip"
     with zipfile.ZipFile(good) as src, zipfile.ZipFile(broken_rdf, "w") as zf:
         for name in src.namelist():
