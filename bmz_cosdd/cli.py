@@ -107,7 +107,7 @@ def make_train_command(method: Method) -> Callable[..., None]:
         else:
             values, _ = _train_values(method, options)
             run_dir = options["out"] or Path("runs") / f"{method.name}_{datetime.now():%Y%m%d-%H%M%S}"
-            result = train(values, run_dir, progress=not options["quiet"], init_from=options["from_package"])
+            result = train(values, run_dir, progress=not options["quiet"], init_from=options["from_package"], say=_say)
         _say(
             f"{method.name}: {result.steps} steps in {result.seconds:.0f} s ({result.steps_per_s:.2f} steps/s), "
             f"stopped by {result.stopped}; best validation {method.monitor} {result.best:.5g}; run folder {run_dir}"
@@ -140,6 +140,8 @@ def make_train_command(method: Method) -> Callable[..., None]:
 for _method in all_methods():
     train_app.command(_method.name, help=_method.summary)(make_train_command(_method))
 
+_ESTIMATORS = "; ".join(f"{m.name}: {', '.join(m.estimators)}" for m in all_methods())
+
 
 # -- predict --------------------------------------------------------------------
 @app.command()
@@ -149,7 +151,7 @@ def predict(
     out: Annotated[Path, typer.Option(help="Folder for the denoised TIFFs.")] = Path("denoised"),
     axes: Annotated[Optional[str], typer.Option(help="Axes of the input arrays, e.g. YX, SYX, TYX (default: the training data's).", show_default=False)] = None,
     pattern: Annotated[str, typer.Option(help="Glob pattern inside input folders.")] = "*",
-    estimator: Annotated[Optional[str], typer.Option(help="mmse (average of samples) or direct (one pass of the direct denoiser).")] = None,
+    estimator: Annotated[Optional[str], typer.Option(help=f"What to compute (default: the method's first): {_ESTIMATORS}.", show_default=False)] = None,
     samples: Annotated[int, typer.Option(help="Posterior samples averaged for the MMSE.")] = 100,
     sample_batch: Annotated[int, typer.Option(help="Samples decoded at once.")] = 10,
     save_samples: Annotated[bool, typer.Option(help="Also write the individual samples.")] = False,
@@ -159,8 +161,8 @@ def predict(
     device: Annotated[str, typer.Option(help="auto, cpu or cuda[:i].")] = "auto",
     weight_format: Annotated[Optional[str], typer.Option(help="Package only: torchscript, pytorch_state_dict or onnx.")] = None,
 ) -> None:
-    """Denoise images with a trained run (writes <name>_mmse.tif and <name>_std.tif, or <name>_direct.tif),
-    or with any bioimage.io model package through bioimageio.core, block by block."""
+    """Denoise images with a trained run (writes <name>_<output>.tif: e.g. _mmse and _std for COSDD,
+    _denoised for the N2V family), or with any bioimage.io model package through bioimageio.core, block by block."""
     from bmz_cosdd.inference.predictor import load_run, predict_files
     from bmz_cosdd.methods.base import PredictOptions
     from bmz_cosdd.zoo.predict import is_package, predict_files_with_package
@@ -192,8 +194,8 @@ def predict(
 def package(
     run: Annotated[Path, typer.Argument(help="Run folder of a trained model.")],
     out: Annotated[Path, typer.Option(help="The package zip to write.")] = Path("model.zip"),
-    estimator: Annotated[Optional[str], typer.Option(help="mmse (in-graph sampling) or direct (the deterministic direct denoiser).")] = None,
-    outputs: Annotated[str, typer.Option(help="mmse (one output, for ilastik), mmse,std or mmse,std,samples.")] = "mmse",
+    estimator: Annotated[Optional[str], typer.Option(help=f"What the package computes (default: the method's first): {_ESTIMATORS}.", show_default=False)] = None,
+    outputs: Annotated[Optional[str], typer.Option(help="Sampling models: mmse (one output, for ilastik; the default), mmse,std or mmse,std,samples.", show_default=False)] = None,
     samples: Annotated[int, typer.Option(help="Posterior samples averaged inside the model.")] = 100,
     sample_batch: Annotated[int, typer.Option(help="Samples decoded at once inside the model.")] = 10,
     seed: Annotated[int, typer.Option(help="Seed of the in-graph sampling (recorded in the package).")] = 0,
@@ -213,7 +215,7 @@ def package(
     metadata = load_meta(meta, name=name, description=description, authors=author or [], version=version,
                          license=license)
     options = ExportOptions(
-        estimator=estimator or "mmse", outputs=tuple(o.strip() for o in outputs.split(",") if o.strip()),
+        estimator=estimator, outputs=tuple(o.strip() for o in outputs.split(",") if o.strip()) if outputs else None,
         samples=samples, sample_batch=sample_batch, seed=seed,
     )
     result = package_run(run, out, options, metadata, device=device, say=_say)

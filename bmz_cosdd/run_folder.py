@@ -12,8 +12,9 @@ class RunFolder:
 
     ``config.yaml`` (resolved settings, seeds included), ``normalisation.json``
     (float64 statistics), ``split.json`` (which images train and validate),
-    ``checkpoints/best.pt`` and ``checkpoints/last.pt``, ``metrics.jsonl`` and
-    ``loss_curves.png``.
+    ``checkpoints/best.pt`` and ``checkpoints/last.pt``, ``metrics.jsonl``,
+    ``loss_curves.png`` and, when the method chose settings from the data,
+    ``notes.txt``.
     """
 
     root: Path
@@ -49,3 +50,7 @@ class RunFolder:
     @property
     def curves(self) -> Path:
         return self.root / "loss_curves.png"
+
+    @property
+    def notes(self) -> Path:
+        return self.root / "notes.txt"

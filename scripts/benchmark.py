@@ -47,12 +47,13 @@ def phase_train(args: argparse.Namespace) -> dict:
     model = method.build(method.config_from_dict(values), 1).to(device)
     specs = method.optimisers(model, 2e-3, 0.1, 10)
     batch = torch.randn(args.batch, 1, args.crop, args.crop, device=device)
+    generator = torch.Generator().manual_seed(0)
 
     def step() -> None:
         for s in specs:
             s.optimizer.zero_grad(set_to_none=True)
         with autocast_for(device):
-            losses = method.training_losses(model, batch)
+            losses = method.training_losses(model, batch, generator)
         losses["loss"].backward()
         for s in specs:
             s.optimizer.step()

@@ -25,3 +25,13 @@ def write_zip(path: Path, members: dict[str, str]) -> Path:
         for name, text in members.items():
             zf.writestr(name, text)
     return path
+
+
+def tiny_blind_spot_config(method: str, data_path: Path, model: dict | None = None, **train: object) -> dict:
+    """A config of the N2V family (``n2v``, ``n2v2``, ``structn2v``, ``psf-n2v``) that trains in seconds."""
+    return {
+        "method": method,
+        "model": {"depth": 2, "features": 8, "masked_fraction": 0.05, **(model or {})},
+        "data": {"paths": [str(data_path)], "axes": "SYX", "crop_size": 32, "val_fraction": 0.25, "val_crops": 4},
+        "train": {"batch_size": 4, "max_steps": 6, "max_epochs": None, "steps_per_epoch": 3, "seed": 0, **train},
+    }

@@ -9,6 +9,7 @@ bioimageio.core at default tolerance, and only then moves the zip into place.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import math
 import os
@@ -37,6 +38,8 @@ from bmz_cosdd.run_folder import RunFolder
 
 
 TRAINING_STATE = "training_state.pt"
+#: Appended to every method's model card: how to run the package and how it was validated.
+USAGE_CARD = "usage.md"
 
 
 @dataclass
@@ -146,12 +149,27 @@ def _cover(raw: np.ndarray, mmse: np.ndarray, std: np.ndarray | None, title: str
     return figure_bytes(fig, dpi=100)
 
 
-def _render_card(template: str, fields: dict[str, Any]) -> str:
-    try:
-        text = resources.files("bmz_cosdd").joinpath("model_cards", template).read_text()
-    except FileNotFoundError:
-        raise UserError(f"model card template {template} is missing from model_cards/") from None
-    return string.Template(text).substitute({k: str(v) for k, v in fields.items()})
+def _render_card(templates: str | list[str], fields: dict[str, Any]) -> str:
+    """Render the method's model card and append the usage text every package shares.
+
+    With several templates, the first is the card and each other one is rendered
+    first and offered to it as the field named after its file stem (``blind_spot.md``
+    fills ``$blind_spot``).
+    """
+    cards = resources.files("bmz_cosdd").joinpath("model_cards")
+    names = [templates] if isinstance(templates, str) else list(templates)
+
+    def render(name: str, values: dict[str, Any]) -> str:
+        try:
+            text = cards.joinpath(name).read_text()
+        except FileNotFoundError:
+            raise UserError(f"model card template {name} is missing from model_cards/") from None
+        return string.Template(text).substitute({k: str(v) for k, v in values.items()}).strip()
+
+    values = dict(fields)
+    for name in names[1:]:
+        values[Path(name).stem] = render(name, fields)
+    return render(names[0], values) + "\n\n" + render(USAGE_CARD, fields) + "\n"
 
 
 def _onnx(exported: ExportedModel, module: torch.nn.Module, example: torch.Tensor, path: Path) -> str | None:
@@ -202,6 +220,7 @@ def package_run(
     method, model = trained.method, trained.model
     if options.samples < 1 or options.sample_batch < 1:
         raise UserError("--samples and --sample-batch must be at least 1")
+    options = dataclasses.replace(options, estimator=options.estimator or method.estimators[0])
     exported = method.export(model, trained.config.model, options)
     module = exported.module.eval()
     step = exported.size_step
@@ -235,7 +254,7 @@ def package_run(
             estimator=options.estimator, samples=options.samples, sample_batch=options.sample_batch, seed=options.seed
         )
         preview = predict_image(trained, raw[0], cover_options, tile=4096, seed=options.seed)
-        denoised = preview.get("mmse", preview.get("direct"))
+        denoised = preview.get(exported.outputs[0], next(iter(preview.values())))
         cover = work / "cover.png"
         cover.write_bytes(_cover(raw[0, 0], denoised[0], preview["std"][0] if "std" in preview else None,
                                  meta.name or f"{method.name} denoiser"))
@@ -248,7 +267,7 @@ def package_run(
         fields = {
             "name": name,
             "description": meta.description or method.summary,
-            "package_name": out.name,
+            "package_name": out.name, "method_name": method.name,
             "outputs_text": ", ".join(exported.outputs),
             "n_channels": trained.stats.n_channels,
             "size_min": size_min, "size_step": step, "halo": halo,

@@ -49,8 +49,8 @@ from bmz_cosdd.errors import UserError
 
 #: Output names a stochastic model may offer, in this order; the first given is the main one.
 STOCHASTIC_OUTPUTS = ("mmse", "std", "samples")
-#: The only output of a deterministic model.
-DETERMINISTIC_OUTPUT = "denoised"
+#: The one output a deterministic model may have (PSF-N2V can ship its deconvolution instead).
+DETERMINISTIC_OUTPUTS = ("denoised", "deconvolved")
 #: What bioimageio.core and JDLL add to ``std`` in ``fixed_zero_mean_unit_variance``.
 CORE_STD_EPS = 1e-6
 #: Highest ONNX opset deepImageJ runs.
@@ -106,7 +106,7 @@ class PackageContent:
     mean, std
         Per-channel training statistics (raw intensities, float64).
     outputs
-        Subset, in order, of ``["mmse", "std", "samples"]``, or ``["denoised"]``.
+        Subset, in order, of ``["mmse", "std", "samples"]``, or one of ``["denoised"]``, ``["deconvolved"]``.
     n_samples
         Size of the ``index`` axis of ``samples`` (required with ``samples``).
     test_input
@@ -247,9 +247,12 @@ def check_content(content: PackageContent) -> None:
         if not math.isfinite(m):
             _fail(f"mean must be finite, got {m}")
     outs = list(c.outputs)
-    if outs != [DETERMINISTIC_OUTPUT]:
+    if not (len(outs) == 1 and outs[0] in DETERMINISTIC_OUTPUTS):
         if not outs or len(set(outs)) != len(outs) or any(o not in STOCHASTIC_OUTPUTS for o in outs):
-            _fail(f"outputs must be a subset of {list(STOCHASTIC_OUTPUTS)} or ['denoised'], got {outs}")
+            _fail(
+                f"outputs must be a subset of {list(STOCHASTIC_OUTPUTS)} or one of {list(DETERMINISTIC_OUTPUTS)},"
+                f" got {outs}"
+            )
     if "samples" in outs:
         if c.n_samples is None or c.n_samples < 1:
             _fail(f"n_samples must be >= 1 with a 'samples' output, got {c.n_samples}")
@@ -405,6 +408,7 @@ def _preprocessing(v0_5: Any, mean: Sequence[float], std: Sequence[float]) -> li
 _OUTPUT_TEXT = {
     "mmse": "MMSE estimate: mean of the posterior samples (raw intensities)",
     "denoised": "Denoised image (raw intensities)",
+    "deconvolved": "Denoised and deconvolved image, before the PSF (raw intensities)",
     "std": "Pixel-wise standard deviation of the posterior samples",
     "samples": "Posterior samples along the index axis (raw intensities)",
 }

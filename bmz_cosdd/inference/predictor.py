@@ -66,14 +66,15 @@ def load_run(run_dir: str | Path, checkpoint: str = "best", device: str = "auto"
     state = load_checkpoint(path)
     method = get_method(config.method)
     dev = resolve_device(device)
-    model = method.build(config.model, int(state["n_channels"]))
+    stats = NormStats.from_dict(state["stats"])
+    model = method.build(config.model, int(state["n_channels"]))  # no stats: everything comes from the state dict
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as exc:
         raise UserError(f"{path} does not match the architecture in {run.config}: {str(exc).splitlines()[0]}") from None
     model.to(dev).eval()
     return TrainedModel(
-        method=method, model=model, config=config, stats=NormStats.from_dict(state["stats"]),
+        method=method, model=model, config=config, stats=stats,
         device=dev, step=int(state["step"]), source=path,
         training={key: float(state[key]) for key in ("elapsed", "best", "best_step") if key in state},
     )
@@ -107,8 +108,9 @@ def predict_image(
     dict
         e.g. ``mmse`` and ``std`` (C, Y, X), ``samples`` (N, C, Y, X), or ``direct``.
     """
-    options = options or PredictOptions()
     method, model = trained.method, trained.model
+    options = options or PredictOptions()
+    options = dataclasses.replace(options, estimator=options.estimator or method.estimators[0])
     if options.estimator not in method.estimators:
         raise UserError(
             f"{method.name} has no estimator {options.estimator!r} (choose {', '.join(method.estimators)})"

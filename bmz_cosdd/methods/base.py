@@ -8,10 +8,15 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, Sequence
 
+import numpy as np
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from bmz_cosdd.config import DataConfig
+    from bmz_cosdd.data.normalisation import NormStats
 
 
 @dataclass
@@ -31,7 +36,8 @@ class PredictOptions:
     Parameters
     ----------
     estimator
-        A name from the method's ``estimators`` (e.g. ``mmse`` or ``direct``).
+        A name from the method's ``estimators`` (e.g. ``mmse`` or ``direct``); ``None``:
+        the method's first.
     samples
         Posterior samples averaged by stochastic estimators.
     sample_batch
@@ -42,7 +48,7 @@ class PredictOptions:
         Seed of the posterior draws (the same seed gives the same result).
     """
 
-    estimator: str = "mmse"
+    estimator: str | None = None
     samples: int = 100
     sample_batch: int = 10
     keep_samples: bool = False
@@ -62,12 +68,16 @@ class Method(Protocol):
         Validation loss used for early stopping and the best checkpoint.
     estimators
         Names accepted by ``PredictOptions.estimator``; the first is the default.
+    train_defaults
+        Training settings (``train.*``) this method defaults to, e.g. its learning rate;
+        the user's values override them.
     """
 
     name: str
     summary: str
     monitor: str
     estimators: tuple[str, ...]
+    train_defaults: dict[str, Any]
 
     def config_from_dict(self, values: dict[str, Any]) -> Any:
         """Build the method's settings (a dataclass) from a mapping, presets resolved."""
@@ -75,8 +85,22 @@ class Method(Protocol):
     def cli_options(self) -> list[inspect.Parameter]:
         """Extra typer options of ``bmz-cosdd train NAME``; ``None`` defaults mean "not given"."""
 
-    def build(self, config: Any, n_channels: int) -> nn.Module:
-        """Create the networks for images with ``n_channels`` channels."""
+    def resolve_config(
+        self, config: Any, data: "DataConfig", train_images: Sequence[np.ndarray]
+    ) -> tuple[Any, list[str]]:
+        """Settings that depend on the data, resolved once before a new run starts.
+
+        ``train_images`` are the normalised (C, Y, X) training images. Returns the
+        resolved settings (written to the run's ``config.yaml``) and lines telling the
+        user what was chosen and why.
+        """
+
+    def build(self, config: Any, n_channels: int, stats: "NormStats | None" = None) -> nn.Module:
+        """Create the networks for images with ``n_channels`` channels.
+
+        ``stats`` (the training normalisation) is given when a run starts; a model
+        built without it gets the values it needs from its state dict.
+        """
 
     def size_step(self, model: nn.Module) -> int:
         """Spatial sizes the model accepts are multiples of this."""
@@ -84,8 +108,14 @@ class Method(Protocol):
     def halo(self, model: nn.Module) -> int:
         """Context in pixels each side of a tile that prediction should add."""
 
-    def training_losses(self, model: nn.Module, batch: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Losses for a normalised batch (B, C, Y, X); ``loss`` is back-propagated, all are logged."""
+    def training_losses(
+        self, model: nn.Module, batch: torch.Tensor, generator: torch.Generator
+    ) -> dict[str, torch.Tensor]:
+        """Losses for a normalised batch (B, C, Y, X); ``loss`` is back-propagated, all are logged.
+
+        ``generator`` (CPU, seeded from the config, checkpointed) drives the method's own
+        training randomness, such as blind-spot masks.
+        """
 
     def optimisers(self, model: nn.Module, lr: float, factor: float, patience: int) -> list[OptimiserSpec]:
         """The optimisers (each with its scheduler) that update the model."""
@@ -108,16 +138,17 @@ class ExportOptions:
     Parameters
     ----------
     estimator
-        A name from the method's ``estimators``.
+        A name from the method's ``estimators`` (``None``: the method's first).
     outputs
         Outputs of a sampling model, e.g. ``("mmse",)``, ``("mmse", "std")`` or
-        ``("mmse", "std", "samples")``; deterministic estimators have one output.
+        ``("mmse", "std", "samples")`` (``None``: the estimator's one main output);
+        deterministic estimators have one output.
     samples, sample_batch, seed
         Fixed at export: the packaged model is deterministic.
     """
 
-    estimator: str = "mmse"
-    outputs: tuple[str, ...] = ("mmse",)
+    estimator: str | None = None
+    outputs: tuple[str, ...] | None = None
     samples: int = 100
     sample_batch: int = 10
     seed: int = 0
@@ -130,7 +161,9 @@ class ExportedModel:
     ``module`` takes a normalised (B, C, Y, X) input whose Y and X are multiples of
     ``size_step`` and returns ``outputs`` in normalised units; ``builder`` called with
     ``builder_kwargs`` rebuilds it (for state-dict weights), and ``source_modules``
-    (dependencies first) hold everything ``builder`` needs.
+    (dependencies first) hold everything ``builder`` needs. ``card`` names the model-card
+    template in ``model_cards/`` (or a list: the card, then sections it includes by
+    their file stem) that ``card_fields`` fill in.
     """
 
     module: nn.Module
@@ -143,5 +176,5 @@ class ExportedModel:
     n_samples: int | None
     cite: list[tuple[str, str]]
     tags: list[str]
-    card: str
+    card: str | list[str]
     card_fields: dict[str, str]

@@ -17,6 +17,7 @@ def register(method: Method) -> Method:
 def _load_builtin() -> None:
     # Importing a method package registers it.
     import bmz_cosdd.methods.cosdd  # noqa: F401
+    import bmz_cosdd.methods.n2v  # noqa: F401
 
 
 def get_method(name: str) -> Method:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -38,7 +40,7 @@ def build_config(values: dict[str, Any]) -> RunConfig:
         method=method.name,
         model=method.config_from_dict(values.get("model") or {}),
         data=from_dict(DataConfig, values.get("data"), "data."),
-        train=from_dict(TrainConfig, values.get("train"), "train."),
+        train=from_dict(TrainConfig, {**method.train_defaults, **(values.get("train") or {})}, "train."),
     )
     check_data(config.data)
     check_limits(config.train)
@@ -94,6 +96,7 @@ def train(
     run_dir: str | Path,
     progress: bool = True,
     init_from: str | Path | None = None,
+    say: Callable[[str], None] | None = None,
 ) -> TrainResult:
     """Train a new run in ``run_dir`` (which must not hold a run already).
 
@@ -108,6 +111,9 @@ def train(
     init_from
         A package made by ``bmz-cosdd package``: training continues from its weights,
         with its architecture and normalisation statistics (fine-tuning on new data).
+    say
+        Receives the lines in which the method tells what it chose from the data (e.g. an
+        automatic blind mask); default: standard error. They are also kept in ``notes.txt``.
     """
     init_state = None
     if init_from is not None:
@@ -126,7 +132,15 @@ def train(
         raise UserError(f"{run.root} already holds a trained run (resume it with --resume or choose another --out)")
     stats = NormStats.from_dict(init_state["stats"]) if init_state is not None else None
     data = prepare_data(config.data, config.train.seed, stats=stats)
+    method = get_method(config.method)
+    model_config, notes = method.resolve_config(config.model, config.data, [im.data for im in data.train])
+    config = dataclasses.replace(config, model=model_config)
+    say = say or (lambda line: print(line, file=sys.stderr))
+    for line in notes:
+        say(line)
     run.root.mkdir(parents=True, exist_ok=True)
+    if notes:
+        atomic_write_text(run.notes, "\n".join(notes) + "\n")
     atomic_write_text(run.config, dump_yaml({**config.to_dict(), "bmz_cosdd_version": __version__}))
     data.stats.save(run.stats)
     atomic_write_text(run.split, json.dumps(data.split, indent=1))
@@ -169,7 +183,7 @@ def _fit(
     method = get_method(config.method)
     device = resolve_device(config.train.device)
     torch.manual_seed(config.train.seed)
-    model = method.build(config.model, data.n_channels)
+    model = method.build(config.model, data.n_channels, data.stats)
     if init_state is not None:
         try:
             model.load_state_dict(init_state["model"])

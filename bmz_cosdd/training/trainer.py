@@ -130,6 +130,9 @@ class Trainer:
         self.extra = checkpoint_extra
         self.show_progress = progress
         self.specs = method.optimisers(model, cfg.lr, cfg.lr_factor, cfg.lr_patience)
+        # The method's own training randomness (e.g. blind-spot masks): a CPU stream per
+        # process, seeded from the config and checkpointed, apart from the crop stream.
+        self.loss_generator = torch.Generator().manual_seed(cfg.seed + 2)
         self.step = 0
         self.best = math.inf
         self.best_step = 0
@@ -140,7 +143,11 @@ class Trainer:
 
     # -- state -----------------------------------------------------------------
     def state(self) -> dict[str, Any]:
-        rng = {"torch": torch.get_rng_state(), "crops": self.crops.generator.get_state()}
+        rng = {
+            "torch": torch.get_rng_state(),
+            "crops": self.crops.generator.get_state(),
+            "loss": self.loss_generator.get_state(),
+        }
         if self.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(self.device)
         return {
@@ -169,6 +176,8 @@ class Trainer:
         self.elapsed = float(state["elapsed"])
         torch.set_rng_state(state["rng"]["torch"])
         self.crops.generator.set_state(state["rng"]["crops"])
+        if "loss" in state["rng"]:
+            self.loss_generator.set_state(state["rng"]["loss"])
         if self.device.type == "cuda" and "cuda" in state["rng"]:
             torch.cuda.set_rng_state(state["rng"]["cuda"], self.device)
         self.last_good_step = self.step
@@ -201,11 +210,12 @@ class Trainer:
         sums: dict[str, float] = {}
         count = 0
         devices = [self.device] if self.device.type == "cuda" else []
+        generator = torch.Generator().manual_seed(self.cfg.seed + 3)
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(self.cfg.seed)
             for chunk in self.val_crops.split(micro):
                 with autocast_for(self.device, self.cfg.precision):
-                    losses = self.method.training_losses(self.model, chunk.to(self.device))
+                    losses = self.method.training_losses(self.model, chunk.to(self.device), generator)
                 for key, value in losses.items():
                     sums[key] = sums.get(key, 0.0) + float(value) * len(chunk)
                 count += len(chunk)
@@ -220,7 +230,7 @@ class Trainer:
         for _ in range(self.cfg.accumulate):
             batch = self.crops.sample(micro).to(self.device)
             with autocast_for(self.device, self.cfg.precision):
-                losses = self.method.training_losses(self.model, batch)
+                losses = self.method.training_losses(self.model, batch, self.loss_generator)
             loss = losses["loss"]
             if not torch.isfinite(loss):
                 kept = (

@@ -58,8 +58,8 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, noisy_stack, mo
     original = COSDD.training_losses
     calls = {"n": 0}
 
-    def poisoned(self, model, batch):
-        losses = original(self, model, batch)
+    def poisoned(self, model, batch, generator):
+        losses = original(self, model, batch, generator)
         calls["n"] += 1
         if model.training and calls["n"] > 5:  # after the first epoch (3 steps + validation)
             losses["loss"] = losses["loss"] * float("nan")

@@ -33,6 +33,7 @@ class COSDD:
     summary = "COSDD: removes row/column-correlated, signal-dependent noise (ladder VAE + 1-D AR noise decoder)"
     monitor = "elbo"
     estimators = ("mmse", "direct")
+    train_defaults: dict[str, Any] = {}  # the TrainConfig defaults are the paper's (Adamax 2e-3)
 
     def config_from_dict(self, values: dict[str, Any]):
         return cosdd_config(values)
@@ -49,7 +50,10 @@ class COSDD:
             _option("direct_loss", str, "Direct denoiser loss: mse (mean) or l1 (median)."),
         ]
 
-    def build(self, config, n_channels: int) -> COSDDModel:
+    def resolve_config(self, config, data, train_images) -> tuple[Any, list[str]]:
+        return config, []
+
+    def build(self, config, n_channels: int, stats=None) -> COSDDModel:
         return COSDDModel(config, n_channels)
 
     def size_step(self, model: nn.Module) -> int:
@@ -65,7 +69,8 @@ class COSDD:
             halos.append(int(model.direct_denoiser.receptive_field))
         return max(halos)
 
-    def training_losses(self, model: nn.Module, batch: Tensor) -> dict[str, Tensor]:
+    def training_losses(self, model: nn.Module, batch: Tensor, generator: torch.Generator) -> dict[str, Tensor]:
+        # The reparameterisation draws use torch's global stream, which the trainer seeds and checkpoints.
         n_pixels = batch[0].numel()
         bu = model.vae.bottom_up(batch)
         features, kl_levels = model.vae.top_down(bu)
@@ -120,8 +125,9 @@ class COSDD:
         import bmz_cosdd.nn.ladder_vae as ladder_vae
         import bmz_cosdd.nn.unet as unet
 
-        if options.estimator not in self.estimators:
-            raise UserError(f"unknown estimator {options.estimator!r} (choose {', '.join(self.estimators)})")
+        estimator = options.estimator or self.estimators[0]
+        if estimator not in self.estimators:
+            raise UserError(f"unknown estimator {estimator!r} (choose {', '.join(self.estimators)})")
         sources = [blocks, ladder_vae, decoders, unet, posterior, architecture]
         fields = {
             "direction": config.direction,
@@ -136,10 +142,10 @@ class COSDD:
         cite = [("B. Salmon and A. Krull, Unsupervised Denoising for Signal-Dependent and Row-Correlated "
                  "Imaging Noise, WACV 2025", "10.48550/arXiv.2310.07887")]
         tags = ["denoising", "cosdd", "unsupervised", "vae", "2d", "pytorch", "correlated-noise"]
-        if options.estimator == "direct":
+        if estimator == "direct":
             if model.direct_denoiser is None:
                 raise UserError("this COSDD run has no direct denoiser (train with --direct-denoiser)")
-            if tuple(options.outputs) != ("mmse",):
+            if options.outputs not in (None, ("mmse",), ("denoised",)):
                 raise UserError("the direct estimator has one output; drop --outputs")
             kwargs = {"n_channels": model.n_channels, "depth": model.direct_denoiser.depth,
                       "features": model.direct_denoiser.features}
@@ -152,7 +158,7 @@ class COSDD:
                 card_fields={**fields, "estimator": "direct denoiser (one deterministic pass, trained to "
                              f"regress the decoded signal with {config.direct_loss.upper()})"},
             )
-        outputs = list(options.outputs)
+        outputs = list(options.outputs or ("mmse",))
         if tuple(outputs) not in OUTPUT_WRAPPERS:
             raise UserError(
                 f"unsupported outputs {','.join(outputs)} (choose {' or '.join(','.join(o) for o in OUTPUT_WRAPPERS)})"

@@ -1,0 +1,87 @@
+"""The blind-spot network (U-Net, then the PSF for PSF-N2V) and its export builder.
+
+A packaged model's ``pytorch_state_dict`` weights name :func:`build_blind_spot_model`
+and its keyword arguments; this module's source, with the modules it needs, is
+bundled into the package so a consumer can rebuild it without bmz-cosdd.
+"""
+
+from typing import Tuple
+
+from torch import Tensor, nn
+
+from bmz_cosdd.methods.n2v.psf import PSFConvolution
+from bmz_cosdd.nn.unet import UNet
+
+
+class BlindSpotNet(nn.Module):
+    """U-Net whose output is optionally convolved with a PSF.
+
+    The U-Net's output ``z`` is the deconvolved estimate; ``psf(z)`` is the denoised
+    image that the blind-spot loss compares with the noisy input. Without a PSF
+    (``psf_size=0``) both are the U-Net's output.
+
+    Parameters
+    ----------
+    deconvolved
+        ``forward`` returns ``z`` instead of ``psf(z)`` (an exported deconvolution).
+    """
+
+    size_step: int
+    halo: int
+    deconvolved: bool
+    has_psf: bool
+
+    def __init__(
+        self,
+        n_channels: int,
+        depth: int,
+        features: int,
+        kernel_size: int,
+        batch_norm: bool,
+        blur_pool: bool,
+        top_skip: bool,
+        psf_size: int,
+        deconvolved: bool = False,
+    ) -> None:
+        super().__init__()
+        self.unet = UNet(
+            n_channels, n_channels, depth=depth, features=features, kernel_size=kernel_size,
+            batch_norm=batch_norm, blur_pool=blur_pool, top_skip=top_skip,
+        )
+        self.has_psf = psf_size > 0
+        self.psf = PSFConvolution(max(psf_size, 1), n_channels)
+        self.deconvolved = deconvolved
+        self.size_step = self.unet.size_step
+        # Exact tiling needs every input pixel that can reach an output pixel.
+        self.halo = self.unet.receptive_field + (0 if deconvolved or not self.has_psf else self.psf.radius)
+
+    def both(self, x: Tensor) -> Tuple[Tensor, Tensor]:
+        """(deconvolved, denoised) for a normalised (B, C, Y, X) batch."""
+        z = self.unet(x)
+        if self.has_psf:
+            return z, self.psf(z)
+        return z, z
+
+    def forward(self, x: Tensor) -> Tensor:
+        z, denoised = self.both(x)
+        if self.deconvolved:
+            return z
+        return denoised
+
+
+def build_blind_spot_model(
+    n_channels: int,
+    depth: int,
+    features: int,
+    kernel_size: int,
+    batch_norm: bool,
+    blur_pool: bool,
+    top_skip: bool,
+    psf_size: int,
+    deconvolved: bool,
+) -> nn.Module:
+    """Normalised (B, C, Y, X) in; denoised (or, with ``deconvolved``, deconvolved) out."""
+    return BlindSpotNet(
+        n_channels, depth, features, kernel_size, batch_norm, blur_pool, top_skip, psf_size, deconvolved
+    )
+
