@@ -35,3 +35,16 @@ def tiny_blind_spot_config(method: str, data_path: Path, model: dict | None = No
         "data": {"paths": [str(data_path)], "axes": "SYX", "crop_size": 32, "val_fraction": 0.25, "val_crops": 4},
         "train": {"batch_size": 4, "max_steps": 6, "max_epochs": None, "steps_per_epoch": 3, "seed": 0, **train},
     }
+
+
+def run_cli(args: list, capsys) -> tuple[int, str, str]:
+    """Run ``bmz-cosdd args`` in-process; return (exit code, stdout, stderr)."""
+    import pytest
+
+    from bmz_cosdd.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    code = exc.value.code if isinstance(exc.value.code, int) else (0 if exc.value.code is None else 1)
+    return code, out, err

@@ -105,5 +105,7 @@ class Upsample(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         # The aten op, not F.interpolate: scripting F.interpolate compiles every mode,
         # including ops (lanczos) that torch 2.0 - deepImageJ's libtorch - cannot load.
-        x = torch.ops.aten.upsample_bilinear2d(x, [x.shape[-2] * 2, x.shape[-1] * 2], False, None)
+        # A scale factor rather than an output size: ONNX then gets a Resize by scales,
+        # which works for every input size (a size is traced as a constant).
+        x = torch.ops.aten.upsample_bilinear2d(x, None, False, [2.0, 2.0])
         return self.conv(x)

@@ -11,17 +11,8 @@ import pytest
 import tifffile
 import yaml
 
-from bmz_cosdd.cli import main
 from bmz_cosdd.data.io import write_tiff
-from helpers import tiny_config
-
-
-def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exc:
-        main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    code = exc.value.code if isinstance(exc.value.code, int) else (0 if exc.value.code is None else 1)
-    return code, out, err
+from helpers import run_cli, tiny_config
 
 
 def tiny_yaml(tmp_path: Path, data: Path, **train) -> Path:

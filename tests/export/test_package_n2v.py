@@ -10,6 +10,8 @@ import torch
 
 pytest.importorskip("bioimageio.core")
 
+from bmz_cosdd.data.io import write_tiff  # noqa: E402
+from bmz_cosdd.data.synthetic import make_dataset  # noqa: E402
 from bmz_cosdd.errors import UserError  # noqa: E402
 from bmz_cosdd.export.package import PackageMeta, package_run  # noqa: E402
 from bmz_cosdd.export.rdf import read_package_descr  # noqa: E402
@@ -27,11 +29,14 @@ CITATIONS = {
 
 
 @pytest.fixture(scope="module")
-def runs(noisy_stack, tmp_path_factory):
+def runs(tmp_path_factory):
+    """One tiny run per method on 80x80 images (a depth-2 U-Net needs tiles of at least 60 px)."""
     root = tmp_path_factory.mktemp("n2v_runs")
+    data = make_dataset("blobs", "row_correlated", n=4, shape=(80, 80), seed=4)
+    write_tiff(root / "noisy.tif", data.noisy, "SYX")
     for method in CITATIONS:
         model = {"struct_mask": "x:5"} if method == "structn2v" else None
-        train(tiny_blind_spot_config(method, noisy_stack, model), root / method, progress=False)
+        train(tiny_blind_spot_config(method, root / "noisy.tif", model), root / method, progress=False)
     return root
 
 
@@ -110,7 +115,7 @@ def test_state_dict_weights_rebuild_without_bmz_cosdd(runs, tmp_path):
     sys.modules["bundled_arch"] = module
     try:
         spec.loader.exec_module(module)
-        net = getattr(module, sd.architecture.callable_name)(**sd.architecture.kwargs)
+        net = getattr(module, str(sd.architecture.callable))(**sd.architecture.kwargs)
     finally:
         del sys.modules["bundled_arch"]
     net.load_state_dict(torch.load(_weights(out, "state_dict", tmp_path), weights_only=True))

@@ -17,7 +17,7 @@ def _tiny(**overrides):
 
 def test_losses_are_finite_and_named():
     method, model = _tiny()
-    losses = method.training_losses(model, torch.randn(2, 1, 32, 32))
+    losses = method.training_losses(model, torch.randn(2, 1, 32, 32), torch.Generator().manual_seed(0))
     assert set(losses) == {"loss", "elbo", "nll", "kl", "signal_mse", "direct"}
     assert all(torch.isfinite(v) for v in losses.values())
     assert losses["kl"] >= 0
@@ -26,7 +26,7 @@ def test_losses_are_finite_and_named():
 
 def test_signal_decoder_and_direct_denoiser_do_not_train_the_vae():
     method, model = _tiny()
-    losses = method.training_losses(model, torch.randn(2, 1, 32, 32))
+    losses = method.training_losses(model, torch.randn(2, 1, 32, 32), torch.Generator().manual_seed(0))
     (losses["signal_mse"] + losses["direct"]).backward()
     assert all(p.grad is None or torch.all(p.grad == 0) for p in model.vae.parameters())
     assert all(p.grad is None or torch.all(p.grad == 0) for p in model.ar_decoder.parameters())
@@ -84,5 +84,5 @@ def test_bad_settings(values, message):
 
 def test_direction_y_model_runs():
     method, model = _tiny(direction="y")
-    losses = method.training_losses(model, torch.randn(2, 1, 32, 32))
+    losses = method.training_losses(model, torch.randn(2, 1, 32, 32), torch.Generator().manual_seed(0))
     assert torch.isfinite(losses["loss"])

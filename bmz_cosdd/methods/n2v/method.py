@@ -224,6 +224,9 @@ class BlindSpotMethod:
     def _psf_text(config: N2VConfig) -> str:
         if config.psf_size == 0:
             return "none"
-        source = f"read from {Path(config.psf_file).name}" if config.psf_file else f"Gaussian, sigma {config.psf_sigma} px"
+        if config.psf_file:
+            source = f"read from {Path(config.psf_file).name}"
+        else:
+            source = f"Gaussian, sigma {config.psf_sigma} px"
         return (f"{source}, {config.psf_size}x{config.psf_size} px, sum 1; positivity weight {config.positivity}"
                 f" above background {config.background}")
