@@ -7,21 +7,30 @@ Examples
 ...                     "model": {"direction": "x"}, "train": {"max_time": 600}}, "runs/mine")  # doctest: +SKIP
 >>> trained = api.load_run("runs/mine")                                                          # doctest: +SKIP
 >>> out = api.predict_image(trained, image[None], api.PredictOptions(samples=100))              # doctest: +SKIP
+>>> api.package("runs/mine", "mine.zip", api.ExportOptions(samples=100))                          # doctest: +SKIP
+>>> api.validate("mine.zip")                                                                     # doctest: +SKIP
 """
 
 from bmz_cosdd.demo import run_demo as demo
+from bmz_cosdd.export.package import PackageMeta
+from bmz_cosdd.export.package import package_run as package
 from bmz_cosdd.inference.predictor import TrainedModel, load_run, predict_files, predict_image
-from bmz_cosdd.methods.base import PredictOptions
+from bmz_cosdd.methods.base import ExportOptions, PredictOptions
 from bmz_cosdd.training.session import build_config, resume, train
+from bmz_cosdd.zoo.validate import validate_package as validate
 
 __all__ = [
+    "ExportOptions",
+    "PackageMeta",
     "PredictOptions",
     "TrainedModel",
     "build_config",
     "demo",
     "load_run",
+    "package",
     "predict_files",
     "predict_image",
     "resume",
     "train",
+    "validate",
 ]

@@ -30,12 +30,13 @@ import sys, json, numpy as np, torch
 module = torch.jit.load(sys.argv[1], map_location="cpu")
 x = torch.from_numpy(np.load(sys.argv[2]))
 with torch.no_grad():
-    first = module(x)
-    second = module(x)
-first = first[0] if isinstance(first, tuple) else first
-second = second[0] if isinstance(second, tuple) else second
+    runs = [module(x) for _ in range(3)]
+first, second, third = [r[0] if isinstance(r, tuple) else r for r in runs]
 np.save(sys.argv[3], first.numpy())
-print(json.dumps({"torch": torch.__version__, "repeat_identical": bool(torch.equal(first, second))}))
+# The profiling executor optimises the graph after the first call: later calls may differ from
+# the first by float rounding (about 1e-7), never by different random draws.
+print(json.dumps({"torch": torch.__version__, "repeat_max_abs_diff": float((first - second).abs().max()),
+                  "repeat_identical_after_first": bool(torch.equal(second, third))}))
 """
 
 

@@ -141,17 +141,36 @@ class _TopLevel(nn.Module):
 
 
 class _TopDownLevel(nn.Module):
-    """Any level below the top: conditional prior, posterior from merged bu/td features."""
+    """Any level below the top: conditional prior, posterior from merged bu/td features.
+
+    A deactivated level (HDN_3-6) takes no bottom-up information: its posterior is
+    its prior p(z_l | z_>l), so its KL is zero and it has no merge/posterior layers.
+    """
+
+    deactivated: bool
 
     def __init__(
-        self, features: int, latent: int, n_blocks: int, upsample: bool, batch_norm: bool, dropout: float
+        self,
+        features: int,
+        latent: int,
+        n_blocks: int,
+        upsample: bool,
+        batch_norm: bool,
+        dropout: float,
+        deactivated: bool = False,
     ) -> None:
         super().__init__()
         self.latent = latent
+        self.deactivated = deactivated
         self.prior_conv = nn.Conv2d(features, 2 * latent, 3, padding=1)
-        self.merge = nn.Conv2d(2 * features, features, 1)
-        self.merge_block = GatedResBlock(features, batch_norm=batch_norm, dropout=dropout)
-        self.posterior = nn.Conv2d(features, 2 * latent, 3, padding=1)
+        if deactivated:
+            self.merge = nn.Identity()
+            self.merge_block = nn.Identity()
+            self.posterior = nn.Identity()
+        else:
+            self.merge = nn.Conv2d(2 * features, features, 1)
+            self.merge_block = GatedResBlock(features, batch_norm=batch_norm, dropout=dropout)
+            self.posterior = nn.Conv2d(features, 2 * latent, 3, padding=1)
         self.z_in = nn.Conv2d(features + latent, features, 1)
         self.blocks = _blocks(features, n_blocks, batch_norm, dropout)
         self.up = Upsample(features, features) if upsample else nn.Identity()
@@ -166,6 +185,13 @@ class _TopDownLevel(nn.Module):
     def forward(
         self, h: Tensor, bu: Tensor, eps: Optional[Tensor], use_mean: bool, compute_kl: bool
     ) -> Tuple[Tensor, Optional[Tensor]]:
+        if self.deactivated:
+            p_mu, p_lv = self.prior(h)
+            z = _draw(p_mu, p_lv, eps, use_mean)
+            kl_zero: Optional[Tensor] = None
+            if compute_kl:
+                kl_zero = torch.zeros(h.shape[0], dtype=h.dtype, device=h.device)
+            return self.from_z(h, z), kl_zero
         merged = self.merge_block(self.merge(torch.cat([h, bu], dim=1)))
         q_mu, q_lv = _split_gaussian(self.posterior(merged), self.latent)
         z = _draw(q_mu, q_lv, eps, use_mean)
@@ -199,6 +225,10 @@ class LadderVAE(nn.Module):
     batch_norm : bool, default True
     dropout : float, default 0.0
         Passed to every gated residual block.
+    deactivated : sequence of int, optional
+        Levels (index 0 = finest, never the top) whose posterior takes no bottom-up
+        information (HDN_3-6): it equals the level's conditional prior, the level adds
+        no KL, and prediction should take its mean (``use_mean``).
 
     Attributes
     ----------
@@ -207,6 +237,8 @@ class LadderVAE(nn.Module):
     features : int
     downsample : list of bool
         Whether level ``l`` changes resolution (index 0 = finest).
+    deactivated : list of bool
+        Whether level ``l`` is deactivated.
     size_step : int
         ``2 ** sum(downsample)``; input Y and X must be multiples of it.
 
@@ -229,6 +261,7 @@ class LadderVAE(nn.Module):
     latent_channels: List[int]
     features: int
     downsample: List[bool]
+    deactivated: List[bool]
     size_step: int
 
     def __init__(
@@ -241,6 +274,7 @@ class LadderVAE(nn.Module):
         downsample_every: int = 2,
         batch_norm: bool = True,
         dropout: float = 0.0,
+        deactivated: Optional[Sequence[int]] = None,
     ) -> None:
         super().__init__()
         if n_levels < 1:
@@ -256,6 +290,10 @@ class LadderVAE(nn.Module):
         self.features = features
         self.downsample = [downsample_every > 0 and level % downsample_every == 0 for level in range(n_levels)]
         self.size_step = 2 ** sum(self.downsample)
+        off = sorted({int(level) for level in (deactivated or [])})
+        if off and (off[0] < 0 or off[-1] >= n_levels - 1):
+            raise ValueError(f"deactivated levels must be in 0..{n_levels - 2} (the top cannot be), got {off}")
+        self.deactivated = [level in off for level in range(n_levels)]
 
         self.stem = nn.Conv2d(in_channels, features, 5, padding=2)
         self.bu_levels = nn.ModuleList(
@@ -269,7 +307,10 @@ class LadderVAE(nn.Module):
         # Ordered from just below the top down to level 0, the order of the top-down pass.
         self.td_levels = nn.ModuleList(
             [
-                _TopDownLevel(features, channels[level], blocks_per_level, self.downsample[level], batch_norm, dropout)
+                _TopDownLevel(
+                    features, channels[level], blocks_per_level, self.downsample[level], batch_norm, dropout,
+                    deactivated=self.deactivated[level],
+                )
                 for level in range(top - 1, -1, -1)
             ]
         )
