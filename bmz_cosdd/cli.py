@@ -24,6 +24,8 @@ app = typer.Typer(
 )
 train_app = typer.Typer(help="Train a denoiser on noisy images (no clean targets needed).", no_args_is_help=True)
 app.add_typer(train_app, name="train")
+noise_app = typer.Typer(help="Pixel noise models p(x | s) for DivNoising and HDN.", no_args_is_help=True)
+app.add_typer(noise_app, name="noise-model")
 
 
 def _say(message: str) -> None:
@@ -240,6 +242,45 @@ def validate(
     typer.echo(format_table(results))
     if not all(r.passed for r in results):
         raise typer.Exit(1)
+
+
+# -- noise models ---------------------------------------------------------------
+@noise_app.command("fit")
+def noise_model_fit(
+    data: Annotated[Optional[List[Path]], typer.Argument(help="With --bootstrap: the noisy images to denoise.", show_default=False)] = None,
+    out: Annotated[Path, typer.Option(help="The model file (.npz); its plot is written beside it (.png).")] = Path("noise_model.npz"),
+    calibration: Annotated[Optional[Path], typer.Option(help="Stack of frames of a static scene; signal = their average.", show_default=False)] = None,
+    bootstrap: Annotated[Optional[Path], typer.Option(help="Run folder or package of any method; signal = its prediction.", show_default=False)] = None,
+    axes: Annotated[Optional[str], typer.Option(help="Axes of the stack (default TYX) or of DATA (default YX).", show_default=False)] = None,
+    pattern: Annotated[str, typer.Option(help="Glob pattern inside DATA folders.")] = "*",
+    kind: Annotated[str, typer.Option(help="gmm (Gaussian mixture) or histogram.")] = "gmm",
+    n_gaussians: Annotated[int, typer.Option(help="GMM: Gaussians.")] = 3,
+    n_coeffs: Annotated[int, typer.Option(help="GMM: polynomial coefficients per parameter.")] = 2,
+    min_sigma: Annotated[Optional[float], typer.Option(help="GMM: variance floor in raw units (default: from the data).", show_default=False)] = None,
+    bins: Annotated[int, typer.Option(help="Histogram: bins per axis.")] = 256,
+    percentiles: Annotated[str, typer.Option(help="Signal range covered (percentiles); signals outside are clipped.")] = "0.5,99.5",
+    steps: Annotated[int, typer.Option(help="GMM: optimiser steps.")] = 2000,
+    seed: Annotated[int, typer.Option(help="GMM: seed of the mini-batches.")] = 0,
+) -> None:
+    """Fit a pixel noise model from a calibration stack or bootstrapped from a trained model."""
+    from bmz_cosdd.noise_models.workflow import fit_noise_model
+
+    try:
+        low, high = (float(v) for v in percentiles.split(","))
+    except ValueError:
+        raise UserError(f"--percentiles needs two numbers like 0.5,99.5, got {percentiles!r}") from None
+    result = fit_noise_model(
+        out, calibration=calibration, bootstrap=bootstrap, inputs=data or [], axes=axes, pattern=pattern, kind=kind,
+        n_gaussians=n_gaussians, n_coeffs=n_coeffs, min_sigma=min_sigma, bins=bins, percentiles=(low, high),
+        steps=steps, seed=seed,
+    )
+    for warning in result.warnings:
+        _say(f"warning: {warning}")
+    model = result.model
+    ranges = ", ".join(f"{lo:.4g} to {hi:.4g}" for lo, hi in zip(model.min_signal, model.max_signal))
+    _say(f"{model.kind} noise model from {model.info.get('n_pairs', '?')} pairs, signal range {ranges}")
+    typer.echo(str(result.path))
+    typer.echo(str(result.plot))
 
 
 # -- demo -----------------------------------------------------------------------

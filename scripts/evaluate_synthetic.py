@@ -12,6 +12,8 @@ Examples
     python scripts/evaluate_synthetic.py --methods cosdd,n2v,n2v2,structn2v,psf-n2v --budget 240 --package
     python scripts/evaluate_synthetic.py --noise poisson_gaussian --blur 2 --methods n2v,psf-n2v \\
         --extra-psf-n2v "--psf-sigma 2"
+    python scripts/evaluate_synthetic.py --noise poisson_gaussian --methods n2v,divnoising,hdn \\
+        --extra-hdn "--features 32 --blocks-per-level 2"
 """
 
 from __future__ import annotations
@@ -85,6 +87,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--crop-size", type=int, default=64)
     parser.add_argument("--package", action="store_true", help="also package and validate every run")
+    parser.add_argument("--calibration-frames", type=int, default=20,
+                        help="frames of a static scene (same noise) for the noise model of divnoising/hdn")
     parser.add_argument("--out", type=Path, default=None)
     args, rest = parser.parse_known_args()
     # --extra-<method> "options" passes options to that method's train command.
@@ -102,6 +106,16 @@ def main() -> None:
     write_tiff(out / "train.tif", train_noisy, "SYX")
     write_tiff(out / "test.tif", test_noisy, "SYX")
     cli = [sys.executable, "-m", "bmz_cosdd"]
+    if {"divnoising", "hdn"} & set(methods):
+        # A calibration stack: one static scene recorded many times with the same noise.
+        scene, _ = make_data(args.kind, args.noise, params, 1, args.size, args.blur, 303)
+        rng = np.random.default_rng([303, 1])
+        frames = np.stack([NOISE_RECIPES[args.noise](scene, rng, **params)[0] for _ in range(args.calibration_frames)])
+        write_tiff(out / "calibration.tif", frames.astype(np.float32), "TYX")
+        subprocess.run(cli + ["noise-model", "fit", "--calibration", str(out / "calibration.tif"),
+                              "--out", str(out / "noise_model.npz")], check=True, capture_output=True)
+        for name in ("divnoising", "hdn"):
+            extras[name] = ["--noise-model", str(out / "noise_model.npz"), *extras.get(name, [])]
     cutoff = gaussian_cutoff(args.blur) if args.blur > 0 else None
     report = {
         "noise": args.noise, "noise_params": params, "clean_blur_sigma": args.blur, "budget_s": args.budget,

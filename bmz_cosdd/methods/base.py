@@ -86,14 +86,18 @@ class Method(Protocol):
         """Extra typer options of ``bmz-cosdd train NAME``; ``None`` defaults mean "not given"."""
 
     def resolve_config(
-        self, config: Any, data: "DataConfig", train_images: Sequence[np.ndarray]
+        self, config: Any, data: "DataConfig", train_images: Sequence[np.ndarray], stats: "NormStats"
     ) -> tuple[Any, list[str]]:
         """Settings that depend on the data, resolved once before a new run starts.
 
-        ``train_images`` are the normalised (C, Y, X) training images. Returns the
-        resolved settings (written to the run's ``config.yaml``) and lines telling the
-        user what was chosen and why.
+        ``train_images`` are the normalised (C, Y, X) training images and ``stats`` their
+        normalisation. Returns the resolved settings (written to the run's
+        ``config.yaml``) and lines telling the user what was chosen and why.
         """
+
+    def check_validation(self, model: nn.Module, losses: dict[str, float], step: int) -> None:
+        """Raise :class:`~bmz_cosdd.errors.TrainingDiverged` when the validation losses show
+        that training failed in a way the user must act on (e.g. posterior collapse)."""
 
     def build(self, config: Any, n_channels: int, stats: "NormStats | None" = None) -> nn.Module:
         """Create the networks for images with ``n_channels`` channels.

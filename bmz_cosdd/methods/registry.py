@@ -15,9 +15,11 @@ def register(method: Method) -> Method:
 
 
 def _load_builtin() -> None:
-    # Importing a method package registers it.
+    # Importing a method package registers it; this order is the order of the CLI's list.
     import bmz_cosdd.methods.cosdd  # noqa: F401
     import bmz_cosdd.methods.n2v  # noqa: F401
+    import bmz_cosdd.methods.divnoising  # noqa: F401, I001
+    import bmz_cosdd.methods.hdn  # noqa: F401
 
 
 def get_method(name: str) -> Method:

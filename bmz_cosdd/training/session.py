@@ -133,7 +133,9 @@ def train(
     stats = NormStats.from_dict(init_state["stats"]) if init_state is not None else None
     data = prepare_data(config.data, config.train.seed, stats=stats)
     method = get_method(config.method)
-    model_config, notes = method.resolve_config(config.model, config.data, [im.data for im in data.train])
+    model_config, notes = method.resolve_config(
+        config.model, config.data, [im.data for im in data.train], data.stats
+    )
     config = dataclasses.replace(config, model=model_config)
     say = say or (lambda line: print(line, file=sys.stderr))
     for line in notes:

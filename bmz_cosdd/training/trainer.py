@@ -320,6 +320,7 @@ class Trainer:
     def _end_epoch(self, log: MetricsLog) -> bool:
         """Validate, step the schedulers, checkpoint; True when early stopping triggers."""
         val = self.validate()
+        self.method.check_validation(self.model, val, self.step)
         for s in self.specs:
             if s.monitor in val:
                 s.scheduler.step(val[s.monitor])

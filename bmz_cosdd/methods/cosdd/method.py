@@ -11,10 +11,11 @@ import typer
 from torch import Tensor, nn
 
 from bmz_cosdd.errors import UserError
-from bmz_cosdd.inference.posterior import OUTPUT_WRAPPERS, PosteriorSampler
+from bmz_cosdd.inference.posterior import PosteriorSampler
 from bmz_cosdd.methods.base import ExportedModel, ExportOptions, OptimiserSpec, PredictOptions
 from bmz_cosdd.methods.cosdd.config import PRESETS, cosdd_config
 from bmz_cosdd.methods.cosdd.model import COSDDModel
+from bmz_cosdd.methods.vae_export import export_sampling_model, sampler_for
 
 
 def _option(name: str, annotation: Any, help: str, **kwargs: Any) -> inspect.Parameter:
@@ -50,8 +51,11 @@ class COSDD:
             _option("direct_loss", str, "Direct denoiser loss: mse (mean) or l1 (median)."),
         ]
 
-    def resolve_config(self, config, data, train_images) -> tuple[Any, list[str]]:
+    def resolve_config(self, config, data, train_images, stats) -> tuple[Any, list[str]]:
         return config, []
+
+    def check_validation(self, model: nn.Module, losses: dict[str, float], step: int) -> None:
+        return None
 
     def build(self, config, n_channels: int, stats=None) -> COSDDModel:
         return COSDDModel(config, n_channels)
@@ -118,17 +122,14 @@ class COSDD:
         return out
 
     def export(self, model: nn.Module, config, options: ExportOptions) -> ExportedModel:
-        import bmz_cosdd.inference.posterior as posterior
         import bmz_cosdd.methods.cosdd.architecture as architecture
         import bmz_cosdd.nn.blocks as blocks
-        import bmz_cosdd.nn.decoders as decoders
-        import bmz_cosdd.nn.ladder_vae as ladder_vae
         import bmz_cosdd.nn.unet as unet
 
         estimator = options.estimator or self.estimators[0]
         if estimator not in self.estimators:
             raise UserError(f"unknown estimator {estimator!r} (choose {', '.join(self.estimators)})")
-        sources = [blocks, ladder_vae, decoders, unet, posterior, architecture]
+        sources = [blocks, unet, architecture]
         fields = {
             "direction": config.direction,
             "direction_word": "rows" if config.direction == "x" else "columns",
@@ -158,32 +159,20 @@ class COSDD:
                 card_fields={**fields, "estimator": "direct denoiser (one deterministic pass, trained to "
                              f"regress the decoded signal with {config.direct_loss.upper()})"},
             )
-        outputs = list(options.outputs or ("mmse",))
-        if tuple(outputs) not in OUTPUT_WRAPPERS:
-            raise UserError(
-                f"unsupported outputs {','.join(outputs)} (choose {' or '.join(','.join(o) for o in OUTPUT_WRAPPERS)})"
-            )
-        kwargs = {
-            "n_channels": model.n_channels, "n_levels": config.n_levels,
+        vae_kwargs = {
+            "in_channels": model.n_channels, "n_levels": config.n_levels,
             "latent_channels": list(config.latent_channels), "features": config.features,
-            "blocks_per_level": config.blocks_per_level, "signal_layers": config.signal_layers,
-            "signal_hidden": config.signal_hidden, "n_samples": options.samples,
-            "sample_batch": options.sample_batch, "seed": options.seed, "outputs": outputs,
+            "blocks_per_level": config.blocks_per_level,
         }
-        module = architecture.build_sampling_model(**kwargs)
-        module.sampler.vae.load_state_dict(model.vae.state_dict())
-        module.sampler.decoder.load_state_dict(model.signal_decoder.state_dict())
-        return ExportedModel(
-            module=module.eval(), outputs=outputs, builder=architecture.build_sampling_model,
-            builder_kwargs=kwargs, source_modules=sources, size_step=model.vae.size_step,
-            halo=self.halo(model), n_samples=options.samples, cite=cite, tags=tags, card="cosdd.md",
+        decoder_kwargs = {"features": config.features, "out_channels": model.n_channels,
+                          "layers": config.signal_layers, "hidden": config.signal_hidden}
+        return export_sampling_model(
+            model.vae, model.signal_decoder, "ladder", vae_kwargs, decoder_kwargs, options, halo=self.halo(model),
+            cite=cite, tags=tags, card="cosdd.md",
             card_fields={**fields, "estimator": f"MMSE: mean of {options.samples} posterior samples "
                          f"(seed {options.seed}, drawn inside the model)"},
         )
 
     def sampler(self, model: nn.Module, options: PredictOptions) -> PosteriorSampler:
         """The sampling module shared by prediction and export."""
-        return PosteriorSampler(
-            model.vae, model.signal_decoder, n_samples=options.samples, sample_batch=options.sample_batch,
-            seed=options.seed, keep_samples=options.keep_samples,
-        )
+        return sampler_for(model.vae, model.signal_decoder, options)

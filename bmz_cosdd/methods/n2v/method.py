@@ -116,7 +116,10 @@ class BlindSpotMethod:
         panel = self.title
         return [_option(name, *_OPTIONS[name], panel) for name in _COMMON_OPTIONS + self.extra_options]
 
-    def resolve_config(self, config: N2VConfig, data, train_images) -> tuple[N2VConfig, list[str]]:
+    def check_validation(self, model: nn.Module, losses: dict[str, float], step: int) -> None:
+        return None
+
+    def resolve_config(self, config: N2VConfig, data, train_images, stats) -> tuple[N2VConfig, list[str]]:
         notes = []
         if isinstance(config.struct_mask, str) and config.struct_mask.strip().lower() == "auto":
             choice = estimate_struct_mask(list(train_images), data.crop_size)

@@ -1,0 +1,238 @@
+"""DivNoising's fully convolutional VAE with a single latent level.
+
+It offers the interface of :class:`bmz_cosdd.nn.ladder_vae.LadderVAE` that
+:class:`bmz_cosdd.inference.posterior.PosteriorSampler` and the export code use
+(``n_levels``, ``latent_channels``, ``features``, ``size_step``, ``bottom_up``,
+``top_down``, ``latent_shapes``), with exactly one level, so the same sampler
+serves both.
+
+Layout (``depth`` stages, level ``i`` with ``features * 2**i`` channels)
+-------------------------------------------------------------------------
+- encoder: per stage two conv blocks (3x3 conv, optional batch norm, ReLU,
+  optional channel dropout), then a strided-conv downsampling; the first stage
+  starts from ``in_channels``. Its output ``bu[0]`` lives at ``1 / 2**depth`` of
+  the input resolution with ``features * 2**(depth - 1)`` channels;
+- posterior q(z | x) = N(mu, exp(logvar)): a 1x1 conv of ``bu[0]`` to
+  ``2 * latent`` channels, log-variance clamped to [-20, 10];
+- prior p(z) = N(0, I) (fixed; the KL is analytic);
+- decoder: a conv block from z to the deepest width, then per stage (deepest
+  first) a bilinear x2 upsampling (+ 1x1 conv to the stage's width) and two
+  conv blocks; the output has ``features`` channels at input resolution.
+
+The signal head (features -> image channels) is not part of this module.
+
+This file is bundled into exported model packages and compiled with
+``torch.jit.script``: it imports only torch, typing and
+:mod:`bmz_cosdd.nn.blocks`.
+"""
+
+
+from typing import List, Optional, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from bmz_cosdd.nn.blocks import Downsample, Upsample
+
+__all__ = ["DivNoisingVAE"]
+
+
+class _ConvBlock(nn.Module):
+    """3x3 "same" conv, optional batch norm, ReLU, optional channel dropout."""
+
+    def __init__(self, cin: int, cout: int, batch_norm: bool, dropout: float) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(cin, cout, 3, padding=1, bias=not batch_norm)
+        self.norm = nn.BatchNorm2d(cout) if batch_norm else nn.Identity()
+        self.act = nn.ReLU()
+        self.drop = nn.Dropout2d(dropout) if dropout > 0.0 else nn.Identity()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.drop(self.act(self.norm(self.conv(x))))
+
+
+class DivNoisingVAE(nn.Module):
+    """Single-level convolutional VAE of DivNoising (Prakash et al., ICLR 2021).
+
+    Parameters
+    ----------
+    in_channels : int
+        Channels of the input image.
+    depth : int, default 2
+        Number of down-/upsampling stages (>= 1); the latent lives at ``1 / 2**depth``
+        of the input resolution.
+    features : int, default 32
+        Channels of the first encoder stage and of the decoder's output features;
+        stage ``i`` has ``features * 2**i`` channels.
+    latent : int, default 64
+        Latent channels.
+    batch_norm : bool, default True
+        Batch normalisation after each 3x3 convolution (without it they get a bias).
+    dropout : float, default 0.0
+        Channel dropout (``nn.Dropout2d``) after each conv block's activation.
+
+    Attributes
+    ----------
+    n_levels : int
+        Always 1.
+    latent_channels : list of int
+        ``[latent]``.
+    features : int
+    size_step : int
+        ``2 ** depth``; input Y and X must be multiples of it.
+
+    Notes
+    -----
+    ``forward``, ``bottom_up``, ``top_down`` and ``latent_shapes`` are
+    TorchScript-compatible. In training mode batch normalisation couples the
+    samples of a batch; use ``eval()`` for per-sample reproducibility.
+
+    Examples
+    --------
+    >>> vae = DivNoisingVAE(1, depth=2, features=8, latent=4).eval()
+    >>> features, kl = vae(torch.zeros(1, 1, 32, 48))
+    >>> features.shape, kl[0].shape
+    (torch.Size([1, 8, 32, 48]), torch.Size([1]))
+    """
+
+    n_levels: int
+    latent_channels: List[int]
+    features: int
+    size_step: int
+    depth: int
+    latent: int
+
+    def __init__(
+        self,
+        in_channels: int,
+        depth: int = 2,
+        features: int = 32,
+        latent: int = 64,
+        batch_norm: bool = True,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if depth < 1:
+            raise ValueError(f"depth must be >= 1, got {depth}")
+        if in_channels < 1 or features < 1 or latent < 1:
+            raise ValueError(
+                f"in_channels, features and latent must be >= 1, got {in_channels}, {features}, {latent}"
+            )
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        self.n_levels = 1
+        self.latent_channels = [latent]
+        self.features = features
+        self.size_step = 2**depth
+        self.depth = depth
+        self.latent = latent
+
+        widths = [features * 2**i for i in range(depth)]
+        encoder: List[nn.Module] = []
+        cin = in_channels
+        for width in widths:
+            encoder.append(_ConvBlock(cin, width, batch_norm, dropout))
+            encoder.append(_ConvBlock(width, width, batch_norm, dropout))
+            encoder.append(Downsample(width, width))
+            cin = width
+        self.encoder = nn.Sequential(*encoder)
+        deepest = widths[-1]
+        self.posterior = nn.Conv2d(deepest, 2 * latent, 1)
+
+        decoder: List[nn.Module] = [_ConvBlock(latent, deepest, batch_norm, dropout)]
+        cin = deepest
+        for width in widths[::-1]:
+            decoder.append(Upsample(cin, width))
+            decoder.append(_ConvBlock(width, width, batch_norm, dropout))
+            decoder.append(_ConvBlock(width, width, batch_norm, dropout))
+            cin = width
+        self.decoder = nn.Sequential(*decoder)
+
+    def bottom_up(self, x: Tensor) -> List[Tensor]:
+        """Encoder features ``[h]``, h of shape (B, C_deepest, Y / size_step, X / size_step).
+
+        Parameters
+        ----------
+        x : Tensor
+            (B, in_channels, Y, X) with Y and X multiples of ``size_step``.
+        """
+        if x.shape[-2] % self.size_step != 0 or x.shape[-1] % self.size_step != 0:
+            raise ValueError(
+                f"input Y and X must be multiples of {self.size_step}, got {x.shape[-2]} x {x.shape[-1]}"
+            )
+        return [self.encoder(x)]
+
+    def posterior_params(self, h: Tensor) -> Tuple[Tensor, Tensor]:
+        """(mu, logvar) of q(z | x) from the encoder features, logvar clamped to [-20, 10]."""
+        params = self.posterior(h)
+        mu = params[:, : self.latent]
+        logvar = params[:, self.latent :].clamp(-20.0, 10.0)
+        return mu, logvar
+
+    def decode(self, z: Tensor) -> Tensor:
+        """Features (B, features, Y, X) at input resolution from a latent (B, latent, y, x)."""
+        return self.decoder(z)
+
+    def top_down(
+        self,
+        bu: List[Tensor],
+        eps: Optional[List[Tensor]] = None,
+        use_mean: Optional[List[bool]] = None,
+        compute_kl: bool = True,
+    ) -> Tuple[Tensor, List[Tensor]]:
+        """Sample z from the posterior and decode it.
+
+        Parameters
+        ----------
+        bu : list of Tensor
+            Output of :meth:`bottom_up` (one tensor, possibly repeated along the batch).
+        eps : list of Tensor, optional
+            One standard-normal tensor of the latent's shape (B, latent, y, x),
+            used instead of an internal ``torch.randn_like`` draw.
+        use_mean : list of bool, optional
+            ``[True]`` takes the posterior mean instead of a sample.
+        compute_kl : bool, default True
+            False returns an empty KL list.
+
+        Returns
+        -------
+        features : Tensor
+            (B, features, Y, X) at input resolution.
+        kl : list of Tensor
+            ``[KL(q(z|x) || N(0, I))]``, one (B,) tensor summed over (C, y, x), in
+            nats; empty when ``compute_kl`` is False.
+        """
+        if len(bu) != 1:
+            raise ValueError("bu must hold one tensor per level")
+        if eps is not None and len(eps) != 1:
+            raise ValueError("eps must hold one tensor per level")
+        if use_mean is not None and len(use_mean) != 1:
+            raise ValueError("use_mean must hold one flag per level")
+        mu, logvar = self.posterior_params(bu[0])
+        take_mean = False
+        if use_mean is not None:
+            take_mean = use_mean[0]
+        if take_mean:
+            z = mu
+        else:
+            if eps is None:
+                noise = torch.randn_like(mu)
+            else:
+                noise = eps[0]
+                if noise.shape != mu.shape:
+                    raise ValueError("eps has the wrong shape for this level's latent")
+            z = mu + torch.exp(0.5 * logvar) * noise
+        kls: List[Tensor] = []
+        if compute_kl:
+            kl = 0.5 * (mu * mu + torch.exp(logvar) - logvar - 1.0)
+            kls.append(kl.sum(dim=(1, 2, 3)))
+        return self.decode(z), kls
+
+    def forward(self, x: Tensor) -> Tuple[Tensor, List[Tensor]]:
+        """``top_down(bottom_up(x))`` with a fresh posterior sample: (features, [kl])."""
+        return self.top_down(self.bottom_up(x))
+
+    @torch.jit.export
+    def latent_shapes(self, height: int, width: int) -> List[Tuple[int, int, int]]:
+        """``[(latent, height // size_step, width // size_step)]`` for an input of that size."""
+        return [(self.latent, height // self.size_step, width // self.size_step)]

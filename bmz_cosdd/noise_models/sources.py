@@ -1,0 +1,124 @@
+"""Where (signal, observation) pairs for a noise model come from: a calibration stack or a first denoiser."""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from bmz_cosdd.data.axes import parse_axes, to_samples_cyx
+from bmz_cosdd.data.io import find_files, read_array
+from bmz_cosdd.errors import UserError
+
+#: A calibration pixel counts as saturated at the stack's maximum value when that value is
+#: this common (a few pixels at the maximum happen in any image; a clipped detector makes many).
+SATURATION_FRACTION = 1e-4
+
+
+@dataclass
+class Pairs:
+    """Signal and observation, (N, C, Y, X) float64 in raw units, with where they came from."""
+
+    signal: np.ndarray
+    observation: np.ndarray
+    info: dict = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+
+def calibration_pairs(path: str | Path, axes: str = "TYX") -> Pairs:
+    """Pairs from a stack of frames of a static scene: the signal is the average frame.
+
+    Parameters
+    ----------
+    path
+        One image file (TIFF, NPY) holding the frames.
+    axes
+        Its axes; every axis but C, Y and X counts frames (e.g. ``TYX``, ``SYX``, ``TCYX``).
+
+    Saturated pixels (the stack's maximum value, where it occurs in more than
+    ``SATURATION_FRACTION`` of the pixels) are left out, with a warning giving their fraction.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"no such calibration file: {path}")
+    array = read_array(path)
+    frames = to_samples_cyx(array, parse_axes(axes, array.ndim, path.name)).astype(np.float64)
+    if frames.shape[0] < 2:
+        raise UserError(
+            f"{path.name}: a calibration stack needs at least 2 frames of a static scene, it has {frames.shape[0]}"
+        )
+    if not np.isfinite(frames).all():
+        raise UserError(f"{path.name}: the calibration stack holds NaN or Inf pixels")
+    keep = np.ones(frames.shape[1:], dtype=bool)
+    warnings = []
+    for c in range(frames.shape[1]):
+        top = frames[:, c].max()
+        at_top = frames[:, c] == top
+        fraction = float(at_top.mean())
+        if fraction > SATURATION_FRACTION:
+            keep[c] &= ~at_top.any(axis=0)
+            warnings.append(
+                f"{path.name}: {fraction:.2%} of the calibration pixels of channel {c} are saturated (value {top:g});"
+                " those positions are left out of the fit"
+            )
+    signal = frames.mean(axis=0, keepdims=True)
+    signal = np.broadcast_to(signal, frames.shape)
+    mask = np.broadcast_to(keep[None], frames.shape)
+    info = {"source": "calibration", "calibration": path.name, "frames": int(frames.shape[0]),
+            "saturated_left_out": float(1.0 - keep.mean())}
+    return Pairs(_masked(signal, mask), _masked(frames, mask), info, warnings)
+
+
+def _masked(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """(N, C, Y, X) -> (1, C, M, 1): the kept positions of every channel (same count per channel)."""
+    per_channel = [values[:, c][mask[:, c]] for c in range(values.shape[1])]
+    count = min(len(v) for v in per_channel)
+    if count == 0:
+        raise UserError("no usable calibration pixels are left (all saturated)")
+    return np.stack([v[:count] for v in per_channel])[None, :, :, None]
+
+
+def bootstrap_pairs(model: str | Path, inputs: Sequence[str | Path], axes: str, pattern: str = "*") -> Pairs:
+    """Pairs from a first denoiser: the signal is its prediction, the observation the noisy input.
+
+    Parameters
+    ----------
+    model
+        A run folder of any method of this project, or any bioimage.io model package (zip).
+    inputs, axes, pattern
+        The noisy images (files or folders) and their axes.
+    """
+    from bmz_cosdd.zoo.predict import is_package
+
+    model = Path(model)
+    if not model.exists():
+        raise UserError(f"no such run folder or package: {model}")
+    with tempfile.TemporaryDirectory(prefix="bmz-cosdd-bootstrap-") as tmp:
+        if is_package(model):
+            from bmz_cosdd.zoo.predict import predict_files_with_package
+
+            written = predict_files_with_package(model, inputs, axes, tmp, pattern=pattern)
+        else:
+            from bmz_cosdd.inference.predictor import load_run, predict_files
+
+            trained = load_run(model)
+            written = predict_files(trained, inputs, axes, tmp, pattern=pattern)
+        signals, observations = [], []
+        noisy_files = [f for item in inputs for f in find_files(item, pattern)]
+        for noisy_path in noisy_files:
+            outputs = sorted(p for p in written if p.name.startswith(f"{noisy_path.stem}_"))
+            main = [p for p in outputs if not p.stem.endswith(("_std", "_samples"))]
+            if not main:
+                raise UserError(f"the model wrote no denoised image for {noisy_path.name}")
+            array = read_array(noisy_path)
+            file_axes = parse_axes(axes, array.ndim, noisy_path.name)
+            signals.append(to_samples_cyx(read_array(main[0]), file_axes).astype(np.float64))
+            observations.append(to_samples_cyx(array, file_axes).astype(np.float64))
+    signal = np.concatenate([s.reshape(s.shape[0], s.shape[1], -1) for s in signals], axis=2)[..., None]
+    observation = np.concatenate([o.reshape(o.shape[0], o.shape[1], -1) for o in observations], axis=2)[..., None]
+    info = {"source": "bootstrap", "model": model.name, "images": [p.name for p in noisy_files]}
+    return Pairs(signal, observation, info, [])
+
