@@ -34,6 +34,7 @@ from bmz_cosdd.data.io import write_tiff
 from bmz_cosdd.data.synthetic import NOISE_RECIPES, make_clean
 from bmz_cosdd.demo import DEMO_NOISE
 from bmz_cosdd.evaluation import psnr
+from bmz_cosdd.methods.registry import get_method
 
 
 def residual_stats(images: np.ndarray, clean: np.ndarray) -> dict[str, float]:
@@ -75,7 +76,8 @@ def make_data(kind: str, noise: str, params: dict, n: int, size: int, blur: floa
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--methods", default="cosdd", help="comma-separated registered methods")
+    parser.add_argument("--methods", default="cosdd",
+                        help="comma-separated registered methods; LABEL=METHOD runs a method twice, e.g. hdn36=hdn")
     parser.add_argument("--budget", type=float, default=300, help="training seconds per method")
     parser.add_argument("--noise", default="row_correlated")
     parser.add_argument("--blur", type=float, default=0.0, help="Gaussian PSF sigma applied to the clean images")
@@ -97,7 +99,8 @@ def main() -> None:
         if not flag.startswith("--extra-"):
             parser.error(f"unknown option {flag}")
         extras[flag[len("--extra-"):]] = value.split()
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    runs = [m.strip().split("=", 1) if "=" in m else [m.strip(), m.strip()] for m in args.methods.split(",") if m.strip()]
+    methods = [method for _, method in runs]
     out = args.out or Path(tempfile.mkdtemp(prefix="bmz-eval-"))
     out.mkdir(parents=True, exist_ok=True)
     params = DEMO_NOISE if args.noise == "row_correlated" else {}
@@ -106,7 +109,8 @@ def main() -> None:
     write_tiff(out / "train.tif", train_noisy, "SYX")
     write_tiff(out / "test.tif", test_noisy, "SYX")
     cli = [sys.executable, "-m", "bmz_cosdd"]
-    if {"divnoising", "hdn"} & set(methods):
+    needs_noise_model = {m for m in methods if any(p.name == "noise_model" for p in get_method(m).cli_options())}
+    if needs_noise_model:
         # A calibration stack: one static scene recorded many times with the same noise.
         scene, _ = make_data(args.kind, args.noise, params, 1, args.size, args.blur, 303)
         rng = np.random.default_rng([303, 1])
@@ -114,8 +118,9 @@ def main() -> None:
         write_tiff(out / "calibration.tif", frames.astype(np.float32), "TYX")
         subprocess.run(cli + ["noise-model", "fit", "--calibration", str(out / "calibration.tif"),
                               "--out", str(out / "noise_model.npz")], check=True, capture_output=True)
-        for name in ("divnoising", "hdn"):
-            extras[name] = ["--noise-model", str(out / "noise_model.npz"), *extras.get(name, [])]
+        for label, method in runs:
+            if method in needs_noise_model:
+                extras[label] = ["--noise-model", str(out / "noise_model.npz"), *extras.get(label, [])]
     cutoff = gaussian_cutoff(args.blur) if args.blur > 0 else None
     report = {
         "noise": args.noise, "noise_params": params, "clean_blur_sigma": args.blur, "budget_s": args.budget,
@@ -126,22 +131,22 @@ def main() -> None:
     if cutoff is not None:
         report["psf_cutoff_cycles_per_px"] = cutoff
         report["power_above_cutoff"] = {"clean": power_above(clean, cutoff), "noisy": power_above(test_noisy, cutoff)}
-    for method in methods:
-        run = out / f"run_{method}"
+    for label, method in runs:
+        run = out / f"run_{label}"
         start = time.time()
         trained = subprocess.run(
             cli + ["train", method, str(out / "train.tif"), "--axes", "SYX", "--max-time", str(args.budget),
                    "--batch-size", str(args.batch_size), "--crop-size", str(args.crop_size), "--out", str(run),
-                   "--quiet", *extras.get(method, [])],
+                   "--quiet", *extras.get(label, [])],
             check=True, capture_output=True, text=True,
         )
         train_s = time.time() - start
         start = time.time()
         subprocess.run(cli + ["predict", str(run), str(out / "test.tif"), "--axes", "SYX", "--samples",
-                              str(args.samples), "--out", str(out / f"pred_{method}")],
+                              str(args.samples), "--out", str(out / f"pred_{label}")],
                        check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         predict_s = time.time() - start
-        name = next(p for p in sorted((out / f"pred_{method}").glob("test_*.tif")) if "_std" not in p.name
+        name = next(p for p in sorted((out / f"pred_{label}").glob("test_*.tif")) if "_std" not in p.name
                     and "_samples" not in p.name)
         denoised = tifffile.imread(name)
         result = {
@@ -154,12 +159,12 @@ def main() -> None:
             result["power_above_cutoff"] = power_above(denoised, cutoff)
         if args.package:
             packaged = subprocess.run(
-                cli + ["package", str(run), "--out", str(out / f"{method}.zip"), "--samples", "20"],
+                cli + ["package", str(run), "--out", str(out / f"{label}.zip"), "--samples", "20"],
                 capture_output=True, text=True,
             )
             result["package"] = {"exit_code": packaged.returncode, "report": packaged.stdout.strip().splitlines()}
-        report["methods"][method] = result
-        print(json.dumps({method: result}), file=sys.stderr, flush=True)
+        report["methods"][label] = {"method": method, "options": extras.get(label, []), **result}
+        print(json.dumps({label: result}), file=sys.stderr, flush=True)
     print(json.dumps(report, indent=1))
 
 

@@ -11,7 +11,7 @@ import torch
 from bmz_cosdd.errors import UserError
 from bmz_cosdd.methods.n2v.masker import REPLACEMENTS, BlindSpotMasker, MaskedBatch
 
-# Unique pixel values start here, far above any standard-normal noise value.
+# Unique (integer) pixel values start here; the blind-mask noise is never an integer.
 BASE = 1000.0
 CROSS = np.array([[0, 1, 0], [1, 1, 1], [0, 1, 0]])
 BLIND_MASKS = {
@@ -22,8 +22,9 @@ BLIND_MASKS = {
 
 
 def _unique(shape: tuple[int, ...]) -> torch.Tensor:
-    """A float32 batch in which every pixel has its own integer value."""
-    return BASE + torch.arange(math.prod(shape), dtype=torch.float32).reshape(shape)
+    """A float64 batch in which every pixel has its own integer value (float64: random
+    noise values never coincide with one by chance)."""
+    return BASE + torch.arange(math.prod(shape), dtype=torch.float64).reshape(shape)
 
 
 def _mask(masker: BlindSpotMasker, batch: torch.Tensor, seed: int) -> MaskedBatch:
@@ -89,7 +90,7 @@ def test_blind_mask_is_never_a_source_and_is_randomised(name, shape):
 
         # Blind-mask pixels inside the image hold noise, not original values.
         noise = inputs[hidden]
-        assert np.all(np.abs(noise) < 10) and not np.any(np.isin(noise, original))
+        assert not np.any(np.isin(noise, original)) and np.all(noise != np.round(noise))
         # Everything that is neither a centre nor hidden is untouched.
         untouched = ~loss & ~hidden
         np.testing.assert_array_equal(inputs[untouched], original[untouched])
@@ -103,14 +104,20 @@ def test_blind_mask_is_never_a_source_and_is_randomised(name, shape):
             assert (dy, dx) not in blind_offsets
 
 
-def test_blind_mask_noise_is_standard_normal():
+def test_blind_mask_noise_has_the_planes_own_mean_and_spread():
+    """So that layer statistics (batch norm) are the same with and without masking."""
     masker = BlindSpotMasker(fraction=0.05, window=5, blind_mask=np.ones((1, 9)))
-    batch = _unique((8, 1, 64, 64))
+    batch = torch.randn(8, 2, 64, 64, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    batch = batch * torch.tensor([0.5, 3.0]).view(1, 2, 1, 1) + torch.arange(8.0).view(8, 1, 1, 1) - 4.0
     masked = _mask(masker, batch, 0)
-    noise = masked.inputs.numpy()[_hidden(masked.loss_mask.numpy(), np.ones((1, 9)))]
-    assert noise.size > 1000
-    assert len(np.unique(noise)) == noise.size
-    assert abs(noise.mean()) < 0.1 and abs(noise.std() - 1) < 0.1
+    hidden = _hidden(masked.loss_mask.numpy(), np.ones((1, 9)))
+    for b in range(8):
+        for c in range(2):
+            noise = masked.inputs.numpy()[b, c][hidden[b, c]]
+            plane = batch[b, c].numpy()
+            assert noise.size > 100 and len(np.unique(noise)) == noise.size
+            assert abs(noise.mean() - plane.mean()) < 0.15 * plane.std()
+            assert abs(noise.std() / plane.std() - 1) < 0.15
 
 
 @pytest.mark.parametrize("fraction", [0.02, 0.1, 0.5])

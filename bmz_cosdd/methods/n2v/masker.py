@@ -4,7 +4,8 @@ A training batch is turned into network inputs in which a stratified random
 subset of pixels (the *centres*) no longer carries its own value: each centre
 is replaced by the value of a random neighbour (N2V) or by the median of its
 neighbours (N2V2), and, for StructN2V, the pixels of a blind mask around each
-centre are overwritten with standard-normal noise. The loss is then computed
+centre are overwritten with Gaussian noise of the plane's own mean and
+standard deviation. The loss is then computed
 at the centres only.
 """
 
@@ -71,8 +72,8 @@ class BlindSpotMasker:
     blind_mask
         Optional 2-D array with odd sides, centred on the masked pixel; its
         nonzero entries (besides the centre) are hidden as well (StructN2V):
-        they are never used as replacement and are overwritten with
-        standard-normal noise.
+        they are never used as replacement and are overwritten with Gaussian
+        noise of the plane's own mean and standard deviation.
 
     Raises
     ------
@@ -204,8 +205,14 @@ class BlindSpotMasker:
                     by[inside],
                     bx[inside],
                 ] = True
-                noise = torch.randn(int(hidden.sum()), generator=generator)
-                inputs[hidden.to(device)] = noise.to(device=device, dtype=batch.dtype)
+                # Random values with the plane's own mean and spread: N(0, 1) values in a dark
+                # or bright crop shift the statistics batch norm learns, and the network's
+                # output at inference (StructN2V then made images worse than their input).
+                hidden = hidden.to(device)
+                noise = torch.randn(int(hidden.sum()), generator=generator).to(device=device, dtype=batch.dtype)
+                mean = batch.mean(dim=(2, 3), keepdim=True).expand_as(batch)[hidden]
+                std = batch.std(dim=(2, 3), keepdim=True).expand_as(batch)[hidden]
+                inputs[hidden] = noise * std + mean
 
         return MaskedBatch(inputs=inputs, loss_mask=centres.to(device))
 
