@@ -16,6 +16,8 @@ from bmz_cosdd.export.package import PackageMeta
 from bmz_cosdd.export.package import package_run as package
 from bmz_cosdd.inference.predictor import TrainedModel, load_run, predict_files, predict_image
 from bmz_cosdd.methods.base import ExportOptions, PredictOptions
+from bmz_cosdd.noise_models import load_noise_model
+from bmz_cosdd.noise_models.workflow import fit_noise_model
 from bmz_cosdd.training.session import build_config, resume, train
 from bmz_cosdd.zoo.validate import validate_package as validate
 
@@ -26,6 +28,8 @@ __all__ = [
     "TrainedModel",
     "build_config",
     "demo",
+    "fit_noise_model",
+    "load_noise_model",
     "load_run",
     "package",
     "predict_files",

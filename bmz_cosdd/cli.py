@@ -244,6 +244,58 @@ def validate(
         raise typer.Exit(1)
 
 
+@app.command()
+def check(
+    package: Annotated[Path, typer.Argument(help="A bioimage.io model package (zip).")],
+    device: Annotated[Optional[str], typer.Option(help="cpu or cuda for the tests (default: core's choice).")] = None,
+) -> None:
+    """Will the package run in bioimageio.core, deepImageJ, ilastik and BioEngine? Rule by rule (exit 1 if core fails)."""
+    from bmz_cosdd.zoo.consumers import check_package, core_passed, format_checks
+
+    checks = check_package(package, device=device)
+    typer.echo(format_checks(checks))
+    if not core_passed(checks):
+        raise typer.Exit(1)
+
+
+@app.command()
+def upload(
+    package: Annotated[Path, typer.Argument(help="A bioimage.io model package (zip) that passes validation.")],
+    server: Annotated[str, typer.Option(help="Hypha server of the artifact manager.")] = "https://hypha.aicell.io",
+    resume: Annotated[Optional[str], typer.Option(help="Complete the staged draft ID left by a failed upload.", show_default=False)] = None,
+    dry_run: Annotated[bool, typer.Option(help="Do every check and print what would be sent; send nothing.")] = False,
+    skip_validation: Annotated[bool, typer.Option(help="Do not run bioimageio.core's test again (it passed already).")] = False,
+) -> None:
+    """Stage the package in the BioImage Model Zoo's collection and request review (curators publish).
+
+    The token comes from BIOIMAGEIO_HYPHA_UPLOAD_TOKEN or a hidden prompt; it is never printed."""
+    import os
+
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
+
+    from bmz_cosdd.zoo.upload import TOKEN_ENV, plan_upload, upload_package
+    from bmz_cosdd.zoo.validate import FormatResult
+
+    if not package.is_file():
+        raise UserError(f"no such package: {package}")
+    validation = [FormatResult("skipped", True, [])] if skip_validation else None
+    if validation is None:
+        _say(f"validating {package.name} with bioimageio.core at default tolerance ...")
+    plan = plan_upload(package, server, validation=validation)
+    if dry_run:
+        typer.echo(plan.describe())
+        typer.echo("dry run: nothing was sent")
+        return
+    token = os.environ.get(TOKEN_ENV) or typer.prompt("Hypha upload token", hide_input=True)
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(), transient=True) as bar:
+        task = bar.add_task("upload", total=sum(f.size for f in plan.files))
+        result = upload_package(plan, token, resume=resume,
+                                on_file=lambda name, done, total: bar.update(task, completed=done, description=name))
+    kept = f", {len(result.kept)} already stored intact" if result.kept else ""
+    _say(f"{len(result.sent)} files sent and verified by SHA-256{kept}; review requested (curators publish)")
+    typer.echo(f"{result.artifact_id}  {result.url}")
+
+
 # -- noise models ---------------------------------------------------------------
 @noise_app.command("fit")
 def noise_model_fit(

@@ -34,3 +34,15 @@ def trained_run(tmp_path_factory, noisy_stack) -> Path:
     run = tmp_path_factory.mktemp("runs") / "tiny"
     train(tiny_config(noisy_stack), run, progress=False)
     return run
+
+
+@pytest.fixture(scope="session")
+def hypha_server(tmp_path_factory):
+    """A real Hypha server (artifact manager + moto S3) on 127.0.0.1, once per session."""
+    import hypha_server as server_module
+
+    server, processes = server_module.start(tmp_path_factory.mktemp("hypha"))
+    try:
+        yield server
+    finally:
+        server_module.stop(processes)

@@ -48,3 +48,17 @@ def run_cli(args: list, capsys) -> tuple[int, str, str]:
     out, err = capsys.readouterr()
     code = exc.value.code if isinstance(exc.value.code, int) else (0 if exc.value.code is None else 1)
     return code, out, err
+
+
+def export_helpers():
+    """The stand-in model and its package content, defined in tests/export/test_rdf.py."""
+    import importlib.util
+    import sys
+
+    name = "bmz_cosdd_test_rdf_helpers"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).parent / "export" / "test_rdf.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]

@@ -589,27 +589,35 @@ def _rng_preserved() -> Iterator[None]:
         random.setstate(py_state)
 
 
+def predict_whole(descr: Any, sample: Any, weight_format: str, devices: list[str] | None) -> Any:
+    """bioimageio.core's test procedure for one sample: pre-process, predict the whole sample
+    (no halo padding, no cropping), post-process. Returns core's output sample."""
+    from bioimageio.core import create_prediction_pipeline
+
+    with create_prediction_pipeline(bioimageio_model=descr, weight_format=weight_format, devices=devices) as pp:
+        pp.apply_preprocessing(sample)
+        result = pp.predict_sample_without_blocking(
+            sample,
+            skip_preprocessing=True,
+            skip_postprocessing=True,
+            skip_input_padding=True,
+            skip_output_cropping=True,
+        )
+        pp.apply_postprocessing(result)
+    return result
+
+
 def _core_outputs(descr: Any) -> dict[str, np.ndarray]:
     """Run the test input through core's pipeline with the torchscript weights.
 
     The steps mirror bioimageio.core's reproducibility test: preprocessing, prediction
     without padding or cropping, postprocessing.
     """
-    from bioimageio.core import create_prediction_pipeline
     from bioimageio.core.digest_spec import get_test_input_sample
 
     sample = get_test_input_sample(descr)
     with _rng_preserved():
-        with create_prediction_pipeline(bioimageio_model=descr, weight_format="torchscript", devices=["cpu"]) as pp:
-            pp.apply_preprocessing(sample)
-            result = pp.predict_sample_without_blocking(
-                sample,
-                skip_preprocessing=True,
-                skip_postprocessing=True,
-                skip_input_padding=True,
-                skip_output_cropping=True,
-            )
-            pp.apply_postprocessing(result)
+        result = predict_whole(descr, sample, "torchscript", ["cpu"])
 
     arrays = {}
     for out in descr.outputs:

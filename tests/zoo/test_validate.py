@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 import time
 import zipfile
 from dataclasses import replace
@@ -13,23 +11,13 @@ import pytest
 
 pytest.importorskip("bioimageio.core")
 
-from bmz_cosdd.errors import UserError  # noqa: E402
+from helpers import export_helpers  # noqa: E402
+
+from bmz_cosdd.errors import UserError
 from bmz_cosdd.export.rdf import build_package  # noqa: E402
 from bmz_cosdd.zoo.validate import FormatResult, format_table, validate_package  # noqa: E402
 
-
-def _load_export_helpers():
-    """The stand-in and its package content live in tests/export/test_rdf.py."""
-    name = "bmz_cosdd_test_rdf_helpers"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).parents[1] / "export" / "test_rdf.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-helpers = _load_export_helpers()
+helpers = export_helpers()
 TIMINGS: dict[str, float] = {}
 
 

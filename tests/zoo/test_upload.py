@@ -1,0 +1,122 @@
+"""Upload to a real Hypha artifact manager (local server + moto S3), byte-exact, review requested, never published."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import zipfile
+from pathlib import Path
+
+import httpx
+import pytest
+from helpers import export_helpers, run_cli
+
+from bmz_cosdd.errors import UserError
+from bmz_cosdd.export.rdf import build_package
+from bmz_cosdd.zoo.upload import REVIEW_STATUS, plan_upload, upload_package
+from bmz_cosdd.zoo.validate import FormatResult
+
+
+@pytest.fixture(scope="module")
+def package(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("upload")
+    return build_package(export_helpers().make_content(folder / "src"), folder / "standin.zip")
+
+
+PASSED = [FormatResult("torchscript", True, []), FormatResult("pytorch_state_dict", True, [])]
+
+
+async def _read_back(server, token: str, artifact_id: str, names: list[str]) -> dict:
+    from hypha_rpc import connect_to_server
+
+    api = await connect_to_server({"server_url": server.url, "token": token})
+    try:
+        manager = await api.get_service("public/artifact-manager")
+        info = await manager.read(artifact_id, stage=True)
+        stored = {}
+        async with httpx.AsyncClient() as client:
+            for name in names:
+                url = await manager.get_file(artifact_id, file_path=name, stage=True)
+                stored[name] = (await client.get(url)).content
+        try:
+            await manager.commit(artifact_id)
+            committed = True
+        except Exception as exc:  # the uploader may stage but not publish
+            committed = "permission" not in str(exc).lower() and str(exc)
+        return {"manifest": info["manifest"], "files": stored, "committed": committed}
+    finally:
+        await api.disconnect()
+
+
+def test_upload_stores_every_file_byte_for_byte_and_only_requests_review(hypha_server, package, tmp_path):
+    token = hypha_server.user_token("alice")
+    plan = plan_upload(package, hypha_server.url, validation=PASSED)
+    progress = []
+    result = upload_package(plan, token, on_file=lambda name, done, total: progress.append((name, done, total)))
+    assert result.status == REVIEW_STATUS and result.artifact_id.startswith("bioimage-io/")
+    alias = result.alias
+    assert "-" in alias and alias.split("-")[1] in ("otter", "heron", "lynx", "ibis", "marten", "newt", "puffin",
+                                                     "wombat")
+    assert result.url.endswith(alias) and sorted(result.sent) == sorted(f.name for f in plan.files)
+    assert progress[-1][1] == progress[-1][2] == sum(f.size for f in plan.files)
+    with zipfile.ZipFile(package) as zf:
+        original = {name: zf.read(name) for name in zf.namelist() if not name.endswith("/")}
+    back = asyncio.run(_read_back(hypha_server, token, result.artifact_id, list(original)))
+    assert back["files"] == original  # byte for byte
+    assert back["manifest"]["status"] == REVIEW_STATUS and back["manifest"]["name"] == plan.manifest["name"]
+    assert back["committed"] is False  # the uploader cannot publish
+
+
+def test_resume_completes_a_draft_without_resending_intact_files(hypha_server, package, monkeypatch):
+    token = hypha_server.user_token("bob")
+    plan = plan_upload(package, hypha_server.url, validation=PASSED)
+    real_client = httpx.Client
+    calls = {"n": 0}
+
+    class FailingSecondPut(real_client):
+        def put(self, url, content=None, **kwargs):
+            calls["n"] += 1
+            if calls["n"] == 2:
+                raise httpx.ConnectError("connection dropped")
+            return super().put(url, content=content, **kwargs)
+
+    monkeypatch.setattr(httpx, "Client", FailingSecondPut)
+    with pytest.raises(UserError, match="--resume") as failure:
+        upload_package(plan, token)
+    message = str(failure.value)
+    draft = message.split("--resume ")[1].split()[0]
+    monkeypatch.setattr(httpx, "Client", real_client)
+    result = upload_package(plan, token, resume=draft)
+    assert result.artifact_id == draft and result.kept and result.sent
+    assert sorted(result.kept + result.sent) == sorted(f.name for f in plan.files)
+
+
+def test_a_failing_package_is_refused(package):
+    failing = [FormatResult("torchscript", False, ["output differs"])]
+    with pytest.raises(UserError, match="fails bioimageio.core"):
+        plan_upload(package, "http://127.0.0.1:1", validation=failing)
+
+
+def test_bad_token_and_unreachable_server_are_one_line(hypha_server, package, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("BIOIMAGEIO_HYPHA_UPLOAD_TOKEN", "not-a-token")
+    code, out, err = run_cli(["upload", package, "--server", hypha_server.url, "--skip-validation"], capsys)
+    assert code == 2 and err.strip().startswith("error:") and "token" in err and len(err.strip().splitlines()) == 1
+    assert "not-a-token" not in out + err
+    with __import__("socket").socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        closed = sock.getsockname()[1]
+    code, out, err = run_cli(["upload", package, "--server", f"http://127.0.0.1:{closed}", "--skip-validation"],
+                             capsys)
+    assert code == 2 and "reach" in err and len(err.strip().splitlines()) == 1
+
+
+def test_dry_run_prints_the_plan_and_sends_nothing(package, capsys, monkeypatch):
+    monkeypatch.setenv("BIOIMAGEIO_HYPHA_UPLOAD_TOKEN", "secret-value-123")
+    code, out, err = run_cli(["upload", package, "--dry-run", "--server", "http://127.0.0.1:1"], capsys)
+    assert code == 0, err
+    with zipfile.ZipFile(package) as zf:
+        for name in zf.namelist():
+            assert name in out
+        rdf = zf.read("rdf.yaml")
+    assert hashlib.sha256(rdf).hexdigest()[:16] in out and "secret-value-123" not in out + err
+    assert "request-review" in out
