@@ -205,9 +205,11 @@ async def _upload(
         stored = await _stored_hashes(manager, draft, plan, httpx, timeout)
         for member in plan.files:
             if stored.get(member.name) != member.sha256:
+                found = stored.get(member.name)
+                how = f"sha256 {found[:16]} instead of {member.sha256[:16]}" if found else "missing or of another size"
                 raise UserError(
-                    f"the stored {member.name} differs from the package (sha256 {str(stored.get(member.name))[:16]}"
-                    f" instead of {member.sha256[:16]}); the draft {draft} stays staged: rerun with --resume {draft}"
+                    f"the stored {member.name} differs from the package ({how}); the draft {draft} stays staged"
+                    f" (not published): rerun with --resume {draft}"
                 )
         manifest = dict(plan.manifest)
         manifest["status"] = REVIEW_STATUS

@@ -120,3 +120,19 @@ def test_dry_run_prints_the_plan_and_sends_nothing(package, capsys, monkeypatch)
         rdf = zf.read("rdf.yaml")
     assert hashlib.sha256(rdf).hexdigest()[:16] in out and "secret-value-123" not in out + err
     assert "request-review" in out
+
+
+def test_a_stored_file_that_differs_is_one_line_and_leaves_the_draft_staged(hypha_server, package, monkeypatch):
+    token = hypha_server.user_token("carol")
+    plan = plan_upload(package, hypha_server.url, validation=PASSED)
+    real_client = httpx.Client
+
+    class CorruptingPut(real_client):
+        def put(self, url, content=None, **kwargs):
+            return super().put(url, content=(content or b"") + b"\0", **kwargs)
+
+    monkeypatch.setattr(httpx, "Client", CorruptingPut)
+    with pytest.raises(UserError, match="differs from the package") as failure:
+        upload_package(plan, token)
+    assert "--resume" in str(failure.value) and "stays staged" in str(failure.value)
+    assert len(str(failure.value).splitlines()) == 1
