@@ -136,3 +136,12 @@ def test_a_stored_file_that_differs_is_one_line_and_leaves_the_draft_staged(hyph
         upload_package(plan, token)
     assert "--resume" in str(failure.value) and "stays staged" in str(failure.value)
     assert len(str(failure.value).splitlines()) == 1
+
+
+def test_permission_denied_is_one_line(hypha_server, package):
+    """Another user may not complete (or re-request review for) someone else's draft."""
+    plan = plan_upload(package, hypha_server.url, validation=PASSED)
+    mine = upload_package(plan, hypha_server.user_token("erin"))
+    with pytest.raises(UserError, match="permission denied") as failure:
+        upload_package(plan, hypha_server.user_token("mallory"), resume=mine.artifact_id)
+    assert len(str(failure.value).splitlines()) == 1
