@@ -99,7 +99,8 @@ def main() -> None:
         if not flag.startswith("--extra-"):
             parser.error(f"unknown option {flag}")
         extras[flag[len("--extra-"):]] = value.split()
-    runs = [m.strip().split("=", 1) if "=" in m else [m.strip(), m.strip()] for m in args.methods.split(",") if m.strip()]
+    entries = [m.strip() for m in args.methods.split(",") if m.strip()]
+    runs = [m.split("=", 1) if "=" in m else [m, m] for m in entries]
     methods = [method for _, method in runs]
     out = args.out or Path(tempfile.mkdtemp(prefix="bmz-eval-"))
     out.mkdir(parents=True, exist_ok=True)

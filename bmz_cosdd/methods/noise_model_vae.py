@@ -141,7 +141,8 @@ def resolve_noise_model(settings: Any, train_images: list, stats: Any) -> tuple[
     notes = []
     for c in range(stats.n_channels):
         values = torch.cat([torch.as_tensor(im[c]).flatten() for im in train_images]).double()
-        lo, hi = torch.quantile(values[:: max(1, len(values) // 200_000)], torch.tensor([0.01, 0.99], dtype=torch.float64))
+        sample = values[:: max(1, len(values) // 200_000)]  # torch.quantile has a size limit
+        lo, hi = torch.quantile(sample, torch.tensor([0.01, 0.99], dtype=torch.float64))
         lo, hi = float(lo) * stats.std[c] + stats.mean[c], float(hi) * stats.std[c] + stats.mean[c]
         nm_lo, nm_hi = float(model.min_signal[c]), float(model.max_signal[c])
         overlap = max(0.0, min(hi, nm_hi) - max(lo, nm_lo)) / max(hi - lo, 1e-12)

@@ -11,7 +11,7 @@ import yaml
 
 from bmz_cosdd.data.io import write_tiff
 from bmz_cosdd.data.synthetic import make_clean
-from bmz_cosdd.errors import TrainingDiverged, UserError
+from bmz_cosdd.errors import TrainingDiverged
 from bmz_cosdd.inference.predictor import load_run, predict_image
 from bmz_cosdd.methods.base import PredictOptions
 from bmz_cosdd.noise_models import load_noise_model
