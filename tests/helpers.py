@@ -62,3 +62,12 @@ def export_helpers():
         sys.modules[name] = module
         spec.loader.exec_module(module)
     return sys.modules[name]
+
+
+def assert_one_line_error(code: int, out: str, err: str, words: str) -> None:
+    """A user error: exit code 2, one line on stderr starting with ``error:`` that names ``words``."""
+    assert code == 2, (out, err)
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert words.lower() in lines[0].lower(), lines[0]
+    assert "Traceback" not in err

@@ -12,7 +12,7 @@ import tifffile
 import yaml
 
 from bmz_cosdd.data.io import write_tiff
-from helpers import run_cli, tiny_config
+from helpers import assert_one_line_error, run_cli, tiny_config
 
 
 def tiny_yaml(tmp_path: Path, data: Path, **train) -> Path:
@@ -102,12 +102,7 @@ CASES = [
 @pytest.mark.parametrize("case", CASES)
 def test_bad_input_is_one_line_and_exit_code_2(tmp_path, noisy_stack, capsys, case):
     args, words = _bad(tmp_path, noisy_stack)[case]
-    code, out, err = run_cli(args, capsys)
-    assert code == 2, (case, out, err)
-    lines = [line for line in err.strip().splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    assert words.lower() in lines[0].lower(), lines[0]
-    assert "Traceback" not in err
+    assert_one_line_error(*run_cli(args, capsys), words)
     assert not (tmp_path / "r" / "checkpoints").exists()
 
 

@@ -7,7 +7,7 @@ import pytest
 import tifffile
 import yaml
 
-from helpers import run_cli
+from helpers import assert_one_line_error, run_cli
 
 TINY = ["--axes", "SYX", "--crop-size", "32", "--val-fraction", "0.25", "--val-crops", "4", "--batch-size", "2",
         "--max-steps", "3", "--steps-per-epoch", "3", "--depth", "1", "--features", "4", "--quiet"]
@@ -76,11 +76,7 @@ def _bad(tmp_path, noisy_stack):
 ])
 def test_bad_input_is_one_line_and_exit_code_2(tmp_path, noisy_stack, capsys, case):
     args, words = _bad(tmp_path, noisy_stack)[case]
-    code, out, err = run_cli(args, capsys)
-    assert code == 2, (case, out, err)
-    lines = [line for line in err.strip().splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    assert words.lower() in lines[0].lower(), lines[0]
+    assert_one_line_error(*run_cli(args, capsys), words)
     assert not (tmp_path / "r").exists()
 
 

@@ -17,7 +17,7 @@ from bmz_cosdd.methods.base import PredictOptions
 from bmz_cosdd.noise_models import load_noise_model
 from bmz_cosdd.noise_models.workflow import fit_noise_model
 from bmz_cosdd.training.session import train
-from helpers import run_cli, tiny_blind_spot_config
+from helpers import assert_one_line_error, run_cli, tiny_blind_spot_config
 
 GAIN, READ = 2.0, 10.0
 
@@ -143,10 +143,7 @@ def _bad_cases(folder: Path, fitted: Path, tmp: Path) -> dict[str, tuple[list, s
 def test_bad_input_is_one_line_and_exit_code_2(camera, tmp_path, capsys, case):
     folder, fitted = camera
     args, words = _bad_cases(folder, fitted.path, tmp_path)[case]
-    code, out, err = run_cli(args, capsys)
-    lines = [line for line in err.strip().splitlines() if line.strip()]
-    assert code == 2, (case, out, err)
-    assert len(lines) == 1 and lines[0].startswith("error: ") and words.lower() in lines[0].lower(), lines
+    assert_one_line_error(*run_cli(args, capsys), words)
     assert not (tmp_path / "r").exists() and not (tmp_path / "m.npz").exists()
 
 
