@@ -8,15 +8,26 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol, Sequence
+from typing import TYPE_CHECKING, Annotated, Any, Optional, Protocol, Sequence
 
 import numpy as np
 import torch
+import typer
 from torch import nn
 
 if TYPE_CHECKING:
     from bmz_cosdd.config import DataConfig
     from bmz_cosdd.data.normalisation import NormStats
+
+
+def cli_option(name: str, annotation: Any, help: str, panel: str) -> inspect.Parameter:
+    """A method's own ``train`` option, shown in its help panel; ``None`` (the default) means "not given"."""
+    return inspect.Parameter(
+        name,
+        inspect.Parameter.KEYWORD_ONLY,
+        default=None,
+        annotation=Annotated[Optional[annotation], typer.Option(help=help, rich_help_panel=panel)],
+    )
 
 
 @dataclass

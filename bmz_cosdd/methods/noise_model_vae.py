@@ -13,14 +13,13 @@ import inspect
 import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Annotated, Any, Callable, Optional
+from typing import Any, Callable, Optional
 
 import torch
-import typer
 from torch import Tensor, nn
 
 from bmz_cosdd.errors import TrainingDiverged, UserError
-from bmz_cosdd.methods.base import ExportedModel, ExportOptions, OptimiserSpec, PredictOptions
+from bmz_cosdd.methods.base import cli_option, ExportedModel, ExportOptions, OptimiserSpec, PredictOptions
 from bmz_cosdd.methods.vae_export import export_sampling_model, sampler_for
 from bmz_cosdd.nn.decoders import SignalDecoder
 from bmz_cosdd.noise_models import GMMNoiseModel, HistogramNoiseModel, NormalisedNoiseModel, load_noise_model
@@ -176,12 +175,6 @@ def provenance(settings: Any) -> str:
     return f"{settings.noise_model_kind} noise model ({shape}) {origin}, file {info.get('file', '?')}"
 
 
-def _option(name: str, annotation: Any, help: str, panel: str) -> inspect.Parameter:
-    return inspect.Parameter(
-        name, inspect.Parameter.KEYWORD_ONLY, default=None,
-        annotation=Annotated[Optional[annotation], typer.Option(help=help, rich_help_panel=panel)],
-    )
-
 
 @dataclass
 class NoiseModelVAEMethod:
@@ -209,7 +202,7 @@ class NoiseModelVAEMethod:
         return cfg
 
     def cli_options(self) -> list[inspect.Parameter]:
-        return [_option(name, tp, help, self.title) for name, tp, help in self.options]
+        return [cli_option(name, tp, help, self.title) for name, tp, help in self.options]
 
     def resolve_config(self, config: Any, data: Any, train_images: Any, stats: Any) -> tuple[Any, list[str]]:
         return resolve_noise_model(config, list(train_images), stats)

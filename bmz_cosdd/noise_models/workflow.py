@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Sequence
 
 from bmz_cosdd.errors import UserError
-from bmz_cosdd.noise_models.base import plot_noise_model, save_noise_model
+from bmz_cosdd.noise_models.base import check_percentiles, plot_noise_model, save_noise_model
 from bmz_cosdd.noise_models.gmm import GMMNoiseModel, fit_gmm
 from bmz_cosdd.noise_models.histogram import HistogramNoiseModel, fit_histogram
 from bmz_cosdd.noise_models.sources import bootstrap_pairs, calibration_pairs
@@ -66,9 +66,7 @@ def fit_noise_model(
         raise UserError(f"unknown noise model kind {kind!r} (choose {' or '.join(KINDS)})")
     if (calibration is None) == (bootstrap is None):
         raise UserError("give either --calibration STACK or --bootstrap RUN_OR_PACKAGE with the noisy images")
-    lo, hi = percentiles
-    if not 0 <= lo < hi <= 100:
-        raise UserError(f"--percentiles must be two numbers 0 <= low < high <= 100, got {lo}, {hi}")
+    percentiles = check_percentiles(percentiles)  # before any (possibly slow) prediction
     if calibration is not None:
         if inputs:
             raise UserError("--calibration takes no DATA arguments (the stack is the data)")

@@ -3,28 +3,19 @@
 from __future__ import annotations
 
 import inspect
-from typing import Annotated, Any, Optional
+from typing import Any
 
 import torch
 import torch.nn.functional as F
-import typer
 from torch import Tensor, nn
 
 from bmz_cosdd.errors import UserError
 from bmz_cosdd.inference.posterior import PosteriorSampler
-from bmz_cosdd.methods.base import ExportedModel, ExportOptions, OptimiserSpec, PredictOptions
+from bmz_cosdd.methods.base import cli_option, ExportedModel, ExportOptions, OptimiserSpec, PredictOptions
 from bmz_cosdd.methods.cosdd.config import PRESETS, cosdd_config
 from bmz_cosdd.methods.cosdd.model import COSDDModel
 from bmz_cosdd.methods.vae_export import export_sampling_model, sampler_for
 
-
-def _option(name: str, annotation: Any, help: str, **kwargs: Any) -> inspect.Parameter:
-    return inspect.Parameter(
-        name,
-        inspect.Parameter.KEYWORD_ONLY,
-        default=None,
-        annotation=Annotated[Optional[annotation], typer.Option(help=help, rich_help_panel="COSDD", **kwargs)],
-    )
 
 
 class COSDD:
@@ -41,14 +32,14 @@ class COSDD:
 
     def cli_options(self) -> list[inspect.Parameter]:
         return [
-            _option("direction", str, "Axis along which the noise is correlated: x (rows) or y (columns)."),
-            _option("preset", str, f"Architecture preset: {', '.join(PRESETS)}."),
-            _option("n_levels", int, "Hierarchy levels of the ladder VAE (overrides the preset)."),
-            _option("features", int, "Feature width of the ladder VAE (overrides the preset)."),
-            _option("ar_layers", int, "Layers of the autoregressive noise decoder (receptive field)."),
-            _option("n_gaussians", int, "Mixture components of the noise model per pixel."),
-            _option("direct_denoiser", bool, "Also train the deterministic direct denoiser."),
-            _option("direct_loss", str, "Direct denoiser loss: mse (mean) or l1 (median)."),
+            cli_option("direction", str, "Axis along which the noise is correlated: x (rows) or y (columns).", "COSDD"),
+            cli_option("preset", str, f"Architecture preset: {', '.join(PRESETS)}.", "COSDD"),
+            cli_option("n_levels", int, "Hierarchy levels of the ladder VAE (overrides the preset).", "COSDD"),
+            cli_option("features", int, "Feature width of the ladder VAE (overrides the preset).", "COSDD"),
+            cli_option("ar_layers", int, "Layers of the autoregressive noise decoder (receptive field).", "COSDD"),
+            cli_option("n_gaussians", int, "Mixture components of the noise model per pixel.", "COSDD"),
+            cli_option("direct_denoiser", bool, "Also train the deterministic direct denoiser.", "COSDD"),
+            cli_option("direct_loss", str, "Direct denoiser loss: mse (mean) or l1 (median).", "COSDD"),
         ]
 
     def resolve_config(self, config, data, train_images, stats) -> tuple[Any, list[str]]:

@@ -9,7 +9,7 @@ from typing import Any
 from bmz_cosdd.config import from_dict
 from bmz_cosdd.errors import UserError
 
-REPLACEMENTS = ("neighbour", "median")
+from bmz_cosdd.methods.n2v.masker import REPLACEMENTS
 
 
 @dataclass

@@ -10,15 +10,14 @@ from __future__ import annotations
 import inspect
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Annotated, Any, Optional, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
-import typer
 from torch import Tensor, nn
 
 from bmz_cosdd.errors import UserError
-from bmz_cosdd.methods.base import ExportedModel, ExportOptions, OptimiserSpec, PredictOptions
+from bmz_cosdd.methods.base import cli_option, ExportedModel, ExportOptions, OptimiserSpec, PredictOptions
 from bmz_cosdd.methods.n2v.architecture import BlindSpotNet, build_blind_spot_model
 from bmz_cosdd.methods.n2v.config import N2VConfig, n2v_config
 from bmz_cosdd.methods.n2v.masker import BlindSpotMasker
@@ -67,12 +66,6 @@ def _psf_kernel(config: N2VConfig) -> np.ndarray | None:
     return np.pad(kernel, ((dy, side - kernel.shape[0] - dy), (dx, side - kernel.shape[1] - dx)))
 
 
-def _option(name: str, annotation: Any, help: str, panel: str) -> inspect.Parameter:
-    return inspect.Parameter(
-        name, inspect.Parameter.KEYWORD_ONLY, default=None,
-        annotation=Annotated[Optional[annotation], typer.Option(help=help, rich_help_panel=panel)],
-    )
-
 
 _OPTIONS: dict[str, tuple[Any, str]] = {
     "depth": (int, "U-Net poolings."),
@@ -114,7 +107,7 @@ class BlindSpotMethod:
 
     def cli_options(self) -> list[inspect.Parameter]:
         panel = self.title
-        return [_option(name, *_OPTIONS[name], panel) for name in _COMMON_OPTIONS + self.extra_options]
+        return [cli_option(name, *_OPTIONS[name], panel) for name in _COMMON_OPTIONS + self.extra_options]
 
     def check_validation(self, model: nn.Module, losses: dict[str, float], step: int) -> None:
         return None
