@@ -4,7 +4,9 @@ The decoder predicts, for every pixel, a Gaussian mixture over the pixel's value
 given the latent features at that pixel and the values of STRICTLY EARLIER
 pixels of the same row (direction ``"x"``) or column (direction ``"y"``). Its
 receptive field is one-dimensional, so it can model row/column-correlated noise
-but not the signal, which therefore has to be carried by the latent.
+but not the signal, which therefore has to be carried by the latent. Direction
+``"none"`` sees no other pixel at all: a learned pixel noise model p(x_i | z)
+for pixel-independent noise.
 
 Layout of the stack (written for direction "x"; "y" transposes Y and X around it):
 
@@ -53,15 +55,23 @@ def receptive_field(n_layers: int, kernel_size: int) -> int:
 
 
 class _MaskedFirstLayer(nn.Module):
-    """Layer 0: sees strictly earlier pixels of the row plus the conditioning at the pixel."""
+    """Layer 0: sees strictly earlier pixels of the row plus the conditioning at the pixel.
 
-    def __init__(self, cin: int, cond_channels: int, hidden: int, kernel_size: int) -> None:
+    With ``blind`` it sees no pixel of the image at all (direction "none").
+    """
+
+    blind: bool
+
+    def __init__(self, cin: int, cond_channels: int, hidden: int, kernel_size: int, blind: bool = False) -> None:
         super().__init__()
         self.kernel_size = kernel_size
+        self.blind = blind
         self.conv = nn.Conv2d(cin, hidden, (1, kernel_size))
         self.cond = nn.Conv2d(cond_channels, hidden, 1)
 
     def forward(self, x: Tensor, cond: Tensor) -> Tensor:
+        if self.blind:
+            return torch.relu(self.cond(cond))
         # Padding by k (not k-1) and dropping the last output shifts the window one
         # pixel to the left, so output i covers inputs i-k .. i-1.
         h = self.conv(F.pad(x, [self.kernel_size, 0, 0, 0]))
@@ -92,10 +102,11 @@ class AutoregressiveDecoder(nn.Module):
         Channels C of the image x.
     cond_channels : int
         Channels of the conditioning features (the VAE's output features).
-    direction : {"x", "y"}, default "x"
+    direction : {"x", "y", "none"}, default "x"
         Noise direction: pixels depend on earlier pixels of the same row ("x") or
         column ("y"). All channels of earlier pixels enter; no channel of the pixel
-        itself and nothing from other rows/columns does.
+        itself and nothing from other rows/columns does. "none": no other pixel
+        enters (pixel-independent noise).
     n_layers : int, default 8
         Number of 1 x k convolution layers.
     kernel_size : int, default 5
@@ -111,7 +122,7 @@ class AutoregressiveDecoder(nn.Module):
     ----------
     receptive_field : int
         Number of earlier pixels along ``direction`` that one output sees
-        (49 for the defaults).
+        (49 for the defaults; 0 for direction "none").
     direction : str
     image_channels, n_gaussians : int
     min_scale : float
@@ -142,8 +153,8 @@ class AutoregressiveDecoder(nn.Module):
         min_scale: float = 1e-3,
     ) -> None:
         super().__init__()
-        if direction not in ("x", "y"):
-            raise ValueError(f"direction must be 'x' or 'y', got {direction!r}")
+        if direction not in ("x", "y", "none"):
+            raise ValueError(f"direction must be 'x', 'y' or 'none', got {direction!r}")
         if min_scale <= 0:
             raise ValueError(f"min_scale must be > 0, got {min_scale}")
         if kernel_size < 2:
@@ -153,9 +164,10 @@ class AutoregressiveDecoder(nn.Module):
         self.min_scale = float(min_scale)
         self.direction = direction
         self._transpose = direction == "y"
-        self.receptive_field = receptive_field(n_layers, kernel_size)
+        blind = direction == "none"
+        self.receptive_field = 0 if blind else receptive_field(n_layers, kernel_size)
 
-        self.first = _MaskedFirstLayer(image_channels, cond_channels, hidden, kernel_size)
+        self.first = _MaskedFirstLayer(image_channels, cond_channels, hidden, kernel_size, blind)
         self.layers = nn.ModuleList(
             [_CausalLayer(hidden, cond_channels, kernel_size, layer_dilation(i)) for i in range(1, n_layers)]
         )
@@ -227,6 +239,10 @@ class AutoregressiveDecoder(nn.Module):
         c = cond.transpose(-1, -2) if self._transpose else cond
         b, _, y, w = c.shape
         x = c.new_zeros(b, self.image_channels, y, w)
+        if self.first.blind:  # no pixel depends on another: one pass
+            with torch.no_grad():
+                logits, means, scales = self._params_x(x, c)
+                return mixture_sample(logits, means, scales, generator)
         with torch.no_grad():
             for i in range(w):
                 lo = max(0, i - self.receptive_field)

@@ -8,7 +8,7 @@ from bmz_cosdd.methods.registry import get_method
 
 def _tiny(**overrides):
     method = get_method("cosdd")
-    values = {"preset": "tiny", "n_levels": 2, "latent_channels": [4], "features": 8, "ar_layers": 3,
+    values = {"preset": "tiny", "direction": "x", "n_levels": 2, "latent_channels": [4], "features": 8, "ar_layers": 3,
               "ar_hidden": 8, "signal_hidden": 8, "direct_denoiser": True, "direct_depth": 1,
               "direct_features": 4, **overrides}
     torch.manual_seed(0)

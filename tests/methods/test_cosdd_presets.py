@@ -24,5 +24,5 @@ def readme_counts() -> dict[str, int]:
 @pytest.mark.parametrize("preset", ["tiny", "small", "large"])
 def test_readme_parameter_counts(preset):
     method = get_method("cosdd")
-    model = method.build(method.config_from_dict({"preset": preset}), 1)
+    model = method.build(method.config_from_dict({"preset": preset, "direction": "x"}), 1)
     assert readme_counts()[preset] == sum(p.numel() for p in model.parameters())

@@ -107,3 +107,20 @@ def test_sample_direction_y_is_transposed_x():
     xs = dec_x.sample(cond.transpose(-1, -2), torch.Generator().manual_seed(1))
     assert ys.shape == (1, 2, 20, 4)
     assert torch.equal(ys, xs.transpose(-1, -2))
+
+
+def test_direction_none_sees_no_pixel():
+    dec = _decoder("none")
+    assert dec.receptive_field == 0
+    x = torch.randn(1, 2, 6, 20, requires_grad=True)
+    cond = torch.randn(1, 3, 6, 20)
+    logits, means, scales = dec(x, cond)
+    (logits.sum() + means.sum() + scales.sum()).backward()
+    assert x.grad is None  # x never entered the graph
+    nll = dec.nll(x.detach(), cond)
+    assert nll.shape == (1, 2, 6, 20) and torch.isfinite(nll).all()
+    g = torch.Generator().manual_seed(0)
+    sample = dec.sample(cond, generator=g)
+    assert sample.shape == (1, 2, 6, 20) and torch.isfinite(sample).all()
+    scripted = torch.jit.script(dec)
+    torch.testing.assert_close(scripted(x.detach(), cond)[1], means.detach())

@@ -8,7 +8,7 @@ from typing import Any
 from bmz_cosdd.config import from_dict
 from bmz_cosdd.errors import UserError
 
-DIRECTIONS = ("x", "y")
+DIRECTIONS = ("x", "y", "none")
 DIRECT_LOSSES = ("mse", "l1")
 
 
@@ -21,7 +21,10 @@ class COSDDConfig:
     preset
         Name of the preset the other values started from (``tiny``, ``small``, ``large``).
     direction
-        Axis along which the noise is correlated: ``x`` (rows) or ``y`` (columns).
+        Axis along which the noise is correlated: ``x`` (rows), ``y`` (columns),
+        ``none`` (pixel-independent: the noise decoder sees no other pixel) or
+        ``auto`` (measured from the training images when the run starts; the
+        run's config.yaml records the result).
     n_levels, latent_channels, features, blocks_per_level
         Ladder VAE: hierarchy levels, latent channels per level (finest first), feature
         width and gated residual blocks per level.
@@ -40,7 +43,7 @@ class COSDDConfig:
     """
 
     preset: str = "small"
-    direction: str = "x"
+    direction: str = "auto"
     n_levels: int = 6
     latent_channels: list[int] = field(default_factory=lambda: [32] * 5 + [64])
     features: int = 32
@@ -92,8 +95,8 @@ def cosdd_config(values: dict[str, Any]) -> COSDDConfig:
         raise UserError(
             f"model.latent_channels has {len(cfg.latent_channels)} entries but model.n_levels is {cfg.n_levels}"
         )
-    if cfg.direction not in DIRECTIONS:
-        raise UserError(f"unknown noise direction {cfg.direction!r} (choose x or y)")
+    if cfg.direction not in DIRECTIONS + ("auto",):
+        raise UserError(f"unknown noise direction {cfg.direction!r} (choose x, y, none or auto)")
     if cfg.direct_loss not in DIRECT_LOSSES:
         raise UserError(f"unknown direct-denoiser loss {cfg.direct_loss!r} (choose mse or l1)")
     for name in ("n_levels", "features", "ar_layers", "ar_kernel", "ar_hidden", "n_gaussians", "signal_layers"):

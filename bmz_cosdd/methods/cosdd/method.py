@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import inspect
+from dataclasses import replace
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from bmz_cosdd.data.noise_correlation import estimate_noise_correlation
 from bmz_cosdd.errors import UserError
 from bmz_cosdd.inference.posterior import PosteriorSampler
 from bmz_cosdd.methods.base import cli_option, ExportedModel, ExportOptions, OptimiserSpec, PredictOptions
@@ -16,6 +18,16 @@ from bmz_cosdd.methods.cosdd.config import PRESETS, cosdd_config
 from bmz_cosdd.methods.cosdd.model import COSDDModel
 from bmz_cosdd.methods.vae_export import export_sampling_model, sampler_for
 
+_CORRELATED = (
+    "noise that is both signal-dependent and correlated along image {word} (noise direction `{{direction}}`),"
+    " the kind produced by EMCCD and sCMOS cameras, scanning confocal microscopes and STEM detectors."
+)
+NOISE_SENTENCES = {
+    "x": _CORRELATED.format(word="rows"),
+    "y": _CORRELATED.format(word="columns"),
+    "none": "signal-dependent, pixel-independent noise (noise direction `{direction}`: its noise model sees no"
+    " other pixel).",
+}
 
 
 class COSDD:
@@ -32,7 +44,9 @@ class COSDD:
 
     def cli_options(self) -> list[inspect.Parameter]:
         return [
-            cli_option("direction", str, "Axis along which the noise is correlated: x (rows) or y (columns).", "COSDD"),
+            cli_option("direction", str, "Axis along which the noise is correlated: x (rows), y (columns), none "
+                       "(pixel-independent) or auto (measured from the data, as `bmz-cosdd inspect` does; default).",
+                       "COSDD"),
             cli_option("preset", str, f"Architecture preset: {', '.join(PRESETS)}.", "COSDD"),
             cli_option("n_levels", int, "Hierarchy levels of the ladder VAE (overrides the preset).", "COSDD"),
             cli_option("features", int, "Feature width of the ladder VAE (overrides the preset).", "COSDD"),
@@ -43,7 +57,11 @@ class COSDD:
         ]
 
     def resolve_config(self, config, data, train_images, stats) -> tuple[Any, list[str]]:
-        return config, []
+        if config.direction != "auto":
+            return config, []
+        noise = estimate_noise_correlation(list(train_images))
+        config = replace(config, direction=noise.direction)
+        return config, [f"noise direction (auto): {noise.direction}. {noise.describe()}"]
 
     def check_validation(self, model: nn.Module, losses: dict[str, float], step: int) -> None:
         return None
@@ -123,12 +141,13 @@ class COSDD:
         sources = [blocks, unet, architecture]
         fields = {
             "direction": config.direction,
-            "direction_word": "rows" if config.direction == "x" else "columns",
+            "noise_sentence": NOISE_SENTENCES[config.direction].format(direction=config.direction),
             "preset": config.preset,
             "architecture": (
                 f"{config.n_levels} levels, latent channels {list(config.latent_channels)}, {config.features} features; "
-                f"autoregressive noise decoder with a receptive field of {model.ar_decoder.receptive_field} px "
-                f"along {config.direction}, {config.n_gaussians} Gaussians"
+                + (f"autoregressive noise decoder with a receptive field of {model.ar_decoder.receptive_field} px "
+                   f"along {config.direction}" if config.direction != "none" else "pixel noise decoder (no other pixel)")
+                + f", {config.n_gaussians} Gaussians"
             ),
         }
         cite = [("B. Salmon and A. Krull, Unsupervised Denoising for Signal-Dependent and Row-Correlated "

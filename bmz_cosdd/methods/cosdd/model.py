@@ -23,6 +23,8 @@ class COSDDModel(nn.Module):
 
     def __init__(self, config: COSDDConfig, n_channels: int) -> None:
         super().__init__()
+        if config.direction == "auto":
+            raise ValueError("direction 'auto' is resolved from the training data before the model is built")
         self.n_channels = n_channels
         self.halo = config.halo
         self.direct_loss = config.direct_loss

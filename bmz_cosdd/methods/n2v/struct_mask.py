@@ -5,17 +5,9 @@ masked pixel; StructN2V hides every True pixel of it from the network so that
 noise correlated along a row (``"x:SPAN"``) or a column (``"y:SPAN"``) cannot
 be predicted from the masked pixel's neighbours.
 
-:func:`estimate_struct_mask` chooses the mask from the data. To measure the
-noise correlation along x it takes, for every pixel, the residual against a
-prediction from its neighbours in the SAME COLUMN (a cubic interpolation from
-the pixels 1 and 2 rows away, the pixel itself excluded), and correlates
-residuals along the rows; along y the roles are swapped. If the noise is
-independent across x (white noise, or noise correlated only along y) the
-residuals of different columns share no noise, so their correlation along x is
-exactly zero: the smoothing adds no bias toward either axis and needs no
-white-noise correction. Image structure that is locally cubic along the
-interpolation axis cancels, and large residuals (edges, thin filaments) are
-clipped to 3 robust standard deviations so that what remains does not dominate.
+:func:`estimate_struct_mask` chooses the mask from the noise correlation that
+:mod:`bmz_cosdd.data.noise_correlation` measures (the one estimator shared with
+``bmz-cosdd inspect`` and COSDD's ``--direction auto``).
 """
 
 from __future__ import annotations
@@ -27,28 +19,19 @@ from typing import Any
 
 import numpy as np
 
+from bmz_cosdd.data.noise_correlation import AXES, NoiseCorrelation, estimate_noise_correlation
 from bmz_cosdd.errors import UserError
 
 __all__ = [
     "MaskChoice",
     "estimate_struct_mask",
     "format_struct_mask",
+    "mask_for",
     "mask_from_axis",
     "parse_struct_mask",
 ]
 
 _FILE_SUFFIXES = (".npy", ".tif", ".tiff", ".txt")
-_AXES = ("x", "y")
-
-# Predicts a pixel from the pixels at offsets -2, -1, +1, +2 along one axis; exact for cubics.
-_PREDICTOR = np.array([-1.0, 4.0, 0.0, 4.0, -1.0]) / 6.0
-_CLIP_SIGMAS = 3.0
-# Lags examined jointly for the decision: a period-4 pattern (-a, -a, +a, +a) has
-# zero correlation at lag 1 but a strong one at lag 2.
-_DECISION_LAGS = 3
-# Bounds on the data examined, so that large training sets stay fast.
-_MAX_IMAGES = 8
-_MAX_SIDE = 512
 
 
 def mask_from_axis(axis: str, span: int) -> np.ndarray:
@@ -71,7 +54,7 @@ def mask_from_axis(axis: str, span: int) -> np.ndarray:
     UserError
         For an unknown axis or a span that is not a positive odd integer.
     """
-    if axis not in _AXES:
+    if axis not in AXES:
         raise UserError(f"struct mask axis must be 'x' or 'y', got '{axis}'")
     _check_span(span)
     shape = (1, span) if axis == "x" else (span, 1)
@@ -88,7 +71,7 @@ def _check_span(span: int) -> None:
 def _parse_axis_span(spec: str, crop_size: int) -> np.ndarray:
     axis, _, span_text = spec.partition(":")
     axis, span_text = axis.strip().lower(), span_text.strip()
-    if axis not in _AXES:
+    if axis not in AXES:
         raise UserError(f"unknown struct mask axis '{axis}' in '{spec}'; use 'x:SPAN' or 'y:SPAN'")
     try:
         span = int(span_text)
@@ -234,8 +217,8 @@ class MaskChoice:
     span : int
         Length of the line mask; 1 when there is no mask.
     correlation_x : list of float
-        Estimated noise autocorrelation along x at lags 1..max_lag (its
-        excess over white noise, which is zero by construction).
+        Estimated noise autocorrelation along x at lags 1..max_lag (zero for
+        pixel-independent noise by construction).
     correlation_y : list of float
         The same along y.
     reason : str
@@ -250,72 +233,39 @@ class MaskChoice:
     reason: str
 
 
-def _residual_correlation(img: np.ndarray, axis: int, max_lag: int) -> tuple[np.ndarray, np.ndarray]:
-    """Correlation of the residuals along ``axis`` (0: y, 1: x) at lags 1..max_lag, and pair counts.
+def mask_for(noise: NoiseCorrelation, crop_size: int) -> MaskChoice:
+    """The line mask that hides the measured noise correlation.
 
-    The residual is taken against a prediction along the OTHER axis, so noise
-    that is independent along ``axis`` gives zero correlation.
+    The span is ``2 * L + 1`` for the correlation length L along the noise
+    direction, capped so that it is odd and at most ``crop_size - 1``; no mask
+    for pixel-independent noise.
+
+    Parameters
+    ----------
+    noise : NoiseCorrelation
+        From :func:`bmz_cosdd.data.noise_correlation.estimate_noise_correlation`.
+    crop_size : int
+        Side of the training crops.
+
+    Returns
+    -------
+    MaskChoice
     """
-    from scipy import ndimage
-
-    other = 1 - axis
-    resid = img - ndimage.convolve1d(img, _PREDICTOR, axis=other, mode="reflect")
-    edge = len(_PREDICTOR) // 2
-    resid = resid[edge:-edge, :] if other == 0 else resid[:, edge:-edge]
-    spread = 1.4826 * float(np.median(np.abs(resid - np.median(resid))))
-    if spread > 0:
-        resid = np.clip(resid, -_CLIP_SIGMAS * spread, _CLIP_SIGMAS * spread)
-    power = float(np.mean(resid * resid))
-    corr = np.zeros(max_lag)
-    count = np.zeros(max_lag)
-    if power <= 0:
-        return corr, count
-    length = resid.shape[axis]
-    for lag in range(1, min(max_lag, length - 1) + 1):
-        if axis == 1:
-            prod = resid[:, :-lag] * resid[:, lag:]
-        else:
-            prod = resid[:-lag, :] * resid[lag:, :]
-        corr[lag - 1] = float(prod.mean()) / power
-        count[lag - 1] = prod.size
-    return corr, count
-
-
-def _central_crop(img: np.ndarray) -> np.ndarray:
-    height, width = img.shape[-2:]
-    y0 = max(0, (height - _MAX_SIDE) // 2)
-    x0 = max(0, (width - _MAX_SIDE) // 2)
-    return img[..., y0 : y0 + _MAX_SIDE, x0 : x0 + _MAX_SIDE]
-
-
-def _fmt(values: Sequence[float]) -> str:
-    # Rounding first avoids printing tiny negatives as "-0.00".
-    return ", ".join(f"{round(float(v), 2) + 0.0:.2f}" for v in values)
-
-
-def _lags(n: int) -> str:
-    return "lag 1" if n == 1 else f"lags 1-{n}"
-
-
-def _mask_reach(excess: np.ndarray, threshold: float) -> int:
-    """Largest lag covered by the correlation.
-
-    The run starts at the first lag <= 3 above the threshold (lags 1..3 count
-    jointly) and continues over single lags below it, so that a period-4 pattern,
-    correlated at even lags only, is followed; two lags in a row below the
-    threshold end it.
-    """
-    above = np.abs(excess) > threshold
-    first = next((i for i in range(min(_DECISION_LAGS, len(above))) if above[i]), None)
-    if first is None:
-        return 0
-    reach = first + 1
-    for lag in range(first + 2, len(above) + 1):
-        if above[lag - 1]:
-            reach = lag
-        elif lag - reach >= 2:
-            break
-    return reach
+    listed = {axis: [round(float(v), 4) for v in noise.correlation(axis)] for axis in AXES}
+    if noise.pixel_independent:
+        reason = f"{noise.describe()}; N2V's blind spot suffices"
+        return MaskChoice("none", None, 1, listed["x"], listed["y"], reason)
+    axis = noise.direction
+    reach = noise.length(axis)
+    largest = crop_size - 1 if crop_size % 2 == 0 else crop_size - 2
+    span = max(1, min(2 * reach + 1, largest))
+    hidden = (span - 1) // 2
+    reason = f"{noise.describe()}; blind mask {axis}:{span} hides lags up to {hidden}"
+    if hidden < reach:
+        reason += f" (capped by the crop size {crop_size}; the correlation reaches lag {reach})"
+    if noise.cross_correlated:
+        reason += f"; a line mask does not hide the correlation along {noise.cross_correlated}"
+    return MaskChoice(f"{axis}:{span}", axis, span, listed["x"], listed["y"], reason)
 
 
 def estimate_struct_mask(
@@ -323,24 +273,15 @@ def estimate_struct_mask(
 ) -> MaskChoice:
     """Choose StructN2V's blind mask from the noise autocorrelation of training images.
 
-    For each image and channel, the residual against a prediction from the
-    pixel's neighbours along one axis is correlated along the other axis (see
-    the module docstring); this is zero for pixel-independent noise whatever
-    the smoothing, so the values are the excess correlation directly.
-    Correlations are averaged over channels and images. Up to 8 evenly spaced
-    images are used, each cropped to its central 512 x 512 pixels.
-
-    The axis is the one with the larger absolute correlation over lags 1-3
-    (a column pattern -a, -a, +a, +a shows at lag 2, not lag 1). If neither
-    exceeds ``threshold`` there is no mask. Otherwise the span is ``2 * L + 1``,
-    where L is the largest lag up to which the absolute correlation stays above
-    ``threshold`` (single lags below it are bridged, two in a row end it),
-    capped so that the span is odd and at most ``crop_size - 1``.
+    Measures the correlation with
+    :func:`bmz_cosdd.data.noise_correlation.estimate_noise_correlation` (the
+    estimator ``bmz-cosdd inspect`` and COSDD's ``--direction auto`` use) and
+    turns it into a line mask with :func:`mask_for`.
 
     Parameters
     ----------
     images : sequence of numpy.ndarray
-        Normalised training images, each (C, Y, X) (or (Y, X)), float.
+        Training images, each (C, Y, X) (or (Y, X)), float.
     crop_size : int
         Side of the training crops.
     max_lag : int, default 16
@@ -360,68 +301,4 @@ def estimate_struct_mask(
     ValueError
         For ``max_lag < 1`` or a threshold outside (0, 1).
     """
-    if max_lag < 1:
-        raise ValueError(f"max_lag must be >= 1, got {max_lag}")
-    if not 0 < threshold < 1:
-        raise ValueError(f"threshold must be in (0, 1), got {threshold}")
-    arrays = [np.asarray(im) for im in images]
-    arrays = [a[None] if a.ndim == 2 else a for a in arrays]
-    for a in arrays:
-        if a.ndim != 3:
-            raise UserError(f"struct mask estimation needs (C, Y, X) images, got shape {a.shape}")
-    arrays = [a for a in arrays if min(a.shape[-2:]) >= len(_PREDICTOR)]
-    if not arrays:
-        raise UserError("no training image of at least 5 x 5 pixels to estimate the struct mask from")
-    if len(arrays) > _MAX_IMAGES:
-        picks = np.linspace(0, len(arrays) - 1, _MAX_IMAGES).round().astype(int)
-        arrays = [arrays[i] for i in picks]
-
-    sums = {axis: np.zeros(max_lag) for axis in (0, 1)}
-    weights = {axis: np.zeros(max_lag) for axis in (0, 1)}
-    for a in arrays:
-        crop = _central_crop(a).astype(np.float64)
-        if not np.all(np.isfinite(crop)):
-            raise UserError("training images contain NaN or infinite values; cannot estimate the struct mask")
-        for channel in crop:
-            for axis in (0, 1):
-                corr, count = _residual_correlation(channel, axis, max_lag)
-                sums[axis] += corr * count
-                weights[axis] += count
-    corr_y, corr_x = (
-        np.divide(sums[axis], weights[axis], out=np.zeros(max_lag), where=weights[axis] > 0) for axis in (0, 1)
-    )
-    excess = {"x": corr_x, "y": corr_y}
-    n_dec = min(_DECISION_LAGS, max_lag)
-    score = {axis: float(np.max(np.abs(excess[axis][:n_dec]))) for axis in _AXES}
-    listed = {axis: [round(float(v), 4) for v in excess[axis]] for axis in _AXES}
-
-    if max(score.values()) <= threshold:
-        reason = (
-            f"noise looks pixel-independent: the largest residual autocorrelation at {_lags(n_dec)} is"
-            f" {score['x']:.2f} along x and {score['y']:.2f} along y, below the threshold {threshold:g};"
-            " N2V's blind spot suffices"
-        )
-        return MaskChoice("none", None, 1, listed["x"], listed["y"], reason)
-
-    axis = "x" if score["x"] >= score["y"] else "y"
-    other = "y" if axis == "x" else "x"
-    reach = _mask_reach(excess[axis], threshold)
-    largest = crop_size - 1 if crop_size % 2 == 0 else crop_size - 2
-    span = max(1, min(2 * reach + 1, largest))
-    hidden = (span - 1) // 2
-    shown = min(max(reach + 1, 2), max_lag, 8)
-    reason = (
-        f"noise correlated along {axis}: residual autocorrelation {_fmt(excess[axis][:shown])} at"
-        f" {_lags(shown)} along {axis} vs {_fmt(excess[other][:n_dec])} along {other};"
-        f" blind mask {axis}:{span} hides lags up to {hidden}"
-    )
-    if hidden < reach:
-        reason += f" (capped by the crop size {crop_size}; the correlation reaches lag {reach})"
-    elif reach == max_lag:
-        reason += f" (the correlation persists to the largest lag examined, {max_lag})"
-    if score[other] > threshold:
-        reason += (
-            f". The noise is also correlated along {other} (up to {score[other]:.2f} at {_lags(n_dec)}),"
-            " which a line mask does not hide"
-        )
-    return MaskChoice(f"{axis}:{span}", axis, span, listed["x"], listed["y"], reason)
+    return mask_for(estimate_noise_correlation(images, max_lag, threshold), crop_size)
