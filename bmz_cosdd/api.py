@@ -9,8 +9,10 @@ Examples
 >>> out = api.predict_image(trained, image[None], api.PredictOptions(samples=100))              # doctest: +SKIP
 >>> api.package("runs/mine", "mine.zip", api.ExportOptions(samples=100))                          # doctest: +SKIP
 >>> api.validate("mine.zip")                                                                     # doctest: +SKIP
+>>> print(api.evaluate("denoised/", "clean/", axes="SYX", pattern="*_mmse.tif").format_table())  # doctest: +SKIP
 """
 
+from bmz_cosdd.analysis.evaluation_report import EvaluationResult, evaluate
 from bmz_cosdd.demo import run_demo as demo
 from bmz_cosdd.export.package import PackageMeta
 from bmz_cosdd.export.package import package_run as package
@@ -22,12 +24,14 @@ from bmz_cosdd.training.session import build_config, resume, train
 from bmz_cosdd.zoo.validate import validate_package as validate
 
 __all__ = [
+    "EvaluationResult",
     "ExportOptions",
     "PackageMeta",
     "PredictOptions",
     "TrainedModel",
     "build_config",
     "demo",
+    "evaluate",
     "fit_noise_model",
     "load_noise_model",
     "load_run",

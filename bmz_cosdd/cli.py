@@ -191,6 +191,34 @@ def predict(
         typer.echo(str(path))
 
 
+@app.command()
+def evaluate(
+    prediction: Annotated[Path, typer.Argument(help="Denoised image file or folder (e.g. predict's output).")],
+    target: Annotated[Path, typer.Argument(help="Clean or averaged ground truth, file or folder: a.tif pairs with a.tif, a_mmse.tif, a_direct.tif.")],
+    axes: Annotated[str, typer.Option(help="Axes of every array, e.g. YX, SYX, CYX, SCYX, TYX.")] = "YX",
+    pattern: Annotated[str, typer.Option(help="Glob pattern inside the PREDICTION folder, e.g. '*_mmse.tif'.")] = "*",
+    noisy: Annotated[Optional[Path], typer.Option(help="The noisy inputs (file or folder), scored too to show the gain.", show_default=False)] = None,
+    data_range: Annotated[Optional[float], typer.Option(help="Peak-to-peak range for PSNR and SSIM (default: each target image's max - min).", show_default=False)] = None,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the scores to this JSON file.", show_default=False)] = None,
+    panel: Annotated[Optional[Path], typer.Option(help="Write a PNG of centre crops: noisy / prediction / target / |error|.", show_default=False)] = None,
+    crop: Annotated[int, typer.Option(help="Side of the panel's centre crops, in pixels.")] = 256,
+) -> None:
+    """PSNR (dB) and SSIM of denoised images against ground truth, per image and mean; optional JSON and PNG panel."""
+    import json
+
+    from bmz_cosdd.analysis.evaluation_report import evaluate as evaluate_files
+    from bmz_cosdd.data.io import atomic_write_text
+
+    result = evaluate_files(prediction, target, axes=axes, pattern=pattern, noisy=noisy, data_range=data_range,
+                            crop=crop)
+    typer.echo(result.format_table())
+    if json_out is not None:
+        atomic_write_text(json_out, json.dumps(result.to_json(), indent=2, allow_nan=False) + "\n")
+        _say(f"scores written: {json_out}")
+    if panel is not None:
+        _say(f"panel written: {result.write_panel(panel)}")
+
+
 # -- package / validate ---------------------------------------------------------
 @app.command()
 def package(
