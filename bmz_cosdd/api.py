@@ -7,12 +7,14 @@ Examples
 ...                     "model": {"direction": "x"}, "train": {"max_time": 600}}, "runs/mine")  # doctest: +SKIP
 >>> trained = api.load_run("runs/mine")                                                          # doctest: +SKIP
 >>> out = api.predict_image(trained, image[None], api.PredictOptions(samples=100))              # doctest: +SKIP
+>>> report = api.predict_with_sampling_view(trained, ["noisy.tif"], "YX", "out", target="clean.tif")  # doctest: +SKIP
 >>> api.package("runs/mine", "mine.zip", api.ExportOptions(samples=100))                          # doctest: +SKIP
 >>> api.validate("mine.zip")                                                                     # doctest: +SKIP
 >>> print(api.evaluate("denoised/", "clean/", axes="SYX", pattern="*_mmse.tif").format_table())  # doctest: +SKIP
 """
 
 from bmz_cosdd.analysis.evaluation_report import EvaluationResult, evaluate
+from bmz_cosdd.analysis.sampling_view import SamplingReport, mean_of_k_psnr, predict_with_sampling_view
 from bmz_cosdd.demo import run_demo as demo
 from bmz_cosdd.export.package import PackageMeta
 from bmz_cosdd.export.package import package_run as package
@@ -28,6 +30,7 @@ __all__ = [
     "ExportOptions",
     "PackageMeta",
     "PredictOptions",
+    "SamplingReport",
     "TrainedModel",
     "build_config",
     "demo",
@@ -35,9 +38,11 @@ __all__ = [
     "fit_noise_model",
     "load_noise_model",
     "load_run",
+    "mean_of_k_psnr",
     "package",
     "predict_files",
     "predict_image",
+    "predict_with_sampling_view",
     "resume",
     "train",
     "validate",

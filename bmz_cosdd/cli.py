@@ -156,7 +156,8 @@ def predict(
     estimator: Annotated[Optional[str], typer.Option(help=f"What to compute (default: the method's first): {_ESTIMATORS}.", show_default=False)] = None,
     samples: Annotated[int, typer.Option(help="Posterior samples averaged for the MMSE.")] = 100,
     sample_batch: Annotated[int, typer.Option(help="Samples decoded at once.")] = 10,
-    save_samples: Annotated[bool, typer.Option(help="Also write the individual samples.")] = False,
+    save_samples: Annotated[bool, typer.Option(help="Also write the individual samples (leading Q axis) and <name>_sampling.png: a few samples, the MMSE and the per-pixel std.")] = False,
+    target: Annotated[Optional[Path], typer.Option(help="Ground truth file or folder (paired by file name): print the PSNR of the mean of 1, 10, 100 samples and write <name>_sampling.png and .json.", show_default=False)] = None,
     tile: Annotated[int, typer.Option(help="Largest tile side (halo included) fed to the network.")] = 512,
     seed: Annotated[int, typer.Option(help="Seed of the posterior sampling.")] = 0,
     checkpoint: Annotated[str, typer.Option(help="best or last.")] = "best",
@@ -183,12 +184,21 @@ def predict(
         estimator=estimator or trained.method.estimators[0],
         samples=samples, sample_batch=sample_batch, keep_samples=save_samples,
     )
-    written = predict_files(
-        trained, inputs, axes or trained.config.data.axes, out, options, pattern=pattern, tile=tile, seed=seed,
-        on_image=lambda path, i, n: _say(f"[{i}/{n}] {path.name}"),
-    )
+    common = dict(pattern=pattern, tile=tile, seed=seed, on_image=lambda path, i, n: _say(f"[{i}/{n}] {path.name}"))
+    if save_samples or target is not None:
+        from bmz_cosdd.analysis.sampling_view import format_psnr_table, predict_with_sampling_view
+
+        report = predict_with_sampling_view(trained, inputs, axes or trained.config.data.axes, out, options,
+                                            target=target, save_samples=save_samples, **common)
+        for note in report.notes:
+            _say(note)
+        written, table = report.written, format_psnr_table(report)
+    else:
+        written, table = predict_files(trained, inputs, axes or trained.config.data.axes, out, options, **common), ""
     for path in written:
         typer.echo(str(path))
+    if table:
+        typer.echo(table)
 
 
 @app.command()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Callable, Collection, Optional, Sequence
 
 import numpy as np
 import torch
@@ -14,7 +14,7 @@ from torch import nn
 from bmz_cosdd.config import RunConfig, load_yaml
 from bmz_cosdd.data.normalisation import NormStats, denormalise, normalise
 from bmz_cosdd.errors import UserError
-from bmz_cosdd.inference.files import read_inputs, write_outputs
+from bmz_cosdd.inference.files import InputFile, read_inputs, write_outputs
 from bmz_cosdd.inference.tiling import predict_tiled
 from bmz_cosdd.methods.base import Method, PredictOptions
 from bmz_cosdd.methods.registry import get_method
@@ -168,17 +168,48 @@ def predict_files(
     Outputs keep the input's axes; posterior samples get an extra leading ``Q`` axis.
     Each file is written atomically. Returns the written paths.
     """
+    check_out_dir(out_dir)
+    loaded = read_inputs(inputs, pattern, axes, trained.stats.n_channels)
+    return predict_inputs(trained, loaded, out_dir, options, tile, seed, on_image)
+
+
+def check_out_dir(out_dir: str | Path) -> None:
+    """Refuse an ``--out`` that exists and is not a folder (before anything is predicted)."""
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} exists and is not a folder")
-    loaded = read_inputs(inputs, pattern, axes, trained.stats.n_channels)
+
+
+# Called per input file with its outputs (name -> one array per 2-D image); returns the paths it wrote.
+OnOutputs = Callable[[InputFile, dict[str, list[np.ndarray]]], list[Path]]
+
+
+def predict_inputs(
+    trained: TrainedModel,
+    loaded: Sequence[InputFile],
+    out_dir: str | Path,
+    options: PredictOptions | None = None,
+    tile: int = 512,
+    seed: int = 0,
+    on_image: Optional[Callable[[Path, int, int], None]] = None,
+    on_outputs: Optional[OnOutputs] = None,
+    skip_outputs: Collection[str] = (),
+) -> list[Path]:
+    """Denoise files already read by :func:`read_inputs`; write every output not in ``skip_outputs``.
+
+    ``on_outputs`` sees each file's outputs (all of them, skipped ones included)
+    after they are written, and returns the paths it wrote itself.
+    """
     written = []
     for index, item in enumerate(loaded):
         per_output: dict[str, list[np.ndarray]] = {}
         for sample in item.samples:
             for name, value in predict_image(trained, sample, options, tile, seed).items():
                 per_output.setdefault(name, []).append(value)
-        written += write_outputs(out, item, per_output)
+        kept = {name: values for name, values in per_output.items() if name not in skip_outputs}
+        written += write_outputs(out_dir, item, kept)
+        if on_outputs is not None:
+            written += on_outputs(item, per_output)
         if on_image is not None:
             on_image(item.path, index + 1, len(loaded))
     return written
