@@ -229,6 +229,39 @@ def evaluate(
         _say(f"panel written: {result.write_panel(panel)}")
 
 
+# -- inspect --------------------------------------------------------------------
+@app.command("inspect")
+def inspect_noise(
+    data: Annotated[List[Path], typer.Argument(help="Noisy image files or folders (TIFF, NPY, PNG).")],
+    axes: Annotated[str, typer.Option(help="Axes of the stored arrays, e.g. YX, SYX, CYX, TYX.")] = "YX",
+    pattern: Annotated[str, typer.Option(help="Glob pattern inside folders.")] = "*",
+    out: Annotated[Path, typer.Option(help="The PNG report (a JSON with the same name is written beside it).")] = Path("noise_report.png"),
+    run: Annotated[Optional[Path], typer.Option(help="Noise = residual against this trained run's prediction.", show_default=False)] = None,
+    dark: Annotated[Optional[List[Path]], typer.Option(help="Noise from dark frames (files or folders) instead of DATA.", show_default=False)] = None,
+    dark_axes: Annotated[Optional[str], typer.Option(help="Axes of the dark frames (default: --axes).", show_default=False)] = None,
+    region: Annotated[Optional[str], typer.Option(help="Noise from an empty region of every image: Y0:Y1,X0:X1.", show_default=False)] = None,
+    smooth_sigma: Annotated[float, typer.Option(help="Default source: Gaussian smoothing (px) the noise is the residual of.")] = 2.0,
+    samples: Annotated[int, typer.Option(help="With --run: posterior samples per prediction.")] = 20,
+    crop_size: Annotated[int, typer.Option(help="Training crop size (caps the StructN2V mask span).")] = 64,
+    max_lag: Annotated[int, typer.Option(help="Largest lag measured, in pixels.")] = 16,
+    threshold: Annotated[float, typer.Option(help="Correlation above which the noise counts as correlated.")] = 0.1,
+) -> None:
+    """Estimate the noise from the data: its spatial correlation (x, y, 2-D map), variance against signal, and
+    each method's settings for it (COSDD --direction, StructN2V --struct-mask, whether a pixel noise model fits)."""
+    from bmz_cosdd.analysis.noise_inspection import inspect_files
+
+    if max_lag < 1 or not 0 < threshold < 1:
+        raise UserError("--max-lag must be at least 1 and --threshold between 0 and 1")
+    report = inspect_files(
+        data, axes, out, pattern=pattern, run=run, dark=dark, dark_axes=dark_axes, region=region,
+        smooth_sigma=smooth_sigma, samples=samples, crop_size=crop_size, max_lag=max_lag, threshold=threshold,
+        say=_say,
+    )
+    for line in report.summary_lines():
+        typer.echo(line)
+    _say(f"report written: {out} and {out.with_suffix('.json')}")
+
+
 # -- package / validate ---------------------------------------------------------
 @app.command()
 def package(

@@ -27,7 +27,7 @@ import numpy as np
 
 from bmz_cosdd.errors import UserError
 
-__all__ = ["NoiseCorrelation", "estimate_noise_correlation", "correlation_reach"]
+__all__ = ["NoiseCorrelation", "RESIDUAL_GAIN", "axis_residual", "correlation_reach", "estimate_noise_correlation"]
 
 AXES = ("x", "y")
 # Predicts a pixel from the pixels at offsets -2, -1, +1, +2 along one axis; exact for cubics.
@@ -142,18 +142,34 @@ def _lags(n: int) -> str:
     return "lag 1" if n == 1 else f"lags 1-{n}"
 
 
+# Variance of the residual per unit variance of noise that is independent along the prediction axis.
+RESIDUAL_GAIN = 1.0 + float(np.sum(_PREDICTOR**2))
+
+
+def axis_residual(img: np.ndarray, axis: int) -> np.ndarray:
+    """Residual of a 2-D image against the prediction of each pixel from its neighbours along ``axis``.
+
+    ``axis`` 0 predicts from the pixels 1 and 2 rows above and below, 1 from
+    those 1 and 2 columns left and right (a cubic interpolation, the pixel
+    itself excluded); the two border pixels on each side along ``axis`` are
+    dropped. Signal that is locally cubic along ``axis`` cancels; noise that
+    is independent along ``axis`` keeps its structure across it, with its
+    variance multiplied by :data:`RESIDUAL_GAIN`.
+    """
+    from scipy import ndimage
+
+    resid = img - ndimage.convolve1d(img, _PREDICTOR, axis=axis, mode="reflect")
+    edge = len(_PREDICTOR) // 2
+    return resid[edge:-edge, :] if axis == 0 else resid[:, edge:-edge]
+
+
 def _residual_correlation(img: np.ndarray, axis: int, max_lag: int) -> tuple[np.ndarray, np.ndarray]:
     """Correlation of the residuals along ``axis`` (0: y, 1: x) at lags 1..max_lag, and pair counts.
 
     The residual is taken against a prediction along the OTHER axis, so noise
     that is independent along ``axis`` gives zero correlation.
     """
-    from scipy import ndimage
-
-    other = 1 - axis
-    resid = img - ndimage.convolve1d(img, _PREDICTOR, axis=other, mode="reflect")
-    edge = len(_PREDICTOR) // 2
-    resid = resid[edge:-edge, :] if other == 0 else resid[:, edge:-edge]
+    resid = axis_residual(img, 1 - axis)
     spread = 1.4826 * float(np.median(np.abs(resid - np.median(resid))))
     if spread > 0:
         resid = np.clip(resid, -_CLIP_SIGMAS * spread, _CLIP_SIGMAS * spread)

@@ -17,6 +17,7 @@ from torch import nn
 
 if TYPE_CHECKING:
     from bmz_cosdd.config import DataConfig
+    from bmz_cosdd.data.noise_correlation import NoiseCorrelation
     from bmz_cosdd.data.normalisation import NormStats
 
 
@@ -104,6 +105,12 @@ class Method(Protocol):
         ``train_images`` are the normalised (C, Y, X) training images and ``stats`` their
         normalisation. Returns the resolved settings (written to the run's
         ``config.yaml``) and lines telling the user what was chosen and why.
+        """
+
+    def advise(self, noise: "NoiseCorrelation", crop_size: int) -> str:
+        """This method's settings (or suitability) for noise with the measured correlation.
+
+        Used by ``bmz-cosdd inspect``; one line, e.g. ``--direction x``.
         """
 
     def check_validation(self, model: nn.Module, losses: dict[str, float], step: int) -> None:

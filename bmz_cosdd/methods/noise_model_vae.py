@@ -195,6 +195,8 @@ class NoiseModelVAEMethod:
     train_defaults: dict[str, Any] = field(default_factory=dict)
     tags: list[str] = field(default_factory=list)
     monitor: str = "elbo"
+    # What this method offers against correlated noise, for ``advise`` (e.g. HDN_3-6).
+    structured_noise_hint: str = ""
 
     def config_from_dict(self, values: dict[str, Any]) -> Any:
         cfg = self.make_config(values)
@@ -240,6 +242,12 @@ class NoiseModelVAEMethod:
         opt = self.optimiser(params, lr=lr)
         sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=factor, patience=patience)
         return [OptimiserSpec("vae", opt, sched, "elbo")]
+
+    def advise(self, noise: Any, crop_size: int) -> str:
+        if noise.pixel_independent:
+            return "suited: fit its pixel noise model with `bmz-cosdd noise-model fit`"
+        text = f"not suited: a pixel noise model cannot describe noise correlated along {noise.direction}"
+        return f"{text}; {self.structured_noise_hint}" if self.structured_noise_hint else text
 
     def check_validation(self, model: nn.Module, losses: dict[str, float], step: int) -> None:
         annealed = model.kl_anneal_steps <= 0 or int(model.batches_seen) >= model.kl_anneal_steps

@@ -11,17 +11,7 @@ import tifffile
 
 from bmz_cosdd.analysis.sampling_view import mean_of_k_psnr, write_sampling_view
 from bmz_cosdd.evaluation import psnr
-from helpers import assert_one_line_error, run_cli, tiny_blind_spot_config
-
-
-def assert_readable_png(path: Path, min_height: int = 300, min_width: int = 600) -> None:
-    """The PNG exists, has a figure's size and is not blank (its pixels vary, much of it is not white)."""
-    import matplotlib.image
-
-    pixels = matplotlib.image.imread(path)[..., :3]
-    assert pixels.shape[0] >= min_height and pixels.shape[1] >= min_width, pixels.shape
-    assert pixels.std() > 0.1, pixels.std()
-    assert (pixels.min(-1) < 0.9).mean() > 0.2  # a blank figure is white
+from helpers import assert_one_line_error, assert_readable_png, run_cli, tiny_blind_spot_config
 
 
 @pytest.fixture(scope="module")

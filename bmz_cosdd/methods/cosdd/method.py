@@ -63,6 +63,14 @@ class COSDD:
         config = replace(config, direction=noise.direction)
         return config, [f"noise direction (auto): {noise.direction}. {noise.describe()}"]
 
+    def advise(self, noise, crop_size: int) -> str:
+        if noise.pixel_independent:
+            return "--direction none (pixel-independent noise)"
+        text = f"--direction {noise.direction}"
+        if noise.cross_correlated:
+            text += f"; the correlation along {noise.cross_correlated} is not modelled and may remain"
+        return text
+
     def check_validation(self, model: nn.Module, losses: dict[str, float], step: int) -> None:
         return None
 

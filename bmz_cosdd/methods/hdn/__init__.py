@@ -93,6 +93,7 @@ HDN = register(NoiseModelVAEMethod(
            "Artefact Removal, ICLR 2022", "10.48550/arXiv.2104.01374")],
     card="hdn.md",
     describe=_describe,
+    structured_noise_hint="--deactivate-levels 1,2 (HDN_3-6) removes part of it",
     optimiser=torch.optim.Adamax,
     train_defaults={"lr": 3e-4},
     tags=["hdn", "hierarchical", "noise-model"],

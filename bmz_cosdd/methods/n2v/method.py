@@ -22,7 +22,7 @@ from bmz_cosdd.methods.n2v.architecture import BlindSpotNet, build_blind_spot_mo
 from bmz_cosdd.methods.n2v.config import N2VConfig, n2v_config
 from bmz_cosdd.methods.n2v.masker import BlindSpotMasker
 from bmz_cosdd.methods.n2v.psf import gaussian_psf, read_psf
-from bmz_cosdd.methods.n2v.struct_mask import estimate_struct_mask, format_struct_mask, parse_struct_mask
+from bmz_cosdd.methods.n2v.struct_mask import estimate_struct_mask, format_struct_mask, mask_for, parse_struct_mask
 
 
 class BlindSpotModel(nn.Module):
@@ -108,6 +108,14 @@ class BlindSpotMethod:
     def cli_options(self) -> list[inspect.Parameter]:
         panel = self.title
         return [cli_option(name, *_OPTIONS[name], panel) for name in _COMMON_OPTIONS + self.extra_options]
+
+    def advise(self, noise, crop_size: int) -> str:
+        if "struct_mask" in self.extra_options:
+            choice = mask_for(noise, crop_size)
+            return f"--struct-mask {choice.spec}" + (" (no mask needed)" if choice.spec == "none" else "")
+        if noise.pixel_independent:
+            return "suited (pixel-independent noise)"
+        return f"not suited: its blind spot leaves the noise correlated along {noise.direction}"
 
     def check_validation(self, model: nn.Module, losses: dict[str, float], step: int) -> None:
         return None

@@ -1,0 +1,656 @@
+"""What the noise looks like: spatial correlation, signal dependence and the settings they call for.
+
+``bmz-cosdd inspect`` estimates the noise from the data alone and reports
+
+- the 2-D spatial autocorrelation of a noise estimate,
+- the correlation along x and y with the correlation length, measured by
+  :func:`bmz_cosdd.data.noise_correlation.estimate_noise_correlation` (the
+  estimator behind COSDD's ``--direction auto`` and StructN2V's
+  ``--struct-mask auto``, so the report and those options always agree),
+- the noise variance against the signal,
+- and every method's advice for this noise (``Method.advise``).
+
+Where the noise estimate comes from (:class:`NoiseSource`):
+
+``smooth`` (default)
+    noise = image - Gaussian smoothing of the image; signal = the smoothing.
+``run``
+    noise = image - a trained run's prediction; signal = the prediction.
+``dark``
+    dark frames (no light): noise = frame - its mean; one signal level only.
+``region``
+    an empty region of each image: noise = region - its mean; one signal level only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bmz_cosdd.data.noise_correlation import (
+    RESIDUAL_GAIN,
+    NoiseCorrelation,
+    axis_residual,
+    estimate_noise_correlation,
+)
+from bmz_cosdd.errors import UserError
+
+__all__ = [
+    "NoiseSource",
+    "SignalDependence",
+    "NoiseReport",
+    "noise_from_smoothing",
+    "noise_from_predictions",
+    "noise_from_dark",
+    "noise_from_region",
+    "parse_region",
+    "inspect_noise",
+    "write_noise_report",
+]
+
+# Bounds on what is examined, the same as the correlation estimator's.
+MAX_IMAGES = 8
+MAX_SIDE = 512
+_CLIP_SIGMAS = 3.0
+_VARIANCE_BINS = 16
+# Predicted variance at the 90th vs the 10th percentile of the signal beyond which
+# the noise counts as signal-dependent.
+_DEPENDENCE_RATIO = 1.25
+
+
+@dataclass
+class NoiseSource:
+    """A noise estimate and, where known, the signal under it.
+
+    Attributes
+    ----------
+    kind : str
+        ``smooth``, ``run``, ``dark`` or ``region``.
+    description : str
+        How the noise was estimated, for the report.
+    noisy : list of numpy.ndarray
+        The images the noise came from, (C, Y, X) float64 (shown in the report).
+    noise : list of numpy.ndarray
+        Noise estimates, (C, Y, X) float64, zero mean.
+    signal : list of numpy.ndarray or None
+        Signal estimates aligned with ``noise``; None when there is only one level.
+    correlation_input : list of numpy.ndarray
+        What the correlation estimator is given: the noisy images themselves for
+        ``smooth`` (it removes the signal in its own unbiased way), else the noise.
+    variance_gain : float
+        Variance of the noise estimate per unit variance of white noise (a
+        smoothing residual removes a little of the noise); divided out.
+    flat : list of numpy.ndarray or None
+        Per image, (Y, X) bool: the pixels whose noise estimate is trusted (a
+        smoothing residual also holds edges and thin structures; only the
+        flatter half of each image is used). None: every pixel.
+    holds_signal : bool
+        The noise estimate still holds image structure, so the variance is
+        measured on the residual against a prediction along the axis across
+        the noise correlation instead (exact for noise independent along it).
+    """
+
+    kind: str
+    description: str
+    noisy: list[np.ndarray]
+    noise: list[np.ndarray]
+    signal: list[np.ndarray] | None
+    correlation_input: list[np.ndarray]
+    variance_gain: float = 1.0
+    flat: list[np.ndarray] | None = None
+    holds_signal: bool = False
+
+    def trusted(self, index: int) -> np.ndarray:
+        """(Y, X) bool mask of image ``index``'s trusted pixels."""
+        if self.flat is None:
+            return np.ones(self.noise[index].shape[-2:], dtype=bool)
+        return self.flat[index]
+
+
+def _bounded(images: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """Up to 8 evenly spaced images, each cropped to its central 512 x 512 pixels, as (C, Y, X) float64."""
+    arrays = [np.asarray(im, dtype=np.float64) for im in images]
+    arrays = [a[None] if a.ndim == 2 else a for a in arrays]
+    if not arrays:
+        raise UserError("no images to inspect")
+    for a in arrays:
+        if a.ndim != 3:
+            raise UserError(f"inspect needs 2-D images, got shape {a.shape}")
+        if not np.isfinite(a).all():
+            raise UserError("the images contain NaN or infinite values")
+    if len(arrays) > MAX_IMAGES:
+        picks = np.linspace(0, len(arrays) - 1, MAX_IMAGES).round().astype(int)
+        arrays = [arrays[i] for i in picks]
+    out = []
+    for a in arrays:
+        y0 = max(0, (a.shape[1] - MAX_SIDE) // 2)
+        x0 = max(0, (a.shape[2] - MAX_SIDE) // 2)
+        out.append(np.ascontiguousarray(a[:, y0 : y0 + MAX_SIDE, x0 : x0 + MAX_SIDE]))
+    return out
+
+
+def _gaussian_gain(sigma: float) -> float:
+    """Variance of ``n - G * n`` for unit white noise n and a normalised 2-D Gaussian G of ``sigma``."""
+    radius = int(np.ceil(4 * sigma))
+    t = np.arange(-radius, radius + 1, dtype=np.float64)
+    g1 = np.exp(-0.5 * (t / sigma) ** 2)
+    g1 /= g1.sum()
+    g2 = np.outer(g1, g1)
+    return float(1 - 2 * g2[radius, radius] + np.sum(g2**2))
+
+
+def noise_from_smoothing(images: Sequence[np.ndarray], sigma: float = 2.0) -> NoiseSource:
+    """Noise as the residual against a Gaussian smoothing of each image.
+
+    Parameters
+    ----------
+    images : sequence of numpy.ndarray
+        Noisy images, (C, Y, X) or (Y, X), raw intensities.
+    sigma : float, default 2.0
+        Standard deviation of the Gaussian in pixels.
+
+    Returns
+    -------
+    NoiseSource
+    """
+    from scipy import ndimage
+
+    if sigma <= 0:
+        raise UserError(f"--smooth-sigma must be positive, got {sigma}")
+    noisy = _bounded(images)
+    signal = [ndimage.gaussian_filter(a, sigma=(0, sigma, sigma), mode="reflect") for a in noisy]
+    noise = [a - s for a, s in zip(noisy, signal)]
+    flat = []
+    for s in signal:
+        # Edges leak into the residual; keep the half of the image with the weakest gradient.
+        slope = sum(ndimage.gaussian_gradient_magnitude(c, sigma) / max(float(c.std()), 1e-12) for c in s)
+        flat.append(slope <= np.median(slope))
+    return NoiseSource(
+        "smooth", f"residual against a Gaussian smoothing (sigma {sigma:g} px), flatter half of each image",
+        noisy, noise, signal, noisy, _gaussian_gain(sigma), flat, holds_signal=True,
+    )
+
+
+def noise_from_predictions(images: Sequence[np.ndarray], predictions: Sequence[np.ndarray], name: str) -> NoiseSource:
+    """Noise as the residual against a denoiser's predictions (``images`` and ``predictions`` aligned)."""
+    noisy = [np.asarray(a, dtype=np.float64) for a in images]
+    signal = [np.asarray(p, dtype=np.float64) for p in predictions]
+    for a, p in zip(noisy, signal):
+        if a.shape != p.shape:
+            raise ValueError(f"prediction shape {p.shape} differs from the image's {a.shape}")
+    noise = [a - p for a, p in zip(noisy, signal)]
+    return NoiseSource("run", f"residual against the prediction of {name}", noisy, noise, signal, noise)
+
+
+def noise_from_dark(frames: Sequence[np.ndarray]) -> NoiseSource:
+    """Noise from dark frames (acquired without light): each frame minus its own mean, per channel."""
+    dark = _bounded(frames)
+    noise = [a - a.mean(axis=(1, 2), keepdims=True) for a in dark]
+    return NoiseSource("dark", f"{len(dark)} dark frame(s), each minus its mean", dark, noise, None, noise)
+
+
+def parse_region(text: str) -> tuple[slice, slice]:
+    """``"Y0:Y1,X0:X1"`` (pixel bounds, end excluded) as two slices."""
+    parts = [p.strip() for p in str(text).split(",")]
+    try:
+        bounds = [tuple(int(v) for v in p.split(":")) for p in parts]
+    except ValueError:
+        bounds = []
+    if len(bounds) != 2 or any(len(b) != 2 or b[0] < 0 or b[1] <= b[0] for b in bounds):
+        raise UserError(f"--region must be Y0:Y1,X0:X1 with 0 <= start < end, got {text!r}")
+    (y0, y1), (x0, x1) = bounds
+    return slice(y0, y1), slice(x0, x1)
+
+
+def noise_from_region(images: Sequence[np.ndarray], region: str) -> NoiseSource:
+    """Noise from a region of each image that holds no structure (e.g. background): region minus its mean."""
+    ys, xs = parse_region(region)
+    crops = []
+    for a in images:
+        a = np.asarray(a, dtype=np.float64)
+        a = a[None] if a.ndim == 2 else a
+        if ys.stop > a.shape[-2] or xs.stop > a.shape[-1]:
+            raise UserError(f"--region {region} lies outside an image of {a.shape[-2]} x {a.shape[-1]} px")
+        crops.append(a[:, ys, xs])
+    if min(crops[0].shape[-2:]) < 16:
+        raise UserError(f"--region {region} is too small; give at least 16 x 16 px")
+    noisy = _bounded(crops)
+    noise = [a - a.mean(axis=(1, 2), keepdims=True) for a in noisy]
+    return NoiseSource("region", f"empty region {region} of each image, minus its mean", noisy, noise, None, noise)
+
+
+@dataclass
+class SignalDependence:
+    """Noise variance against signal and its straight-line fit ``variance = gain * signal + offset``.
+
+    Attributes
+    ----------
+    signal, variance : list of float
+        Bin centres (mean signal) and robust noise variance per bin, raw units.
+    counts : list of int
+        Pixels per bin.
+    gain, offset : float
+        Weighted least-squares fit; for Poisson-Gaussian noise ``gain`` is the
+        camera gain (intensity units per photon) and ``offset`` the read-noise
+        variance at zero signal.
+    ratio : float
+        Fitted variance at the 90th percentile of the signal over that at the
+        10th; 1 for signal-independent noise. NaN with a single signal level.
+    dependent : bool or None
+        Whether the variance changes with the signal by more than 25 %; None
+        when only one signal level was seen (dark frames, one region).
+    """
+
+    signal: list[float]
+    variance: list[float]
+    counts: list[int]
+    gain: float
+    offset: float
+    ratio: float
+    dependent: bool | None
+
+    def describe(self) -> str:
+        """One sentence for the user."""
+        if self.dependent is None:
+            return (
+                f"one signal level only (variance {self.variance[0]:.4g} at {self.signal[0]:.4g}): whether the noise"
+                " depends on the signal cannot be told from this source"
+            )
+        fit = f"variance = {self.gain:.4g} * signal + {self.offset:.4g}"
+        if self.dependent:
+            return f"signal-dependent: {fit}; it changes x{self.ratio:.2f} from the 10th to the 90th signal percentile"
+        return f"signal-independent: {fit}; it changes only x{self.ratio:.2f} across the signal range"
+
+
+def _robust_variance(values: np.ndarray) -> float:
+    mad = float(np.median(np.abs(values - np.median(values))))
+    return (1.4826 * mad) ** 2
+
+
+def signal_dependence(source: NoiseSource, direction: str = "none", bins: int = _VARIANCE_BINS) -> SignalDependence:
+    """Robust (MAD) noise variance in signal quantile bins, with a straight-line fit.
+
+    ``direction`` is the measured noise direction; for sources whose noise
+    estimate still holds signal, the variance comes from the residual against a
+    prediction along the other axis (along y for pixel-independent noise).
+    """
+    if source.holds_signal and source.signal is not None:
+        axis = 1 if direction == "y" else 0  # predict across the correlation: 1 = along x, 0 = along y
+        trim = (slice(None), slice(2, -2), slice(None)) if axis == 0 else (slice(None), slice(None), slice(2, -2))
+        residuals = [np.stack([axis_residual(c, axis) for c in a]) for a in source.noisy]
+        noise = np.concatenate([r.ravel() for r in residuals])
+        signal_parts = [s[trim] for s in source.signal]
+        gain = RESIDUAL_GAIN
+    else:
+        masks = [source.trusted(i) for i in range(len(source.noise))]
+        noise = np.concatenate([n[:, m].ravel() for n, m in zip(source.noise, masks)])
+        signal_parts = None if source.signal is None else [s[:, m] for s, m in zip(source.signal, masks)]
+        gain = source.variance_gain
+    if signal_parts is None:
+        level = float(np.mean([a.mean() for a in source.noisy]))
+        variance = _robust_variance(noise) / gain
+        return SignalDependence([level], [variance], [int(noise.size)], 0.0, variance, float("nan"), None)
+    signal = np.concatenate([s.ravel() for s in signal_parts])
+    edges = np.unique(np.quantile(signal, np.linspace(0, 1, bins + 1)))
+    index = np.clip(np.searchsorted(edges, signal, side="right") - 1, 0, len(edges) - 2)
+    centres, variances, counts = [], [], []
+    for b in range(len(edges) - 1):
+        chosen = index == b
+        if chosen.sum() < 50:
+            continue
+        centres.append(float(signal[chosen].mean()))
+        variances.append(_robust_variance(noise[chosen]) / gain)
+        counts.append(int(chosen.sum()))
+    if len(centres) < 2:
+        return SignalDependence(centres, variances, counts, 0.0, variances[0], float("nan"), None)
+    x, y, w = np.array(centres), np.array(variances), np.array(counts, dtype=np.float64)
+    design = np.stack([x, np.ones_like(x)], axis=1) * np.sqrt(w)[:, None]
+    (gain, offset), *_ = np.linalg.lstsq(design, y * np.sqrt(w), rcond=None)
+    lo, hi = np.quantile(signal, [0.1, 0.9])
+    floor = 1e-12 * max(float(np.max(np.abs(y))), 1e-300)
+    at_lo, at_hi = max(gain * lo + offset, floor), max(gain * hi + offset, floor)
+    ratio = float(at_hi / at_lo)
+    dependent = not (1 / _DEPENDENCE_RATIO <= ratio <= _DEPENDENCE_RATIO)
+    return SignalDependence(centres, variances, counts, float(gain), float(offset), ratio, dependent)
+
+
+def _autocorrelation_map(source: NoiseSource, max_lag: int) -> np.ndarray:
+    """Correlation coefficient of the noise at lags (dy, dx) in [-max_lag, max_lag]^2, averaged over images.
+
+    Computed by FFT with zero padding (no wrap-around) over the trusted pixels
+    only, divided by the number of trusted pixel pairs at each lag; outliers
+    are clipped at 3 robust standard deviations.
+    """
+    total = np.zeros((2 * max_lag + 1, 2 * max_lag + 1))
+    weight = 0.0
+    for index, image in enumerate(source.noise):
+        mask = source.trusted(index).astype(np.float64)
+        for channel in image:
+            kept = channel[mask > 0]
+            if kept.size < 2:
+                continue
+            r = channel - kept.mean()
+            spread = 1.4826 * float(np.median(np.abs(kept - np.median(kept))))
+            if spread <= 0:
+                continue
+            r = np.clip(r, -_CLIP_SIGMAS * spread, _CLIP_SIGMAS * spread) * mask
+            h, w = r.shape
+            shape = (2 * h, 2 * w)
+            spectrum = np.fft.rfft2(r, shape)
+            products = np.fft.irfft2(spectrum * np.conj(spectrum), shape)
+            counts = np.fft.irfft2(np.abs(np.fft.rfft2(mask, shape)) ** 2, shape)
+            lags = np.r_[-max_lag : max_lag + 1]
+            window = np.ix_(lags % shape[0], lags % shape[1])
+            cov = products[window] / np.maximum(np.round(counts[window]), 1)
+            if cov[max_lag, max_lag] <= 0:
+                continue
+            total += cov / cov[max_lag, max_lag] * kept.size
+            weight += kept.size
+    if weight == 0:
+        raise UserError("the noise estimate is constant; nothing to inspect")
+    return total / weight
+
+
+@dataclass
+class NoiseReport:
+    """Everything ``inspect`` found.
+
+    Attributes
+    ----------
+    source : NoiseSource
+    correlation : NoiseCorrelation
+        Correlation along x and y and the noise direction.
+    autocorrelation : numpy.ndarray
+        (2L+1, 2L+1) map of the noise estimate's correlation coefficient at lags
+        (dy, dx), centre = lag 0.
+    dependence : SignalDependence
+    advice : dict
+        Method name -> advice for this noise.
+    pixel_noise_model : str
+        Whether a pixel noise model p(x | s) describes this noise.
+    crop_size : int
+        Training crop size the StructN2V mask was capped by.
+    """
+
+    source: NoiseSource
+    correlation: NoiseCorrelation
+    autocorrelation: np.ndarray
+    dependence: SignalDependence
+    advice: dict[str, str] = field(default_factory=dict)
+    pixel_noise_model: str = ""
+    crop_size: int = 64
+
+    def summary_lines(self) -> list[str]:
+        """The printed recommendation."""
+        lines = [
+            f"noise estimate: {self.source.description} ({len(self.source.noise)} image(s))",
+            f"correlation: {self.correlation.describe()}",
+            f"signal dependence: {self.dependence.describe()}",
+            f"pixel noise model: {self.pixel_noise_model}",
+            "recommended settings:",
+        ]
+        width = max((len(name) for name in self.advice), default=0)
+        lines += [f"  {name:<{width}}  {text}" for name, text in self.advice.items()]
+        return lines
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return {
+            "source": {"kind": self.source.kind, "description": self.source.description,
+                       "images": len(self.source.noise)},
+            "noise_correlation": self.correlation.to_dict(),
+            "signal_dependence": {
+                "signal": self.dependence.signal, "variance": self.dependence.variance,
+                "counts": self.dependence.counts, "gain": self.dependence.gain, "offset": self.dependence.offset,
+                "ratio_p90_p10": None if np.isnan(self.dependence.ratio) else self.dependence.ratio,
+                "dependent": self.dependence.dependent,
+            },
+            "pixel_noise_model": self.pixel_noise_model,
+            "recommendation": dict(self.advice),
+            "crop_size": self.crop_size,
+        }
+
+
+def _pixel_noise_model_text(correlation: NoiseCorrelation, dependence: SignalDependence) -> str:
+    if not correlation.pixel_independent:
+        return (
+            f"does not fit: the noise is correlated along {correlation.direction} over"
+            f" {correlation.length(correlation.direction)} px, which p(x | s) per pixel cannot describe"
+        )
+    if dependence.dependent:
+        return "fits: pixel-independent, signal-dependent noise; fit a GMM with `bmz-cosdd noise-model fit`"
+    if dependence.dependent is None:
+        return "fits: pixel-independent noise; fit one with `bmz-cosdd noise-model fit` on the images"
+    return "fits: pixel-independent noise of constant variance (a Gaussian); `bmz-cosdd noise-model fit` learns it"
+
+
+def inspect_noise(
+    source: NoiseSource,
+    advisers: Sequence[Any] | None = None,
+    crop_size: int = 64,
+    max_lag: int = 16,
+    threshold: float = 0.1,
+) -> NoiseReport:
+    """Measure the noise of ``source`` and collect the methods' advice.
+
+    Parameters
+    ----------
+    source : NoiseSource
+        From :func:`noise_from_smoothing`, :func:`noise_from_predictions`,
+        :func:`noise_from_dark` or :func:`noise_from_region`.
+    advisers : sequence of Method, optional
+        Methods asked for advice (default: every registered method).
+    crop_size : int, default 64
+        Training crop size (caps the StructN2V mask span).
+    max_lag : int, default 16
+        Largest lag measured.
+    threshold : float, default 0.1
+        Correlation above which the noise counts as correlated.
+
+    Returns
+    -------
+    NoiseReport
+    """
+    if advisers is None:
+        from bmz_cosdd.methods.registry import all_methods
+
+        advisers = all_methods()
+    correlation = estimate_noise_correlation(source.correlation_input, max_lag, threshold)
+    autocorrelation = _autocorrelation_map(source, max_lag)
+    dependence = signal_dependence(source, correlation.direction)
+    advice = {}
+    for method in advisers:
+        text = method.advise(correlation, crop_size)
+        if text:
+            advice[method.name] = text
+    return NoiseReport(
+        source, correlation, autocorrelation, dependence, advice,
+        _pixel_noise_model_text(correlation, dependence), crop_size,
+    )
+
+
+def _profiles(ax: Any, correlation: NoiseCorrelation) -> None:
+    lags = np.arange(1, correlation.max_lag + 1)
+    for axis, colour in (("x", "tab:blue"), ("y", "tab:orange")):
+        values = correlation.correlation(axis)
+        length = correlation.length(axis)
+        ax.plot(lags, values, "o-", ms=3, lw=1.2, color=colour, label=f"along {axis} (length {length} px)")
+        if length:
+            ax.axvline(length, color=colour, ls=":", lw=1)
+    ax.axhline(correlation.threshold, color="gray", ls="--", lw=0.8, label=f"threshold ±{correlation.threshold:g}")
+    ax.axhline(-correlation.threshold, color="gray", ls="--", lw=0.8)
+    ax.axhline(0, color="black", lw=0.5)
+    ax.set_xlabel("lag (pixels)")
+    ax.set_ylabel("correlation coefficient")
+    ax.set_title(f"noise correlation along x and y: direction {correlation.direction}", fontsize=10)
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+
+
+def _variance_plot(ax: Any, dependence: SignalDependence) -> None:
+    ax.plot(dependence.signal, dependence.variance, "o", ms=4, color="tab:green", label="robust variance per bin")
+    if dependence.dependent is not None:
+        xs = np.linspace(min(dependence.signal), max(dependence.signal), 50)
+        ax.plot(xs, dependence.gain * xs + dependence.offset, color="black", lw=1,
+                label=f"fit {dependence.gain:.3g} * s + {dependence.offset:.3g}")
+    ax.set_xlabel("signal (intensity)")
+    ax.set_ylabel("noise variance (intensity²)")
+    verdict = {True: "signal-dependent", False: "signal-independent", None: "one signal level"}[dependence.dependent]
+    ax.set_title(f"variance against signal: {verdict}", fontsize=10)
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+
+
+def write_noise_report(report: NoiseReport, path: str | Path) -> None:
+    """Write the PNG report: image, noise estimate, autocorrelation map, profiles, variance, advice."""
+    from bmz_cosdd.plotting import display_range, pyplot, save_figure, show_image
+
+    plt = pyplot()
+    fig, axes = plt.subplots(2, 3, figsize=(15, 9.5))
+    image = report.source.noisy[0][0]
+    noise = report.source.noise[0][0]
+    show_image(axes[0, 0], image[:256, :256], "input (first image, channel 0)")
+    lo, hi = display_range(noise[report.source.trusted(0)], 1, 99)
+    bound = max(abs(lo), abs(hi))
+    title = "noise estimate" if report.source.flat is None else "noise estimate (grey: edges, not used)"
+    shown_noise = np.where(report.source.trusted(0), noise, np.nan)[:256, :256]
+    show_image(axes[0, 1], shown_noise, title, "intensity", (-bound, bound), cmap="RdBu_r")
+    axes[0, 1].set_facecolor("0.6")
+    lag = (report.autocorrelation.shape[0] - 1) // 2
+    shown = report.autocorrelation.copy()
+    shown[lag, lag] = np.nan  # lag 0 is 1 by definition and would hide everything else
+    off = np.nanmax(np.abs(shown)) or 1.0
+    artist = axes[0, 2].imshow(shown, cmap="RdBu_r", vmin=-off, vmax=off, extent=(-lag - 0.5, lag + 0.5, lag + 0.5,
+                                                                                   -lag - 0.5))
+    axes[0, 2].set_title("2-D autocorrelation of the noise estimate\n(lag 0 left blank)", fontsize=10)
+    axes[0, 2].set_xlabel("lag along x (pixels)")
+    axes[0, 2].set_ylabel("lag along y (pixels)")
+    bar = fig.colorbar(artist, ax=axes[0, 2], fraction=0.046, pad=0.04)
+    bar.set_label("correlation coefficient", fontsize=8)
+    _profiles(axes[1, 0], report.correlation)
+    _variance_plot(axes[1, 1], report.dependence)
+    text_ax = axes[1, 2]
+    text_ax.axis("off")
+    text_ax.set_title("recommendation", fontsize=10)
+    import textwrap
+
+    wrapped = []
+    for line in report.summary_lines()[1:]:
+        wrapped += textwrap.wrap(line, 62, subsequent_indent="    ") or [""]
+    text_ax.text(0, 1, "\n".join(wrapped), va="top", ha="left", family="monospace", fontsize=7,
+                 transform=text_ax.transAxes)
+    fig.suptitle(f"bmz-cosdd inspect: {report.source.description}", fontsize=12)
+    save_figure(fig, Path(path))
+
+
+def predictions_of_run(run: str | Path, images: Sequence[np.ndarray], samples: int,
+                       on_image: Callable[[int, int], None] | None = None) -> tuple[list[np.ndarray], str]:
+    """Each image's prediction by a trained run (its first estimator; ``samples`` for stochastic ones)."""
+    from bmz_cosdd.inference.predictor import load_run, predict_image
+    from bmz_cosdd.methods.base import PredictOptions
+
+    trained = load_run(run)
+    options = PredictOptions(estimator=trained.method.estimators[0], samples=samples)
+    out = []
+    for i, image in enumerate(images):
+        outputs = predict_image(trained, np.asarray(image, dtype=np.float32), options)
+        main = outputs.get(options.estimator, next(iter(outputs.values())))
+        out.append(main.astype(np.float64))
+        if on_image is not None:
+            on_image(i + 1, len(images))
+    return out, f"run {Path(run).name} ({trained.method.name}, step {trained.step})"
+
+
+def inspect_files(
+    data: Sequence[str | Path],
+    axes: str,
+    out: str | Path,
+    pattern: str = "*",
+    run: str | Path | None = None,
+    dark: Sequence[str | Path] | None = None,
+    dark_axes: str | None = None,
+    region: str | None = None,
+    smooth_sigma: float = 2.0,
+    samples: int = 20,
+    crop_size: int = 64,
+    max_lag: int = 16,
+    threshold: float = 0.1,
+    say: Callable[[str], None] | None = None,
+) -> NoiseReport:
+    """Inspect the noise of image files and write ``out`` (PNG) and ``out`` with ``.json``.
+
+    Parameters
+    ----------
+    data : sequence of str or pathlib.Path
+        Image files or folders (TIFF, NPY, PNG).
+    axes : str
+        Axes of the stored arrays, e.g. ``"YX"``, ``"SYX"``.
+    out : str or pathlib.Path
+        The PNG report; the JSON goes beside it with the suffix ``.json``.
+    pattern : str, default "*"
+        Glob pattern inside folders.
+    run : path, optional
+        A trained run folder: the noise is the residual against its prediction.
+    dark : sequence of path, optional
+        Dark frames: the noise is each frame minus its mean (``data`` is then
+        only shown, not measured).
+    dark_axes : str, optional
+        Axes of the dark frames (default: ``axes``).
+    region : str, optional
+        ``"Y0:Y1,X0:X1"``: an empty region of every image to take the noise from.
+    smooth_sigma : float, default 2.0
+        Gaussian smoothing for the default source.
+    samples : int, default 20
+        Posterior samples per prediction with ``run`` (stochastic methods).
+    crop_size : int, default 64
+        Training crop size that caps the StructN2V mask span.
+    max_lag, threshold
+        See :func:`inspect_noise`.
+    say : callable, optional
+        Receives progress lines.
+
+    Returns
+    -------
+    NoiseReport
+
+    Raises
+    ------
+    UserError
+        For unreadable data, more than one noise source, a bad region, or a
+        report path that is a folder.
+    """
+    import json
+
+    from bmz_cosdd.data.io import atomic_write_text, load_images
+
+    out = Path(out)
+    if out.suffix.lower() != ".png":
+        raise UserError(f"--out must be a .png file, got {out}")
+    if out.is_dir():
+        raise UserError(f"--out {out} is a folder")
+    chosen = [name for name, value in (("--run", run), ("--dark", dark), ("--region", region)) if value]
+    if len(chosen) > 1:
+        raise UserError(f"give one noise source, not {' and '.join(chosen)}")
+    if crop_size < 3:
+        raise UserError(f"--crop-size must be at least 3, got {crop_size}")
+    images = [im.data for im in load_images(list(data), pattern, axes)]
+    if dark:
+        source = noise_from_dark([im.data for im in load_images(list(dark), pattern, dark_axes or axes)])
+    elif region:
+        source = noise_from_region(images, region)
+    elif run is not None:
+        noisy = _bounded(images)
+        predictions, name = predictions_of_run(
+            run, noisy, samples, None if say is None else lambda i, n: say(f"predicted {i}/{n}")
+        )
+        source = noise_from_predictions(noisy, predictions, name)
+    else:
+        source = noise_from_smoothing(images, smooth_sigma)
+    report = inspect_noise(source, crop_size=crop_size, max_lag=max_lag, threshold=threshold)
+    write_noise_report(report, out)
+    atomic_write_text(out.with_suffix(".json"), json.dumps(report.to_dict(), indent=2) + "\n")
+    return report
