@@ -73,11 +73,12 @@ def assert_one_line_error(code: int, out: str, err: str, words: str) -> None:
     assert "Traceback" not in err
 
 
-def assert_readable_png(path, min_height: int = 300, min_width: int = 600) -> None:
-    """The PNG exists, has a figure's size and is not blank (its pixels vary, much of it is not white)."""
+def assert_readable_png(path, min_height: int = 300, min_width: int = 600, min_ink: float = 0.2) -> None:
+    """The PNG exists, has a figure's size and is not blank (its pixels vary; at least ``min_ink`` of it is
+    not white: images fill much of a figure, line plots little)."""
     import matplotlib.image
 
     pixels = matplotlib.image.imread(path)[..., :3]
     assert pixels.shape[0] >= min_height and pixels.shape[1] >= min_width, pixels.shape
     assert pixels.std() > 0.1, pixels.std()
-    assert (pixels.min(-1) < 0.9).mean() > 0.2  # a blank figure is white
+    assert (pixels.min(-1) < 0.9).mean() > min_ink  # a blank figure is white

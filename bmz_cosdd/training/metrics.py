@@ -61,33 +61,79 @@ def _units(key: str) -> str:
     return "loss (normalised units)"
 
 
-def plot_curves(records: list[dict[str, Any]], path: Path, title: str = "Training") -> None:
-    """Write a PNG with one panel per loss term: training (line) and validation (dots) against step."""
+def _smoothed(values: list[float]) -> list[float]:
+    """Centred moving average over about a twentieth of the points (at least 1), so the trend shows."""
+    import numpy as np
+
+    window = max(1, len(values) // 20)
+    if window == 1:
+        return list(values)
+    padded = np.pad(np.asarray(values, dtype=np.float64), (window // 2, window - 1 - window // 2), mode="edge")
+    return list(np.convolve(padded, np.ones(window) / window, mode="valid"))
+
+
+def plot_curves(records: list[dict[str, Any]], path: Path, title: str = "Training", monitor: str | None = None) -> None:
+    """Write the training report PNG: one panel per loss term and one for the learning rates.
+
+    Training values are drawn faint with their moving average on top, validation
+    values as dots; a dashed line marks the step of the best validation
+    ``monitor`` (the checkpoint ``best.pt`` holds), named in the title.
+    """
     plt = pyplot()
     skip = {"kind", "step", "epoch", "time", "steps_per_s"}
     keys: list[str] = []
+    rates: list[str] = []
     for r in records:
         for k, v in r.items():
-            if k not in skip and not k.startswith("lr_") and isinstance(v, (int, float)) and k not in keys:
-                keys.append(k)
+            if not isinstance(v, (int, float)) or k in skip:
+                continue
+            target = rates if k.startswith("lr_") else keys
+            if k not in target:
+                target.append(k)
     if not keys:
         return
-    cols = min(3, len(keys))
-    rows = int(math.ceil(len(keys) / cols))
+    best_x, best_y = None, None
+    if monitor is not None:
+        vx, vy = _series(records, "val", monitor)
+        if vy:
+            best = min(range(len(vy)), key=vy.__getitem__)
+            best_x, best_y = vx[best], vy[best]
+    panels = len(keys) + (1 if rates else 0)
+    cols = min(3, panels)
+    rows = int(math.ceil(panels / cols))
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
-    for ax, key in zip(axes.flat, keys):
+    flat = list(axes.flat)
+    for ax, key in zip(flat, keys):
         tx, ty = _series(records, "train", key)
         vx, vy = _series(records, "val", key)
         if tx:
-            ax.plot(tx, ty, lw=1, color="tab:blue", label="train")
+            ax.plot(tx, ty, lw=0.6, color="tab:blue", alpha=0.35)
+            ax.plot(tx, _smoothed(ty), lw=1.4, color="tab:blue", label="train (moving average)")
         if vx:
             ax.plot(vx, vy, "o-", ms=3, lw=1, color="tab:orange", label="validation")
-        ax.set_title(key)
+        if best_x is not None:
+            ax.axvline(best_x, color="gray", ls="--", lw=0.8, label=f"best checkpoint (step {best_x})")
+        ax.set_title(key + (" (monitored)" if key == monitor else ""))
         ax.set_xlabel("optimiser step")
         ax.set_ylabel(_units(key))
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    for ax in list(axes.flat)[len(keys):]:
+        ax.legend(fontsize=7)
+    if rates:
+        ax = flat[len(keys)]
+        for key in rates:
+            vx, vy = _series(records, "val", key)
+            ax.step(vx, vy, where="post", lw=1.2, label=key[3:])
+        ax.set_yscale("log")
+        ax.set_title("learning rates")
+        ax.set_xlabel("optimiser step")
+        ax.set_ylabel("learning rate")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    for ax in flat[panels:]:
         ax.axis("off")
-    fig.suptitle(title)
+    steps = max((r.get("step", 0) for r in records), default=0)
+    headline = f"{title}: {steps} steps"
+    if best_x is not None:
+        headline += f"; best validation {monitor} {best_y:.4g} at step {best_x}"
+    fig.suptitle(headline)
     save_figure(fig, path)

@@ -339,5 +339,6 @@ class Trainer:
         lrs = {f"lr_{s.name}": s.optimizer.param_groups[0]["lr"] for s in self.specs}
         log.write({"kind": "val", "step": self.step, "epoch": self.step // self.cfg.steps_per_epoch,
                    **val, **lrs, "time": self.time_used()})
-        plot_curves(read_metrics(self.run.metrics), self.run.curves, title=f"{self.method.name} training")
+        plot_curves(read_metrics(self.run.metrics), self.run.curves, title=f"{self.method.name} training",
+                    monitor=self.method.monitor)
         return self.bad_validations >= self.cfg.patience

@@ -139,3 +139,20 @@ def test_gradient_accumulation_runs_and_checks_divisibility(tmp_path, noisy_stac
     assert a.steps == b.steps == 2
     with pytest.raises(UserError, match="multiple of train.accumulate"):
         train(tiny_config(noisy_stack, batch_size=3, accumulate=2), tmp_path / "c", progress=False)
+
+
+def test_training_report_png(trained_run, tmp_path):
+    from helpers import assert_readable_png
+
+    from bmz_cosdd.training.metrics import plot_curves, read_metrics
+
+    run = RunFolder(trained_run)
+    assert_readable_png(run.curves, min_height=500, min_width=900, min_ink=0.03)
+    # Refreshed at each validation: the figure follows the metrics, best step and learning rates included.
+    records = read_metrics(run.metrics)
+    keys = {k for r in records for k in r}
+    assert {"elbo", "nll", "kl", "signal_mse", "direct", "lr_vae"} <= keys
+    assert any(r["kind"] == "val" for r in records)
+    plot_curves(records[:3], tmp_path / "early.png", "cosdd training", monitor="elbo")
+    plot_curves(records, tmp_path / "late.png", "cosdd training", monitor="elbo")
+    assert (tmp_path / "early.png").read_bytes() != (tmp_path / "late.png").read_bytes()
