@@ -9,11 +9,14 @@ Examples
 >>> out = api.predict_image(trained, image[None], api.PredictOptions(samples=100))              # doctest: +SKIP
 >>> report = api.predict_with_sampling_view(trained, ["noisy.tif"], "YX", "out", target="clean.tif")  # doctest: +SKIP
 >>> api.package("runs/mine", "mine.zip", api.ExportOptions(samples=100))                          # doctest: +SKIP
+>>> report = api.inspect(["noisy/"], "SYX", "noise_report.png")                                 # doctest: +SKIP
 >>> api.validate("mine.zip")                                                                     # doctest: +SKIP
 >>> print(api.evaluate("denoised/", "clean/", axes="SYX", pattern="*_mmse.tif").format_table())  # doctest: +SKIP
 """
 
 from bmz_cosdd.analysis.evaluation_report import EvaluationResult, evaluate
+from bmz_cosdd.analysis.noise_inspection import NoiseReport
+from bmz_cosdd.analysis.noise_inspection import inspect_files as inspect
 from bmz_cosdd.analysis.sampling_view import SamplingReport, mean_of_k_psnr, predict_with_sampling_view
 from bmz_cosdd.demo import run_demo as demo
 from bmz_cosdd.export.package import PackageMeta
@@ -27,6 +30,7 @@ from bmz_cosdd.zoo.validate import validate_package as validate
 
 __all__ = [
     "EvaluationResult",
+    "NoiseReport",
     "ExportOptions",
     "PackageMeta",
     "PredictOptions",
@@ -36,6 +40,7 @@ __all__ = [
     "demo",
     "evaluate",
     "fit_noise_model",
+    "inspect",
     "load_noise_model",
     "load_run",
     "mean_of_k_psnr",

@@ -223,7 +223,8 @@ def pair_files(
 ) -> list[tuple[Path, Path, Path | None]]:
     """Pair prediction files (and noisy files) with target files.
 
-    Two single files are paired directly. Otherwise each file is paired with the
+    One prediction and one target (e.g. a folder holding a single ``*_mmse.tif`` and a ground-truth
+    file) are paired directly, whatever their names. Otherwise each file is paired with the
     target of the same name, else of the same stem, else the target whose stem
     followed by ``_`` starts the file's stem (``a_mmse.tif`` and ``a_direct.tif``
     both pair with ``a.tif``). ``*_std``, ``*_samples`` and ``*_sampling`` files in a prediction
@@ -254,7 +255,7 @@ def pair_files(
         predictions = [p for p in predictions if not p.stem.endswith(NOT_ESTIMATES)]
         if not predictions:
             raise UserError(f"{prediction}: only {'/'.join(NOT_ESTIMATES)} files match '{pattern}', no predictions")
-    direct = len(predictions) == 1 and Path(prediction).is_file() and Path(target).is_file()
+    direct = len(predictions) == 1 and len(targets) == 1
     pairs = []
     for pred in predictions:
         match = targets[0] if direct else _match(pred, targets)
@@ -266,7 +267,7 @@ def pair_files(
     if noisy is not None:
         noisy_files = find_files(noisy, "*")
         for tgt in dict.fromkeys(t for _, t in pairs):
-            if Path(noisy).is_file() and Path(target).is_file():
+            if len(noisy_files) == 1 and len(targets) == 1:
                 found = noisy_files
             else:
                 found = [n for n in noisy_files if _match(n, targets) == tgt]

@@ -74,6 +74,10 @@ def test_pairing_by_name_and_by_stem_prefix(tmp_path):
     assert [p.name for p, _, _ in pair_files(pred, gt, pattern="*_mmse.tif")] == ["a_mmse.tif", "b_2_mmse.tif"]
     # Two single files pair whatever their names.
     assert pair_files(pred / "b.tif", gt / "a.tif")[0][:2] == (pred / "b.tif", gt / "a.tif")
+    # So do a folder with one matching prediction and one target file (predict's output against its truth).
+    write_tiff(tmp_path / "clean.tif", np.zeros((12, 12)), "YX")
+    assert pair_files(pred, tmp_path / "clean.tif", pattern="a_mmse*")[0][:2] == (pred / "a_mmse.tif",
+                                                                                  tmp_path / "clean.tif")
 
 
 @pytest.fixture()
