@@ -208,7 +208,7 @@ class EvaluationResult:
         return Path(path)
 
 
-def _match(file: Path, targets: list[Path]) -> Path | None:
+def match_target(file: Path, targets: list[Path]) -> Path | None:
     """The target of the same name, else of the same stem, else the longest stem that ``file``'s stem extends with ``_``."""
     for same in (lambda t: t.name == file.name, lambda t: t.stem == file.stem):
         found = [t for t in targets if same(t)]
@@ -258,7 +258,7 @@ def pair_files(
     direct = len(predictions) == 1 and len(targets) == 1
     pairs = []
     for pred in predictions:
-        match = targets[0] if direct else _match(pred, targets)
+        match = targets[0] if direct else match_target(pred, targets)
         if match is None:
             raise UserError(f"{pred.name}: no target of the same name or stem, nor one whose stem + '_' starts it, in {target}")
         pairs.append((pred, match))
@@ -270,7 +270,7 @@ def pair_files(
             if len(noisy_files) == 1 and len(targets) == 1:
                 found = noisy_files
             else:
-                found = [n for n in noisy_files if _match(n, targets) == tgt]
+                found = [n for n in noisy_files if match_target(n, targets) == tgt]
             if len(found) != 1:
                 what = "no" if not found else f"{len(found)} ({', '.join(n.name for n in found)})"
                 raise UserError(f"{tgt.name}: {what} noisy files pair with this target in {noisy}")
@@ -278,7 +278,8 @@ def pair_files(
     return [(p, t, noisy_of.get(t)) for p, t in pairs]
 
 
-def _read(path: Path, axes: str) -> np.ndarray:
+def read_images(path: Path, axes: str) -> np.ndarray:
+    """The 2-D images of an image file as float64 ``(N, C, Y, X)``; one-line errors for bad pixels or axes."""
     array = read_array(path)
     if array.dtype.kind not in "biuf":
         raise UserError(f"{path.name}: unsupported pixel type {array.dtype}; expected integer or float pixels")
@@ -350,12 +351,12 @@ def evaluate(
     views: list[PanelView] = []
     pairs = pair_files(prediction, target, pattern, noisy)
     for (tgt, noisy_path), group in itertools.groupby(pairs, key=lambda p: (p[1], p[2])):
-        truth = _read(tgt, axes)
-        noisy_samples = None if noisy_path is None else _read(noisy_path, axes)
+        truth = read_images(tgt, axes)
+        noisy_samples = None if noisy_path is None else read_images(noisy_path, axes)
         if noisy_path is not None:
             _check_shapes(noisy_path, noisy_samples, tgt, truth)
         for pred, _, _ in group:
-            estimate = _read(pred, axes)
+            estimate = read_images(pred, axes)
             _check_shapes(pred, estimate, tgt, truth)
             many = len(truth) > 1
             for i, (est, ref) in enumerate(zip(estimate, truth)):

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from bmz_cosdd.data.axes import to_samples_cyx
-from bmz_cosdd.data.io import atomic_write_text, find_files, read_array
+from bmz_cosdd.analysis.evaluation_report import match_target, read_images
+from bmz_cosdd.data.io import atomic_write_text, find_files
 from bmz_cosdd.errors import UserError
 from bmz_cosdd.evaluation import psnr
 from bmz_cosdd.inference.files import InputFile, read_inputs
@@ -191,27 +191,26 @@ class SamplingReport:
 
 
 def pair_targets(inputs: Sequence[Path], target: str | Path) -> dict[Path, Path]:
-    """Pair each input file with a target file: a single pair directly, otherwise by file name or stem."""
+    """Pair each input file with a target file: a single pair directly, otherwise as ``evaluate`` pairs files
+    (:func:`~bmz_cosdd.analysis.evaluation_report.match_target`: same name, same stem, or a stem the input's
+    stem extends with ``_``)."""
     files = find_files(target)
     if len(inputs) == 1 and len(files) == 1:
         return {inputs[0]: files[0]}
     pairs = {}
     for path in inputs:
-        match = [f for f in files if f.name == path.name] or [f for f in files if f.stem == path.stem]
-        if len(match) != 1:
-            found = "several targets" if match else "no target"
-            raise UserError(f"{found} for {path.name} in {target} (targets pair with inputs by file name or stem)")
-        pairs[path] = match[0]
+        match = match_target(path, files)
+        if match is None:
+            raise UserError(f"no target for {path.name} in {target} (targets pair with inputs by file name or stem)")
+        pairs[path] = match
     return pairs
 
 
 def _read_target(item: InputFile, path: Path) -> np.ndarray:
-    array = read_array(path)
-    if tuple(array.shape) != item.shape:
-        raise UserError(f"target {path.name} has shape {array.shape}, its input {item.path.name} has {item.shape}")
-    images = to_samples_cyx(np.asarray(array, np.float64), item.axes)
-    if not np.isfinite(images).all():
-        raise UserError(f"target {path.name} holds NaN or Inf pixels")
+    images = read_images(path, item.axes)
+    if images.shape != item.samples.shape:
+        raise UserError(f"target {path.name} holds images of shape {images.shape[1:]} x {len(images)}, its input "
+                        f"{item.path.name} {item.samples.shape[1:]} x {len(item.samples)}")
     if any(image.max() == image.min() for image in images):
         raise UserError(f"target {path.name} has a constant image: the PSNR needs a data range")
     return images
