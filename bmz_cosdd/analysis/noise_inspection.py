@@ -36,6 +36,7 @@ from bmz_cosdd.data.noise_correlation import (
     NoiseCorrelation,
     axis_residual,
     estimate_noise_correlation,
+    examined_images,
 )
 from bmz_cosdd.errors import UserError
 
@@ -52,9 +53,6 @@ __all__ = [
     "write_noise_report",
 ]
 
-# Bounds on what is examined, the same as the correlation estimator's.
-MAX_IMAGES = 8
-MAX_SIDE = 512
 _CLIP_SIGMAS = 3.0
 _VARIANCE_BINS = 16
 # Predicted variance at the 90th vs the 10th percentile of the signal beyond which
@@ -112,25 +110,11 @@ class NoiseSource:
 
 
 def _bounded(images: Sequence[np.ndarray]) -> list[np.ndarray]:
-    """Up to 8 evenly spaced images, each cropped to its central 512 x 512 pixels, as (C, Y, X) float64."""
-    arrays = [np.asarray(im, dtype=np.float64) for im in images]
-    arrays = [a[None] if a.ndim == 2 else a for a in arrays]
+    """The images the noise is measured on (see :func:`~bmz_cosdd.data.noise_correlation.examined_images`)."""
+    arrays = examined_images(images)
     if not arrays:
         raise UserError("no images to inspect")
-    for a in arrays:
-        if a.ndim != 3:
-            raise UserError(f"inspect needs 2-D images, got shape {a.shape}")
-        if not np.isfinite(a).all():
-            raise UserError("the images contain NaN or infinite values")
-    if len(arrays) > MAX_IMAGES:
-        picks = np.linspace(0, len(arrays) - 1, MAX_IMAGES).round().astype(int)
-        arrays = [arrays[i] for i in picks]
-    out = []
-    for a in arrays:
-        y0 = max(0, (a.shape[1] - MAX_SIDE) // 2)
-        x0 = max(0, (a.shape[2] - MAX_SIDE) // 2)
-        out.append(np.ascontiguousarray(a[:, y0 : y0 + MAX_SIDE, x0 : x0 + MAX_SIDE]))
-    return out
+    return arrays
 
 
 def _gaussian_gain(sigma: float) -> float:

@@ -27,7 +27,8 @@ import numpy as np
 
 from bmz_cosdd.errors import UserError
 
-__all__ = ["NoiseCorrelation", "RESIDUAL_GAIN", "axis_residual", "correlation_reach", "estimate_noise_correlation"]
+__all__ = ["NoiseCorrelation", "RESIDUAL_GAIN", "axis_residual", "correlation_reach", "estimate_noise_correlation",
+           "examined_images"]
 
 AXES = ("x", "y")
 # Predicts a pixel from the pixels at offsets -2, -1, +1, +2 along one axis; exact for cubics.
@@ -189,11 +190,33 @@ def _residual_correlation(img: np.ndarray, axis: int, max_lag: int) -> tuple[np.
     return corr, count
 
 
-def _central_crop(img: np.ndarray) -> np.ndarray:
-    height, width = img.shape[-2:]
-    y0 = max(0, (height - _MAX_SIDE) // 2)
-    x0 = max(0, (width - _MAX_SIDE) // 2)
-    return img[..., y0 : y0 + _MAX_SIDE, x0 : x0 + _MAX_SIDE]
+def examined_images(images: Sequence[np.ndarray], min_side: int = 1) -> list[np.ndarray]:
+    """What the noise is measured on: up to 8 evenly spaced images of at least ``min_side`` pixels a side,
+    each cropped to its central 512 x 512 pixels, as (C, Y, X) float64 (bounds that keep large data fast).
+
+    Raises
+    ------
+    UserError
+        For an image that is not (C, Y, X) or (Y, X), or crops holding NaN or infinite values.
+    """
+    arrays = [np.asarray(im) for im in images]
+    arrays = [a[None] if a.ndim == 2 else a for a in arrays]
+    for a in arrays:
+        if a.ndim != 3:
+            raise UserError(f"the noise is measured on 2-D images, (C, Y, X) or (Y, X); got shape {a.shape}")
+    arrays = [a for a in arrays if min(a.shape[-2:]) >= min_side]
+    if len(arrays) > _MAX_IMAGES:
+        picks = np.linspace(0, len(arrays) - 1, _MAX_IMAGES).round().astype(int)
+        arrays = [arrays[i] for i in picks]
+    crops = []
+    for a in arrays:
+        y0 = max(0, (a.shape[1] - _MAX_SIDE) // 2)
+        x0 = max(0, (a.shape[2] - _MAX_SIDE) // 2)
+        crop = np.ascontiguousarray(a[:, y0 : y0 + _MAX_SIDE, x0 : x0 + _MAX_SIDE], dtype=np.float64)
+        if not np.all(np.isfinite(crop)):
+            raise UserError("the images contain NaN or infinite values; cannot measure the noise")
+        crops.append(crop)
+    return crops
 
 
 def correlation_reach(correlation: np.ndarray, threshold: float) -> int:
@@ -225,8 +248,7 @@ def estimate_noise_correlation(
     For each image and channel the residual against a prediction from the
     pixel's neighbours along one axis is correlated along the other axis (see
     the module docstring). Correlations are averaged over channels and images,
-    weighted by the number of pixel pairs. Up to 8 evenly spaced images are
-    used, each cropped to its central 512 x 512 pixels.
+    weighted by the number of pixel pairs, on :func:`examined_images`.
 
     Parameters
     ----------
@@ -261,24 +283,13 @@ def estimate_noise_correlation(
         raise ValueError(f"max_lag must be >= 1, got {max_lag}")
     if not 0 < threshold < 1:
         raise ValueError(f"threshold must be in (0, 1), got {threshold}")
-    arrays = [np.asarray(im) for im in images]
-    arrays = [a[None] if a.ndim == 2 else a for a in arrays]
-    for a in arrays:
-        if a.ndim != 3:
-            raise UserError(f"noise correlation needs (C, Y, X) images, got shape {a.shape}")
-    arrays = [a for a in arrays if min(a.shape[-2:]) >= len(_PREDICTOR)]
+    arrays = examined_images(images, min_side=len(_PREDICTOR))
     if not arrays:
         raise UserError("no image of at least 5 x 5 pixels to measure the noise correlation on")
-    if len(arrays) > _MAX_IMAGES:
-        picks = np.linspace(0, len(arrays) - 1, _MAX_IMAGES).round().astype(int)
-        arrays = [arrays[i] for i in picks]
 
     sums = {axis: np.zeros(max_lag) for axis in (0, 1)}
     weights = {axis: np.zeros(max_lag) for axis in (0, 1)}
-    for a in arrays:
-        crop = _central_crop(a).astype(np.float64)
-        if not np.all(np.isfinite(crop)):
-            raise UserError("the images contain NaN or infinite values; cannot measure the noise correlation")
+    for crop in arrays:
         for channel in crop:
             for axis in (0, 1):
                 corr, count = _residual_correlation(channel, axis, max_lag)
