@@ -160,17 +160,25 @@ def predict(
     target: Annotated[Optional[Path], typer.Option(help="Ground truth file or folder (paired by file name): print the PSNR of the mean of 1, 10, 100 samples and write <name>_sampling.png and .json.", show_default=False)] = None,
     tile: Annotated[int, typer.Option(help="Largest tile side (halo included) fed to the network.")] = 512,
     seed: Annotated[int, typer.Option(help="Seed of the posterior sampling.")] = 0,
+    out_of_core: Annotated[bool, typer.Option("--out-of-core", help="Predict TIFF inputs block by block from a memory map, resumably (always for Zarr / OME-Zarr inputs and TIFFs over 1 GiB).")] = False,
+    quiet: Annotated[bool, typer.Option(help="No progress bar for out-of-core inputs.")] = False,
     checkpoint: Annotated[str, typer.Option(help="best or last.")] = "best",
     device: Annotated[str, typer.Option(help="auto, cpu or cuda[:i].")] = "auto",
     weight_format: Annotated[Optional[str], typer.Option(help="Package only: torchscript, pytorch_state_dict or onnx.")] = None,
 ) -> None:
     """Denoise images with a trained run (writes <name>_<output>.tif: e.g. _mmse and _std for COSDD,
-    _denoised for the N2V family), or with any bioimage.io model package through bioimageio.core, block by block."""
+    _denoised for the N2V family), or with any bioimage.io model package through bioimageio.core, block by block.
+    Zarr / OME-Zarr inputs (and large TIFFs) are predicted out of core into the same container, resumably."""
+    from bmz_cosdd.inference.blockwise import is_out_of_core_input
     from bmz_cosdd.inference.predictor import load_run, predict_files
     from bmz_cosdd.methods.base import PredictOptions
     from bmz_cosdd.zoo.predict import is_package, predict_files_with_package
 
+    large = [path for path in inputs if is_out_of_core_input(path, force=out_of_core)]
+    inputs = [path for path in inputs if path not in large]
     if is_package(run):
+        if large:
+            raise UserError(f"out-of-core prediction ({large[0].name}) needs a run folder, not a package")
         written = predict_files_with_package(
             run, inputs, axes or "YX", out, pattern=pattern, weight_format=weight_format, block=tile,
             device=None if device == "auto" else device, on_image=lambda path, i, n: _say(f"[{i}/{n}] {path.name}"),
@@ -184,6 +192,10 @@ def predict(
         estimator=estimator or trained.method.estimators[0],
         samples=samples, sample_batch=sample_batch, keep_samples=save_samples,
     )
+    if large:
+        _predict_large(trained, large, axes, out, options, tile, seed, quiet)
+        if not inputs:
+            return
     common = dict(pattern=pattern, tile=tile, seed=seed, on_image=lambda path, i, n: _say(f"[{i}/{n}] {path.name}"))
     if save_samples or target is not None:
         from bmz_cosdd.analysis.sampling_view import format_psnr_table, predict_with_sampling_view
@@ -260,6 +272,28 @@ def inspect_noise(
     for line in report.summary_lines():
         typer.echo(line)
     _say(f"report written: {out} and {out.with_suffix('.json')}")
+
+
+def _predict_large(trained: Any, paths: list[Path], axes: Optional[str], out: Path, options: Any, tile: int,
+                   seed: int, quiet: bool) -> None:
+    from bmz_cosdd.inference.blockwise import block_progress, predict_out_of_core
+
+    for path in paths:
+        state = {"done": 0, "total": 0}
+        with block_progress(path.name, enabled=not quiet) as show:
+            def on_block(done: int, total: int) -> None:
+                state.update(done=done, total=total)
+                show(done, total)
+
+            try:
+                written = predict_out_of_core(trained, path, axes, out, options, tile=tile, seed=seed,
+                                              on_block=on_block)
+            except KeyboardInterrupt:
+                _say(f"interrupted: {state['done']} of {state['total']} blocks of {path.name} are saved; run the"
+                     " same command again to continue")
+                raise typer.Exit(130) from None
+        for written_path in written:
+            typer.echo(str(written_path))
 
 
 # -- package / validate ---------------------------------------------------------

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Collection, Optional, Sequence
+from typing import Callable, Collection, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
@@ -108,7 +109,32 @@ def predict_image(
     dict
         e.g. ``mmse`` and ``std`` (C, Y, X), ``samples`` (N, C, Y, X), or ``direct``.
     """
-    method, model = trained.method, trained.model
+    options = resolve_options(trained, options)
+    if image.ndim != 3 or image.shape[0] != trained.stats.n_channels:
+        raise UserError(
+            f"the model expects {trained.stats.n_channels} channel(s), the image has shape {image.shape}"
+        )
+    if not np.isfinite(image).all():
+        raise UserError(f"the image holds {int((~np.isfinite(image)).sum())} NaN or Inf pixels")
+    step, halo = trained.method.size_step(trained.model), trained.method.halo(trained.model)
+    if tile < step + 2 * halo:
+        raise UserError(f"--tile {tile} is too small for this model (at least {step + 2 * halo})")
+    normalised = normalise(image.astype(np.float64), trained.stats)
+    run_tile = tile_function(trained, options, seed)
+    tiles = {"done": 0}
+
+    def run(x: torch.Tensor) -> dict[str, torch.Tensor]:
+        tiles["done"] += 1
+        return run_tile(x, tiles["done"] - 1)
+
+    with prediction_context(trained):
+        outputs = predict_tiled(run, normalised, tile, halo, step, on_tile)
+    return to_raw(trained, outputs)
+
+
+def resolve_options(trained: TrainedModel, options: PredictOptions | None) -> PredictOptions:
+    """``options`` with the method's default estimator filled in, checked (one-line errors)."""
+    method = trained.method
     options = options or PredictOptions()
     options = dataclasses.replace(options, estimator=options.estimator or method.estimators[0])
     if options.estimator not in method.estimators:
@@ -117,31 +143,38 @@ def predict_image(
         )
     if options.samples < 1 or options.sample_batch < 1:
         raise UserError("--samples and --sample-batch must be at least 1")
-    if image.ndim != 3 or image.shape[0] != trained.stats.n_channels:
-        raise UserError(
-            f"the model expects {trained.stats.n_channels} channel(s), the image has shape {image.shape}"
-        )
-    if not np.isfinite(image).all():
-        raise UserError(f"the image holds {int((~np.isfinite(image)).sum())} NaN or Inf pixels")
-    step = method.size_step(model)
-    halo = method.halo(model)
-    if tile < step + 2 * halo:
-        raise UserError(f"--tile {tile} is too small for this model (at least {step + 2 * halo})")
-    normalised = normalise(image.astype(np.float64), trained.stats)
-    tiles = {"done": 0}
+    return options
 
-    def run(x: torch.Tensor) -> dict[str, torch.Tensor]:
-        # A seed per tile, so no tile repeats another's draws (no periodic pattern).
-        tile_options = dataclasses.replace(options, seed=seed + tiles["done"])
-        tiles["done"] += 1
-        out = method.predict(model, x.to(trained.device), tile_options)
-        return {k: v.squeeze(-4) for k, v in out.items()}  # drop the batch axis of one tile
 
-    model.eval()
+def tile_function(
+    trained: TrainedModel, options: PredictOptions, seed: int
+) -> Callable[[torch.Tensor, int], dict[str, torch.Tensor]]:
+    """``run(x, index)``: the method's outputs for one normalised (1, C, h, w) tile, batch axis dropped.
+
+    Tile ``index`` is sampled with seed ``seed + index``, so no tile repeats
+    another's draws (no periodic pattern) and a tile's result does not depend on
+    which tiles were predicted before it.
+    """
+    method, model = trained.method, trained.model
+
+    def run(x: torch.Tensor, index: int) -> dict[str, torch.Tensor]:
+        out = method.predict(model, x.to(trained.device), dataclasses.replace(options, seed=seed + index))
+        return {k: v.squeeze(-4) for k, v in out.items()}
+
+    return run
+
+
+@contextlib.contextmanager
+def prediction_context(trained: TrainedModel) -> Iterator[None]:
+    """Evaluation mode, no gradients, and the caller's random streams left untouched (the sampler seeds)."""
+    trained.model.eval()
     devices = [trained.device] if trained.device.type == "cuda" else []
-    # The sampler seeds torch's global generator; keep the caller's stream untouched.
     with torch.no_grad(), torch.random.fork_rng(devices=devices):
-        outputs = predict_tiled(run, normalised, tile, halo, step, on_tile)
+        yield
+
+
+def to_raw(trained: TrainedModel, outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Normalised outputs (..., C, Y, X) back to raw intensities, float32 (spreads by the scale alone)."""
     std = np.asarray(trained.stats.std, dtype=np.float64)[:, None, None]
     result = {}
     for name, value in outputs.items():
