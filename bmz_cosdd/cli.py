@@ -98,8 +98,12 @@ def make_train_command(method: Method) -> Callable[..., None]:
     """Build ``bmz-cosdd train <method>`` from the common options and the method's own."""
 
     def command(**options: Any) -> None:
+        from bmz_cosdd.training.distributed import current_world
         from bmz_cosdd.training.session import resume, train
 
+        world = current_world()
+        if world.active and options["out"] is None:
+            raise UserError("under torchrun give --out: every process must use the same run folder")
         if options["resume"]:
             if options["out"] is None:
                 raise UserError("--resume needs --out RUN_FOLDER (the run to continue)")
@@ -110,9 +114,13 @@ def make_train_command(method: Method) -> Callable[..., None]:
             values, _ = _train_values(method, options)
             run_dir = options["out"] or Path("runs") / f"{method.name}_{datetime.now():%Y%m%d-%H%M%S}"
             result = train(values, run_dir, progress=not options["quiet"], init_from=options["from_package"], say=_say)
+        if not world.is_main:
+            return
+        processes = f" on {world.size} processes" if world.active else ""
         _say(
-            f"{method.name}: {result.steps} steps in {result.seconds:.0f} s ({result.steps_per_s:.2f} steps/s), "
-            f"stopped by {result.stopped}; best validation {method.monitor} {result.best:.5g}; run folder {run_dir}"
+            f"{method.name}: {result.steps} steps in {result.seconds:.0f} s ({result.steps_per_s:.2f} steps/s)"
+            f"{processes}, stopped by {result.stopped}; best validation {method.monitor} {result.best:.5g};"
+            f" run folder {run_dir}"
         )
         if result.stopped == "interrupted":
             _say(f"interrupted: checkpoint saved; continue with: bmz-cosdd train {method.name} --resume --out {run_dir}")
@@ -465,12 +473,17 @@ def _root(
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: user errors become one line on stderr and exit code 2."""
+    """Entry point: user errors become one line on stderr and exit code 2 (said once under torchrun: by rank 0)."""
+    import os
+
+    speaks = os.environ.get("RANK", "0") == "0"
     try:
         app(args=argv, standalone_mode=True)
     except UserError as exc:
-        typer.echo(f"error: {exc}", err=True)
+        if speaks:
+            typer.echo(f"error: {exc}", err=True)
         sys.exit(2)
     except TrainingDiverged as exc:
-        typer.echo(f"error: {exc}", err=True)
+        if speaks:
+            typer.echo(f"error: {exc}", err=True)
         sys.exit(1)

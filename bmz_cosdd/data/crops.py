@@ -62,19 +62,24 @@ class RandomCrops:
         self._ends = torch.cumsum(counts, 0)
         self.n_positions = int(self._ends[-1])
 
-    def sample(self, batch_size: int) -> torch.Tensor:
-        """Draw ``batch_size`` crops.
+    def sample(self, batch_size: int, rows: slice | None = None) -> torch.Tensor:
+        """Draw ``batch_size`` crops (and keep only ``rows`` of them, e.g. one process's shard).
+
+        The generator advances by a whole batch whatever ``rows`` keeps, so every
+        process of a distributed run draws the same batches.
 
         Returns
         -------
         torch.Tensor
-            float32 tensor of shape ``(batch_size, C, crop_size, crop_size)``.
+            float32 tensor of shape ``(len(rows), C, crop_size, crop_size)``.
         """
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         # One uniform integer over all positions of all images picks image and position at once.
         flat = torch.randint(0, self.n_positions, (batch_size,), generator=self.generator, dtype=torch.int64)
         which = torch.searchsorted(self._ends, flat, right=True)
+        if rows is not None:
+            flat, which = flat[rows], which[rows]
         c = self.crop_size
         crops = []
         for k, i in zip(flat.tolist(), which.tolist()):

@@ -22,6 +22,7 @@ from bmz_cosdd.methods.registry import get_method
 from bmz_cosdd.run_folder import RunFolder
 from bmz_cosdd.training.checkpoints import load_checkpoint
 from bmz_cosdd.training.device import resolve_device
+from bmz_cosdd.training.distributed import World, current_world, distributed_world
 from bmz_cosdd.training.trainer import TrainResult, Trainer, check_limits
 
 # Settings that may change when a run is resumed (they do not alter what was learnt so far).
@@ -114,6 +115,11 @@ def train(
     say
         Receives the lines in which the method tells what it chose from the data (e.g. an
         automatic blind mask); default: standard error. They are also kept in ``notes.txt``.
+
+    Notes
+    -----
+    Under ``torchrun`` every process calls this; rank 0 alone writes the run folder
+    (see :mod:`bmz_cosdd.training.distributed`).
     """
     init_state = None
     if init_from is not None:
@@ -137,15 +143,16 @@ def train(
         config.model, config.data, [im.data for im in data.train], data.stats
     )
     config = dataclasses.replace(config, model=model_config)
-    say = say or (lambda line: print(line, file=sys.stderr))
-    for line in notes:
-        say(line)
-    run.root.mkdir(parents=True, exist_ok=True)
-    if notes:
-        atomic_write_text(run.notes, "\n".join(notes) + "\n")
-    atomic_write_text(run.config, dump_yaml({**config.to_dict(), "bmz_cosdd_version": __version__}))
-    data.stats.save(run.stats)
-    atomic_write_text(run.split, json.dumps(data.split, indent=1))
+    if current_world().is_main:
+        say = say or (lambda line: print(line, file=sys.stderr))
+        for line in notes:
+            say(line)
+        run.root.mkdir(parents=True, exist_ok=True)
+        if notes:
+            atomic_write_text(run.notes, "\n".join(notes) + "\n")
+        atomic_write_text(run.config, dump_yaml({**config.to_dict(), "bmz_cosdd_version": __version__}))
+        data.stats.save(run.stats)
+        atomic_write_text(run.split, json.dumps(data.split, indent=1))
     return _fit(config, run, data, progress, resume_state=None, init_state=init_state)
 
 
@@ -170,7 +177,8 @@ def resume(run_dir: str | Path, overrides: dict[str, Any] | None = None, progres
     config = build_config(values)
     data = prepare_data(config.data, config.train.seed, stats=NormStats.load(run.stats))
     state = load_checkpoint(run.last)
-    atomic_write_text(run.config, dump_yaml({**config.to_dict(), "bmz_cosdd_version": __version__}))
+    if current_world().is_main:
+        atomic_write_text(run.config, dump_yaml({**config.to_dict(), "bmz_cosdd_version": __version__}))
     return _fit(config, run, data, progress, resume_state=state)
 
 
@@ -182,8 +190,22 @@ def _fit(
     resume_state: dict[str, Any] | None,
     init_state: dict[str, Any] | None = None,
 ) -> TrainResult:
-    method = get_method(config.method)
     device = resolve_device(config.train.device)
+    with distributed_world(device) as world:
+        return _fit_in_world(config, run, data, progress, resume_state, init_state, world.device(device), world)
+
+
+def _fit_in_world(
+    config: RunConfig,
+    run: RunFolder,
+    data: PreparedData,
+    progress: bool,
+    resume_state: dict[str, Any] | None,
+    init_state: dict[str, Any] | None,
+    device: torch.device,
+    world: World,
+) -> TrainResult:
+    method = get_method(config.method)
     torch.manual_seed(config.train.seed)
     model = method.build(config.model, data.n_channels, data.stats)
     if init_state is not None:
@@ -207,5 +229,5 @@ def _fit(
         "n_channels": data.n_channels,
         "bmz_cosdd_version": __version__,
     }
-    trainer = Trainer(method, model, config.train, run, crops, val_crops, device, extra, progress)
+    trainer = Trainer(method, model, config.train, run, crops, val_crops, device, extra, progress, world)
     return trainer.fit(resume_state)

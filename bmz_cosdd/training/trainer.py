@@ -9,6 +9,7 @@ and metrics.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import signal
 import threading
@@ -28,6 +29,7 @@ from bmz_cosdd.methods.base import Method
 from bmz_cosdd.run_folder import RunFolder
 from bmz_cosdd.training.checkpoints import save_checkpoint
 from bmz_cosdd.training.device import autocast_for
+from bmz_cosdd.training.distributed import LossModule, World, check_world, micro_seed
 from bmz_cosdd.training.metrics import MetricsLog, plot_curves, read_metrics
 
 
@@ -105,6 +107,8 @@ class Trainer:
         Plain values stored in every checkpoint (config, statistics, channels).
     progress
         Show a progress bar.
+    world
+        The training processes (see :mod:`bmz_cosdd.training.distributed`); one by default.
     """
 
     def __init__(
@@ -118,8 +122,11 @@ class Trainer:
         device: torch.device,
         checkpoint_extra: dict[str, Any],
         progress: bool = True,
+        world: World = World(),
     ) -> None:
         check_limits(cfg)
+        self.world = world
+        self.micro = check_world(cfg.batch_size, cfg.accumulate, world)
         self.method = method
         self.model = model
         self.cfg = cfg
@@ -128,11 +135,16 @@ class Trainer:
         self.val_crops = val_crops
         self.device = device
         self.extra = checkpoint_extra
-        self.show_progress = progress
+        self.show_progress = progress and world.is_main
         self.specs = method.optimisers(model, cfg.lr, cfg.lr_factor, cfg.lr_patience)
-        # The method's own training randomness (e.g. blind-spot masks): a CPU stream per
-        # process, seeded from the config and checkpointed, apart from the crop stream.
-        self.loss_generator = torch.Generator().manual_seed(cfg.seed + 2)
+        self.losses = LossModule(method, model)
+        if world.active:
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.losses = DistributedDataParallel(
+                self.losses, device_ids=[device.index] if device.type == "cuda" else None,
+                find_unused_parameters=True,  # e.g. HDN's deactivated levels
+            )
         self.step = 0
         self.best = math.inf
         self.best_step = 0
@@ -146,7 +158,6 @@ class Trainer:
         rng = {
             "torch": torch.get_rng_state(),
             "crops": self.crops.generator.get_state(),
-            "loss": self.loss_generator.get_state(),
         }
         if self.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(self.device)
@@ -176,8 +187,6 @@ class Trainer:
         self.elapsed = float(state["elapsed"])
         torch.set_rng_state(state["rng"]["torch"])
         self.crops.generator.set_state(state["rng"]["crops"])
-        if "loss" in state["rng"]:
-            self.loss_generator.set_state(state["rng"]["loss"])
         if self.device.type == "cuda" and "cuda" in state["rng"]:
             torch.cuda.set_rng_state(state["rng"]["cuda"], self.device)
         self.last_good_step = self.step
@@ -187,11 +196,13 @@ class Trainer:
         return self.elapsed + time.monotonic() - self._started
 
     def save(self, best: bool) -> None:
+        self.last_good_step = self.step
+        if not self.world.is_main:
+            return
         state = self.state()
         save_checkpoint(state, self.run.last)
         if best:
             save_checkpoint(state, self.run.best)
-        self.last_good_step = self.step
 
     # -- loop ------------------------------------------------------------------
     def total_steps(self) -> int | None:
@@ -206,7 +217,7 @@ class Trainer:
     def validate(self) -> dict[str, float]:
         """Mean losses over the fixed validation crops with a fixed noise seed (deterministic)."""
         self.model.eval()
-        micro = self.cfg.batch_size // self.cfg.accumulate
+        micro = self.micro
         sums: dict[str, float] = {}
         count = 0
         devices = [self.device] if self.device.type == "cuda" else []
@@ -223,38 +234,52 @@ class Trainer:
         return {key: value / count for key, value in sums.items()}
 
     def _train_step(self) -> dict[str, float]:
-        micro = self.cfg.batch_size // self.cfg.accumulate
+        """One optimiser step over this process's shard of the global batch (see training.distributed)."""
+        accumulate, micro, rank = self.cfg.accumulate, self.micro, self.world.rank
         for s in self.specs:
             s.optimizer.zero_grad(set_to_none=True)
+        shard = self.crops.sample(self.cfg.batch_size, slice(rank * accumulate * micro, (rank + 1) * accumulate * micro))
+        devices = [self.device] if self.device.type == "cuda" else []
         terms: dict[str, float] = {}
-        for _ in range(self.cfg.accumulate):
-            batch = self.crops.sample(micro).to(self.device)
-            with autocast_for(self.device, self.cfg.precision):
-                losses = self.method.training_losses(self.model, batch, self.loss_generator)
-            loss = losses["loss"]
-            if not torch.isfinite(loss):
-                kept = (
-                    f"the last good checkpoint (step {self.last_good_step}) is kept in {self.run.last}"
-                    if self.last_good_step is not None
-                    else "no checkpoint had been written yet"
-                )
-                raise TrainingDiverged(
-                    f"training diverged: the loss is {float(loss.detach())} at step {self.step + 1}; {kept}"
-                    " (try a lower --lr or check the data for outliers)"
-                )
-            (loss / self.cfg.accumulate).backward()
+        for a in range(accumulate):
+            batch = shard[a * micro : (a + 1) * micro].to(self.device)
+            seed = micro_seed(self.cfg.seed, self.step, rank * accumulate + a)
+            last = a == accumulate - 1
+            sync = self.losses.no_sync() if self.world.active and not last else contextlib.nullcontext()
+            with sync, torch.random.fork_rng(devices=devices):
+                torch.manual_seed(seed)
+                with autocast_for(self.device, self.cfg.precision):
+                    losses = self.losses(batch, torch.Generator().manual_seed(seed))
+                loss = losses["loss"]
+                if self.world.any(not bool(torch.isfinite(loss))):
+                    kept = (
+                        f"the last good checkpoint (step {self.last_good_step}) is kept in {self.run.last}"
+                        if self.last_good_step is not None
+                        else "no checkpoint had been written yet"
+                    )
+                    raise TrainingDiverged(
+                        f"training diverged: the loss is {float(loss.detach())} at step {self.step + 1}; {kept}"
+                        " (try a lower --lr or check the data for outliers)"
+                    )
+                (loss / accumulate).backward()
             for key, value in losses.items():
-                terms[key] = terms.get(key, 0.0) + float(value.detach()) / self.cfg.accumulate
+                terms[key] = terms.get(key, 0.0) + float(value.detach()) / accumulate
         for s in self.specs:
             s.optimizer.step()
         self.step += 1
         return terms
 
+    def _stop_flags(self, interrupt: dict[str, bool]) -> tuple[bool, bool]:
+        """(interrupted, out of time) as rank 0 sees them, so every process stops at the same step."""
+        timed_out = self.cfg.max_time is not None and self.time_used() >= self.cfg.max_time
+        return self.world.broadcast((interrupt["hit"], timed_out))
+
     def fit(self, resume_state: dict[str, Any] | None = None) -> TrainResult:
         """Train until a limit, early stopping or Ctrl-C; returns how it ended."""
         if resume_state is not None:
             self.load_state(resume_state)
-        log = MetricsLog(self.run.metrics, keep_until_step=self.step if resume_state is not None else None)
+        log = (MetricsLog(self.run.metrics, keep_until_step=self.step if resume_state is not None else None)
+               if self.world.is_main else None)
         total = self.total_steps()
         log_every = max(1, min(self.cfg.steps_per_epoch, 50) // 5)
         self.model.train()
@@ -279,11 +304,12 @@ class Trainer:
         try:
             with progress, _deferred_interrupt() as interrupt:
                 while True:
-                    if interrupt["hit"]:
-                        raise KeyboardInterrupt
                     if total is not None and self.step >= total:
                         break
-                    if self.cfg.max_time is not None and self.time_used() >= self.cfg.max_time:
+                    interrupted, timed_out = self._stop_flags(interrupt)
+                    if interrupted:
+                        raise KeyboardInterrupt
+                    if timed_out:
                         stopped = "time"
                         break
                     terms = self._train_step()
@@ -294,12 +320,11 @@ class Trainer:
                     shown = "  ".join(f"{k} {v:.4g}" for k, v in terms.items() if k != "loss")
                     progress.update(task, completed=self.step, terms=shown, rate=f"{rate:.2f} steps/s")
                     if self.step % log_every == 0:
-                        record = {k: v / window_n for k, v in window.items()}
-                        log.write({"kind": "train", "step": self.step, **record, "steps_per_s": rate})
+                        record = self.world.mean({k: v / window_n for k, v in window.items()})
+                        if log is not None:
+                            log.write({"kind": "train", "step": self.step, **record, "steps_per_s": rate})
                         window, window_n = {}, 0
-                    at_limit = (total is not None and self.step >= total) or (
-                        self.cfg.max_time is not None and self.time_used() >= self.cfg.max_time
-                    )
+                    at_limit = (total is not None and self.step >= total) or self._stop_flags(interrupt)[1]
                     if self.step % self.cfg.steps_per_epoch == 0 or at_limit:
                         if self._end_epoch(log):
                             stopped = "early stopping"
@@ -317,9 +342,9 @@ class Trainer:
             steps_per_s=(self.step - start_step) / max(seconds, 1e-9),
         )
 
-    def _end_epoch(self, log: MetricsLog) -> bool:
+    def _end_epoch(self, log: MetricsLog | None) -> bool:
         """Validate, step the schedulers, checkpoint; True when early stopping triggers."""
-        val = self.validate()
+        val = self.world.broadcast(self.validate())
         self.method.check_validation(self.model, val, self.step)
         for s in self.specs:
             if s.monitor in val:
@@ -336,6 +361,8 @@ class Trainer:
         else:
             self.bad_validations += 1
         self.save(best=improved)
+        if log is None:
+            return self.bad_validations >= self.cfg.patience
         lrs = {f"lr_{s.name}": s.optimizer.param_groups[0]["lr"] for s in self.specs}
         log.write({"kind": "val", "step": self.step, "epoch": self.step // self.cfg.steps_per_epoch,
                    **val, **lrs, "time": self.time_used()})

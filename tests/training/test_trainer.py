@@ -80,11 +80,11 @@ def test_ctrl_c_saves_a_checkpoint_that_resumes(tmp_path, noisy_stack, monkeypat
     original = RandomCrops.sample
     calls = {"n": 0}
 
-    def interrupt(self, batch_size):
+    def interrupt(self, batch_size, rows=None):
         calls["n"] += 1
         if calls["n"] == 5:
             raise KeyboardInterrupt
-        return original(self, batch_size)
+        return original(self, batch_size, rows)
 
     monkeypatch.setattr(RandomCrops, "sample", interrupt)
     result = train(tiny_config(noisy_stack, max_steps=6), run, progress=False)
