@@ -8,7 +8,12 @@ but not the signal, which therefore has to be carried by the latent. Direction
 ``"none"`` sees no other pixel at all: a learned pixel noise model p(x_i | z)
 for pixel-independent noise.
 
-Layout of the stack (written for direction "x"; "y" transposes Y and X around it):
+The same decoder serves 3-D volumes (``spatial_dims=3``, tensors (B, C, Z, Y, X))
+with direction ``"x"``, ``"y"`` or ``"z"`` (along Z: the noise of light-sheet or
+confocal stacks correlated from slice to slice).
+
+Layout of the stack (written for direction "x"; other directions swap their axis
+with X around it):
 
 - layer 0: a 1 x k convolution over the input padded by k on the left, whose last
   output is dropped, so output i sees pixels i-k .. i-1 (the pixel itself is masked);
@@ -54,6 +59,17 @@ def receptive_field(n_layers: int, kernel_size: int) -> int:
     return reach
 
 
+def _line_conv(spatial_dims: int, cin: int, cout: int, kernel_size: int, dilation: int = 1) -> nn.Module:
+    """A convolution along the last axis only: 1 x k (2-D) or 1 x 1 x k (3-D)."""
+    ones = (1,) * (spatial_dims - 1)
+    conv = nn.Conv2d if spatial_dims == 2 else nn.Conv3d
+    return conv(cin, cout, ones + (kernel_size,), dilation=ones + (dilation,))
+
+
+def _point_conv(spatial_dims: int, cin: int, cout: int) -> nn.Module:
+    return (nn.Conv2d if spatial_dims == 2 else nn.Conv3d)(cin, cout, 1)
+
+
 class _MaskedFirstLayer(nn.Module):
     """Layer 0: sees strictly earlier pixels of the row plus the conditioning at the pixel.
 
@@ -62,12 +78,14 @@ class _MaskedFirstLayer(nn.Module):
 
     blind: bool
 
-    def __init__(self, cin: int, cond_channels: int, hidden: int, kernel_size: int, blind: bool = False) -> None:
+    def __init__(
+        self, cin: int, cond_channels: int, hidden: int, kernel_size: int, blind: bool = False, spatial_dims: int = 2
+    ) -> None:
         super().__init__()
         self.kernel_size = kernel_size
         self.blind = blind
-        self.conv = nn.Conv2d(cin, hidden, (1, kernel_size))
-        self.cond = nn.Conv2d(cond_channels, hidden, 1)
+        self.conv = _line_conv(spatial_dims, cin, hidden, kernel_size)
+        self.cond = _point_conv(spatial_dims, cond_channels, hidden)
 
     def forward(self, x: Tensor, cond: Tensor) -> Tensor:
         if self.blind:
@@ -82,11 +100,11 @@ class _MaskedFirstLayer(nn.Module):
 class _CausalLayer(nn.Module):
     """Later layer: causal dilated 1 x k convolution with a residual connection."""
 
-    def __init__(self, hidden: int, cond_channels: int, kernel_size: int, dilation: int) -> None:
+    def __init__(self, hidden: int, cond_channels: int, kernel_size: int, dilation: int, spatial_dims: int = 2) -> None:
         super().__init__()
         self.pad = (kernel_size - 1) * dilation
-        self.conv = nn.Conv2d(hidden, hidden, (1, kernel_size), dilation=(1, dilation))
-        self.cond = nn.Conv2d(cond_channels, hidden, 1)
+        self.conv = _line_conv(spatial_dims, hidden, hidden, kernel_size, dilation)
+        self.cond = _point_conv(spatial_dims, cond_channels, hidden)
 
     def forward(self, h: Tensor, cond: Tensor) -> Tensor:
         out = self.conv(F.pad(h, [self.pad, 0, 0, 0]))
@@ -102,11 +120,11 @@ class AutoregressiveDecoder(nn.Module):
         Channels C of the image x.
     cond_channels : int
         Channels of the conditioning features (the VAE's output features).
-    direction : {"x", "y", "none"}, default "x"
-        Noise direction: pixels depend on earlier pixels of the same row ("x") or
-        column ("y"). All channels of earlier pixels enter; no channel of the pixel
-        itself and nothing from other rows/columns does. "none": no other pixel
-        enters (pixel-independent noise).
+    direction : {"x", "y", "z", "none"}, default "x"
+        Noise direction: pixels depend on earlier pixels of the same row ("x"),
+        column ("y") or, in 3-D, line along Z ("z"). All channels of earlier pixels
+        enter; no channel of the pixel itself and nothing from other lines does.
+        "none": no other pixel enters (pixel-independent noise).
     n_layers : int, default 8
         Number of 1 x k convolution layers.
     kernel_size : int, default 5
@@ -117,6 +135,8 @@ class AutoregressiveDecoder(nn.Module):
         Mixture components K per pixel and channel.
     min_scale : float, default 1e-3
         Floor of the mixture scales (in the units of x).
+    spatial_dims : {2, 3}, default 2
+        Images (B, C, Y, X) or volumes (B, C, Z, Y, X).
 
     Attributes
     ----------
@@ -140,6 +160,7 @@ class AutoregressiveDecoder(nn.Module):
     """
 
     receptive_field: int
+    _swap: int
 
     def __init__(
         self,
@@ -151,10 +172,14 @@ class AutoregressiveDecoder(nn.Module):
         hidden: int = 64,
         n_gaussians: int = 3,
         min_scale: float = 1e-3,
+        spatial_dims: int = 2,
     ) -> None:
         super().__init__()
-        if direction not in ("x", "y", "none"):
-            raise ValueError(f"direction must be 'x', 'y' or 'none', got {direction!r}")
+        if spatial_dims not in (2, 3):
+            raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
+        directions = ("x", "y", "none") if spatial_dims == 2 else ("x", "y", "z", "none")
+        if direction not in directions:
+            raise ValueError(f"direction must be one of {', '.join(directions)} in {spatial_dims}-D, got {direction!r}")
         if min_scale <= 0:
             raise ValueError(f"min_scale must be > 0, got {min_scale}")
         if kernel_size < 2:
@@ -163,18 +188,21 @@ class AutoregressiveDecoder(nn.Module):
         self.n_gaussians = n_gaussians
         self.min_scale = float(min_scale)
         self.direction = direction
-        self._transpose = direction == "y"
+        self.spatial_dims = spatial_dims
+        # The direction's axis is swapped with X (the last axis) around the stack: 0 none, 2 Y, 3 Z.
+        self._swap = {"y": 2, "z": 3}.get(direction, 0)
         blind = direction == "none"
         self.receptive_field = 0 if blind else receptive_field(n_layers, kernel_size)
 
-        self.first = _MaskedFirstLayer(image_channels, cond_channels, hidden, kernel_size, blind)
+        self.first = _MaskedFirstLayer(image_channels, cond_channels, hidden, kernel_size, blind, spatial_dims)
         self.layers = nn.ModuleList(
-            [_CausalLayer(hidden, cond_channels, kernel_size, layer_dilation(i)) for i in range(1, n_layers)]
+            [_CausalLayer(hidden, cond_channels, kernel_size, layer_dilation(i), spatial_dims)
+             for i in range(1, n_layers)]
         )
         self.head = nn.Sequential(
-            nn.Conv2d(hidden, hidden, 1),
+            _point_conv(spatial_dims, hidden, hidden),
             nn.ReLU(),
-            nn.Conv2d(hidden, image_channels * 3 * n_gaussians, 1),
+            _point_conv(spatial_dims, hidden, image_channels * 3 * n_gaussians),
         )
 
     def _params_x(self, x: Tensor, cond: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
@@ -183,8 +211,8 @@ class AutoregressiveDecoder(nn.Module):
         for layer in self.layers:
             h = layer(h, cond)
         out = self.head(h)
-        b, y, w = out.shape[0], out.shape[2], out.shape[3]
-        out = out.reshape(b, self.image_channels, 3, self.n_gaussians, y, w)
+        shape = [out.shape[0], self.image_channels, 3, self.n_gaussians] + list(out.shape[2:])
+        out = out.reshape(shape)
         logits = out[:, :, 0]
         means = out[:, :, 1]
         scales = scale_from_raw(out[:, :, 2], self.min_scale)
@@ -196,23 +224,24 @@ class AutoregressiveDecoder(nn.Module):
         Parameters
         ----------
         x : Tensor
-            Image, (B, image_channels, Y, X).
+            Image, (B, image_channels, Y, X) (or (B, image_channels, Z, Y, X) in 3-D).
         cond : Tensor
-            Conditioning features, (B, cond_channels, Y, X).
+            Conditioning features, (B, cond_channels, Y, X) (or with Z).
 
         Returns
         -------
         logits, means, scales : Tensor
-            Each (B, image_channels, K, Y, X); scales >= ``min_scale``.
+            Each (B, image_channels, K, Y, X) (or with Z); scales >= ``min_scale``.
         """
-        if self._transpose:
-            logits, means, scales = self._params_x(x.transpose(-1, -2), cond.transpose(-1, -2))
-            return logits.transpose(-1, -2), means.transpose(-1, -2), scales.transpose(-1, -2)
+        if self._swap > 0:
+            d = -self._swap
+            logits, means, scales = self._params_x(x.transpose(-1, d), cond.transpose(-1, d))
+            return logits.transpose(-1, d), means.transpose(-1, d), scales.transpose(-1, d)
         return self._params_x(x, cond)
 
     @torch.jit.export
     def nll(self, x: Tensor, cond: Tensor) -> Tensor:
-        """Negative log-likelihood of ``x`` per pixel and channel, (B, C, Y, X), in nats."""
+        """Negative log-likelihood of ``x`` per pixel and channel, (B, C, [Z,] Y, X), in nats."""
         logits, means, scales = self.forward(x, cond)
         return mixture_nll(x, logits, means, scales)
 
@@ -236,9 +265,9 @@ class AutoregressiveDecoder(nn.Module):
         Tensor
             (B, image_channels, Y, X).
         """
-        c = cond.transpose(-1, -2) if self._transpose else cond
-        b, _, y, w = c.shape
-        x = c.new_zeros(b, self.image_channels, y, w)
+        c = cond.transpose(-1, -self._swap) if self._swap > 0 else cond
+        x = c.new_zeros([c.shape[0], self.image_channels] + list(c.shape[2:]))
+        w = x.shape[-1]
         if self.first.blind:  # no pixel depends on another: one pass
             with torch.no_grad():
                 logits, means, scales = self._params_x(x, c)
@@ -248,4 +277,4 @@ class AutoregressiveDecoder(nn.Module):
                 lo = max(0, i - self.receptive_field)
                 logits, means, scales = self._params_x(x[..., lo : i + 1], c[..., lo : i + 1])
                 x[..., i] = mixture_sample(logits[..., -1], means[..., -1], scales[..., -1], generator)
-        return x.transpose(-1, -2) if self._transpose else x
+        return x.transpose(-1, -self._swap) if self._swap > 0 else x

@@ -124,3 +124,40 @@ def test_direction_none_sees_no_pixel():
     assert sample.shape == (1, 2, 6, 20) and torch.isfinite(sample).all()
     scripted = torch.jit.script(dec)
     torch.testing.assert_close(scripted(x.detach(), cond)[1], means.detach())
+
+
+@pytest.mark.parametrize("direction", ["z", "y", "x"])
+def test_3d_receptive_field_along_the_direction_only(direction):
+    torch.manual_seed(0)
+    dec = AutoregressiveDecoder(2, 3, direction=direction, hidden=8, n_layers=3, kernel_size=3, spatial_dims=3)
+    rf = dec.receptive_field
+    assert rf == receptive_field(3, 3)
+    axis = {"z": 2, "y": 3, "x": 4}[direction]
+    shape = [1, 2, 5, 6, 7]
+    shape[axis] = 24  # long along the noise direction
+    x = torch.randn(shape, requires_grad=True)
+    cond = torch.randn([1, 3] + shape[2:], requires_grad=True)
+    logits, means, scales = dec(x, cond)
+    assert logits.shape == (1, 2, 3, *shape[2:])
+    voxel = [2, 3, 3]
+    voxel[axis - 2] = 20
+    out = sum(p[(0, slice(None), slice(None), *voxel)].sum() for p in (logits, means, scales))
+    out.backward()
+    gx = x.grad.abs().sum(dim=(0, 1))
+    allowed = torch.zeros_like(gx, dtype=torch.bool)
+    line = list(voxel)
+    line[axis - 2] = slice(20 - rf, 20)
+    allowed[tuple(line)] = True
+    assert torch.all(gx[~allowed] == 0), "only earlier voxels of the same line along the direction may enter"
+    assert torch.all(gx[tuple(line)] > 0) and gx[tuple(voxel)] == 0
+    gc = cond.grad.abs().sum(dim=(0, 1))
+    assert gc[tuple(voxel)] > 0
+    # sampling along the direction and TorchScript work in 3-D too
+    sample = dec.sample(cond.detach(), generator=torch.Generator().manual_seed(0))
+    assert sample.shape == x.shape and torch.isfinite(sample).all()
+    torch.testing.assert_close(torch.jit.script(dec)(x.detach(), cond.detach())[1], means.detach())
+
+
+def test_direction_z_needs_3d():
+    with pytest.raises(ValueError, match="direction"):
+        AutoregressiveDecoder(1, 4, direction="z")
