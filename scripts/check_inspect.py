@@ -67,7 +67,8 @@ def main() -> None:
             "truth": truth,
             "direction_correct": f"{sum(correct)}/{len(rows)}",
             "mask_axis_correct": f"{sum(r['mask_axis_ok'] for r in rows)}/{len(rows)}",
-            "pixel_model_verdict_correct": f"{sum(r['pixel_model_fits'] == (truth == 'none') for r in rows)}/{len(rows)}",
+            "pixel_model_verdict_correct":
+                f"{sum(r['pixel_model_fits'] == (truth == 'none') for r in rows)}/{len(rows)}",
             "masks": sorted({r["mask"] for r in rows}),
             "seconds_per_inspection": round(float(np.mean([r["seconds"] for r in rows])), 2),
         }

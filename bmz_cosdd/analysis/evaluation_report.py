@@ -142,7 +142,9 @@ class EvaluationResult:
         """Fixed-width text table: one line per image and a mean line, under a header stating the data range."""
         heads = ["image", "PSNR dB", "SSIM", "data range"] + (["noisy PSNR dB", "noisy SSIM"] if self.has_noisy else [])
 
-        def cells(label: str, p: float | None, s: float | None, d: str, noisy_p: float | None, noisy_s: float | None) -> list[str]:
+        def cells(
+            label: str, p: float | None, s: float | None, d: str, noisy_p: float | None, noisy_s: float | None
+        ) -> list[str]:
             row = [label, f"{p:.2f}", f"{s:.4f}", d]
             return row + ([f"{noisy_p:.2f}", f"{noisy_s:.4f}"] if self.has_noisy else [])
 
@@ -209,7 +211,8 @@ class EvaluationResult:
 
 
 def match_target(file: Path, targets: list[Path]) -> Path | None:
-    """The target of the same name, else of the same stem, else the longest stem that ``file``'s stem extends with ``_``."""
+    """The target of the same name, else of the same stem, else the longest stem that ``file``'s stem
+    extends with ``_``."""
     for same in (lambda t: t.name == file.name, lambda t: t.stem == file.stem):
         found = [t for t in targets if same(t)]
         if found:
@@ -260,7 +263,9 @@ def pair_files(
     for pred in predictions:
         match = targets[0] if direct else match_target(pred, targets)
         if match is None:
-            raise UserError(f"{pred.name}: no target of the same name or stem, nor one whose stem + '_' starts it, in {target}")
+            raise UserError(
+                f"{pred.name}: no target of the same name or stem, nor one whose stem + '_' starts it, in {target}"
+            )
         pairs.append((pred, match))
     pairs.sort(key=lambda p: (str(p[1]), str(p[0])))
     noisy_of: dict[Path, Path] = {}
@@ -365,12 +370,13 @@ def evaluate(
                 if not rng > 0:
                     raise UserError(f"{ref_label}: the target is constant; give a data range (--data-range)")
                 if min(ref.shape[-2:]) < SSIM_MIN_SIDE:
-                    raise UserError(f"{ref_label}: SSIM needs images of at least {SSIM_MIN_SIDE} x {SSIM_MIN_SIDE} pixels, got "
-                                    f"{ref.shape[-2]} x {ref.shape[-1]}")
+                    raise UserError(f"{ref_label}: SSIM needs images of at least {SSIM_MIN_SIDE} x {SSIM_MIN_SIDE}"
+                                    f" pixels, got {ref.shape[-2]} x {ref.shape[-1]}")
                 noise = None if noisy_samples is None else noisy_samples[i]
                 score = ImageScore(
                     label, ref_label, psnr(est, ref, rng), ssim(est, ref, rng), float(np.mean((est - ref) ** 2)),
-                    rng, None if noise is None else psnr(noise, ref, rng), None if noise is None else ssim(noise, ref, rng),
+                    rng, None if noise is None else psnr(noise, ref, rng),
+                    None if noise is None else ssim(noise, ref, rng),
                 )
                 rows.append(score)
                 if len(views) < panel_images:

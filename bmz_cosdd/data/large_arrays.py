@@ -184,9 +184,9 @@ def create_output(path: Path, like: LargeArray, chunks: tuple[int, ...], resume:
     if like.kind == "ome-zarr":
         group = zarr.open_group(str(partial), mode="w", zarr_format=like.zarr_format)
         entry = {key: value for key, value in like.ome.items() if key != "datasets"}
-        entry["datasets"] = [{"path": "0", "coordinateTransformations":
-                              like.ome.get("datasets", [{}])[0].get("coordinateTransformations",
-                                                                    [{"type": "scale", "scale": [1.0] * len(like.axes)}])}]
+        unit_scale = [{"type": "scale", "scale": [1.0] * len(like.axes)}]
+        transforms = like.ome.get("datasets", [{}])[0].get("coordinateTransformations", unit_scale)
+        entry["datasets"] = [{"path": "0", "coordinateTransformations": transforms}]
         group.attrs.update({"ome": {"version": "0.5", "multiscales": [entry]}} if like.zarr_format == 3
                            else {"multiscales": [entry]})
         data = group.create_array("0", shape=like.shape, chunks=chunks, dtype="float32", fill_value=np.nan)

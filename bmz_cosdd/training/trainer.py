@@ -238,7 +238,8 @@ class Trainer:
         accumulate, micro, rank = self.cfg.accumulate, self.micro, self.world.rank
         for s in self.specs:
             s.optimizer.zero_grad(set_to_none=True)
-        shard = self.crops.sample(self.cfg.batch_size, slice(rank * accumulate * micro, (rank + 1) * accumulate * micro))
+        per_rank = accumulate * micro
+        shard = self.crops.sample(self.cfg.batch_size, slice(rank * per_rank, (rank + 1) * per_rank))
         devices = [self.device] if self.device.type == "cuda" else []
         terms: dict[str, float] = {}
         for a in range(accumulate):

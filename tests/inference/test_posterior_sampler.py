@@ -10,8 +10,8 @@ from bmz_cosdd.methods.registry import get_method
 def model() -> COSDDModel:
     method = get_method("cosdd")
     torch.manual_seed(0)
-    cfg = method.config_from_dict({"preset": "tiny", "direction": "x", "n_levels": 3, "latent_channels": [4], "features": 8,
-                                   "ar_layers": 2, "ar_hidden": 4, "signal_hidden": 8})
+    cfg = method.config_from_dict({"preset": "tiny", "direction": "x", "n_levels": 3, "latent_channels": [4],
+                                   "features": 8, "ar_layers": 2, "ar_hidden": 4, "signal_hidden": 8})
     return method.build(cfg, 1).eval()
 
 

@@ -152,9 +152,11 @@ class COSDD:
             "noise_sentence": NOISE_SENTENCES[config.direction].format(direction=config.direction),
             "preset": config.preset,
             "architecture": (
-                f"{config.n_levels} levels, latent channels {list(config.latent_channels)}, {config.features} features; "
+                f"{config.n_levels} levels, latent channels {list(config.latent_channels)}, {config.features} "
+                "features; "
                 + (f"autoregressive noise decoder with a receptive field of {model.ar_decoder.receptive_field} px "
-                   f"along {config.direction}" if config.direction != "none" else "pixel noise decoder (no other pixel)")
+                   f"along {config.direction}" if config.direction != "none"
+                   else "pixel noise decoder (no other pixel)")
                 + f", {config.n_gaussians} Gaussians"
             ),
         }
