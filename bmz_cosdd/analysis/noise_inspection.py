@@ -79,9 +79,6 @@ class NoiseSource:
     correlation_input : list of numpy.ndarray
         What the correlation estimator is given: the noisy images themselves for
         ``smooth`` (it removes the signal in its own unbiased way), else the noise.
-    variance_gain : float
-        Variance of the noise estimate per unit variance of white noise (a
-        smoothing residual removes a little of the noise); divided out.
     flat : list of numpy.ndarray or None
         Per image, (Y, X) bool: the pixels whose noise estimate is trusted (a
         smoothing residual also holds edges and thin structures; only the
@@ -98,7 +95,6 @@ class NoiseSource:
     noise: list[np.ndarray]
     signal: list[np.ndarray] | None
     correlation_input: list[np.ndarray]
-    variance_gain: float = 1.0
     flat: list[np.ndarray] | None = None
     holds_signal: bool = False
 
@@ -115,16 +111,6 @@ def _bounded(images: Sequence[np.ndarray]) -> list[np.ndarray]:
     if not arrays:
         raise UserError("no images to inspect")
     return arrays
-
-
-def _gaussian_gain(sigma: float) -> float:
-    """Variance of ``n - G * n`` for unit white noise n and a normalised 2-D Gaussian G of ``sigma``."""
-    radius = int(np.ceil(4 * sigma))
-    t = np.arange(-radius, radius + 1, dtype=np.float64)
-    g1 = np.exp(-0.5 * (t / sigma) ** 2)
-    g1 /= g1.sum()
-    g2 = np.outer(g1, g1)
-    return float(1 - 2 * g2[radius, radius] + np.sum(g2**2))
 
 
 def noise_from_smoothing(images: Sequence[np.ndarray], sigma: float = 2.0) -> NoiseSource:
@@ -155,7 +141,7 @@ def noise_from_smoothing(images: Sequence[np.ndarray], sigma: float = 2.0) -> No
         flat.append(slope <= np.median(slope))
     return NoiseSource(
         "smooth", f"residual against a Gaussian smoothing (sigma {sigma:g} px), flatter half of each image",
-        noisy, noise, signal, noisy, _gaussian_gain(sigma), flat, holds_signal=True,
+        noisy, noise, signal, noisy, flat, holds_signal=True,
     )
 
 
@@ -273,7 +259,7 @@ def signal_dependence(source: NoiseSource, direction: str = "none", bins: int = 
         masks = [source.trusted(i) for i in range(len(source.noise))]
         noise = np.concatenate([n[:, m].ravel() for n, m in zip(source.noise, masks)])
         signal_parts = None if source.signal is None else [s[:, m] for s, m in zip(source.signal, masks)]
-        gain = source.variance_gain
+        gain = 1.0
     if signal_parts is None:
         level = float(np.mean([a.mean() for a in source.noisy]))
         variance = _robust_variance(noise) / gain

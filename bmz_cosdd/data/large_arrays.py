@@ -11,7 +11,6 @@ complete, so an interrupted prediction never leaves a file that looks finished.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from dataclasses import dataclass, field
@@ -23,7 +22,7 @@ import numpy as np
 from bmz_cosdd.data.axes import parse_axes
 from bmz_cosdd.errors import UserError
 
-__all__ = ["LargeArray", "create_output", "finish_output", "is_zarr", "open_large", "spatial_chunks"]
+__all__ = ["LargeArray", "create_output", "finish_output", "is_zarr", "open_large", "partial_path", "spatial_chunks"]
 
 TIFF_SUFFIXES = (".tif", ".tiff")
 _OME_AXES = {"t": "T", "c": "C", "z": "Z", "y": "Y", "x": "X"}
@@ -148,7 +147,8 @@ def spatial_chunks(array: LargeArray) -> tuple[int, int] | None:
     return array.chunks[array.axes.index("Y")], array.chunks[array.axes.index("X")]
 
 
-def _partial(path: Path) -> Path:
+def partial_path(path: Path) -> Path:
+    """Where the output bound for ``path`` is written until it is complete."""
     return path.with_name(path.name + ".partial")
 
 
@@ -160,7 +160,7 @@ def create_output(path: Path, like: LargeArray, chunks: tuple[int, ...], resume:
     """
     import zarr
 
-    partial = _partial(path)
+    partial = partial_path(path)
     if like.kind == "tiff":
         import tifffile
 
@@ -205,9 +205,3 @@ def finish_output(array: LargeArray, path: Path) -> Path:
     os.replace(array.path, path)
     return path
 
-
-def write_json_atomic(path: Path, value: Any) -> None:
-    """The resume record, written atomically."""
-    from bmz_cosdd.data.io import atomic_write_text
-
-    atomic_write_text(path, json.dumps(value, indent=1) + "\n")

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Optional
@@ -33,9 +34,10 @@ from bmz_cosdd.data.large_arrays import (
     create_output,
     finish_output,
     open_large,
+    partial_path,
     spatial_chunks,
-    write_json_atomic,
 )
+from bmz_cosdd.data.io import atomic_write_text
 from bmz_cosdd.data.normalisation import normalise
 from bmz_cosdd.errors import UserError
 from bmz_cosdd.inference.predictor import TrainedModel, prediction_context, resolve_options, tile_function, to_raw
@@ -208,7 +210,7 @@ def predict_out_of_core(
             f"{out} holds an unfinished prediction of {source.path.name} with other settings ({', '.join(changed)});"
             f" rerun with the same settings to finish it, or delete {record_path.name} and the .partial outputs"
         )
-    if resume and not all(Path(str(output_path(out, source, name)) + ".partial").exists()
+    if resume and not all(partial_path(output_path(out, source, name)).exists()
                           for name in record["outputs"]):
         resume = False  # the unfinished outputs are gone: start again
     done = int(record["done"]) if resume else 0  # blocks go in a fixed order: the first `done` are written
@@ -233,7 +235,8 @@ def predict_out_of_core(
                         targets[name] = create_output(output_path(out, source, name), source, chunks, resume=False)
                     _write_block(targets[name], plane, blk, value)
                 done += 1
-                write_json_atomic(record_path, {"settings": settings, "outputs": sorted(targets), "done": done})
+                record = {"settings": settings, "outputs": sorted(targets), "done": done}
+                atomic_write_text(record_path, json.dumps(record, indent=1) + "\n")
                 if on_block is not None:
                     on_block(done, total)
     written = [finish_output(array, output_path(out, source, name)) for name, array in targets.items()]
@@ -242,8 +245,6 @@ def predict_out_of_core(
 
 
 def _load_record(path: Path) -> dict | None:
-    import json
-
     if not path.is_file():
         return None
     try:
