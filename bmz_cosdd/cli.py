@@ -49,6 +49,9 @@ _COMMON: list[tuple[str, Any, str, str]] = [
     ("axes", Optional[str], "Axes of the stored arrays, e.g. YX, SYX, SCYX, TYX, ZYX.", _DATA),
     ("pattern", Optional[str], "Glob pattern for files inside DATA folders, e.g. '*.tif'.", _DATA),
     ("crop_size", Optional[int], "Side of the square training crops.", _DATA),
+    ("spatial_dims", Optional[int], "2: every Z plane / frame is a 2-D image (default); 3: volumes, denoised with "
+     "3-D convolutions (--axes must hold Z; S and T are samples).", _DATA),
+    ("crop_depth", Optional[int], "Z extent of 3-D training crops (default: --crop-size).", _DATA),
     ("val_fraction", Optional[float], "Fraction of images (or tiles of one image) kept for validation.", _DATA),
     ("val_crops", Optional[int], "Most fixed validation crops.", _DATA),
     ("clip_percentiles", Optional[str], "Clip outliers at these percentiles before normalising, e.g. 0.1,99.9.", _DATA),
@@ -188,7 +191,7 @@ def predict(
         if large:
             raise UserError(f"out-of-core prediction ({large[0].name}) needs a run folder, not a package")
         written = predict_files_with_package(
-            run, inputs, axes or "YX", out, pattern=pattern, weight_format=weight_format, block=tile,
+            run, inputs, axes, out, pattern=pattern, weight_format=weight_format, block=tile,
             device=None if device == "auto" else device, on_image=lambda path, i, n: _say(f"[{i}/{n}] {path.name}"),
         )
         for path in written:

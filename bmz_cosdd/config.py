@@ -32,9 +32,15 @@ class DataConfig:
     pattern
         Glob pattern applied inside folders.
     axes
-        Axes string of the stored arrays, e.g. ``SYX``, ``YX``, ``SCYX``, ``TYX``.
+        Axes string of the stored arrays, e.g. ``SYX``, ``YX``, ``SCYX``, ``TYX``, ``ZYX``.
+    spatial_dims
+        ``2``: every Z slice, T frame and S sample is a 2-D image. ``3``: the
+        images are volumes with Z a spatial axis (``axes`` must contain ``Z``);
+        S and T are samples.
     crop_size
-        Side length of the square training and validation crops.
+        Side length of the square training and validation crops (in y and x).
+    crop_depth
+        Z extent of the crops when ``spatial_dims`` is 3; None means ``crop_size``.
     val_fraction
         Fraction of the images (or of the tiles of a single image) kept for validation.
     val_crops
@@ -46,7 +52,9 @@ class DataConfig:
     paths: list[str] = field(default_factory=list)
     pattern: str = "*"
     axes: str = "YX"
+    spatial_dims: int = 2
     crop_size: int = 64
+    crop_depth: int | None = None
     val_fraction: float = 0.1
     val_crops: int = 64
     clip_percentiles: list[float] | None = None

@@ -269,7 +269,7 @@ def predict_with_sampling_view(
 
     options = dataclasses.replace(options or PredictOptions(), keep_samples=True)
     check_out_dir(out_dir)
-    loaded = read_inputs(inputs, pattern, axes, trained.stats.n_channels)
+    loaded = read_inputs(inputs, pattern, axes, trained.stats.n_channels, trained.config.data.spatial_dims)
     targets = {}
     if target is not None:
         pairs = pair_targets([item.path for item in loaded], target)

@@ -3,9 +3,11 @@
 Modules
 -------
 axes
-    Axes strings (``"SYX"``, ``"ZCYX"``, ...) and the ``(N, C, Y, X)`` view used inside.
+    Axes strings (``"SYX"``, ``"ZCYX"``, ...) and the ``(N, C, Y, X)`` / ``(N, C, Z, Y, X)`` views used inside.
 io
     Finding, reading (TIFF, NPY, PNG) and atomically writing files; :class:`~bmz_cosdd.data.io.Image`.
+physical_sizes
+    Axes and pixel sizes a TIFF records, and the check that the axes named Y and X are the image plane.
 normalisation
     Per-channel statistics computed and applied in float64.
 splits

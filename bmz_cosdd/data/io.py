@@ -1,4 +1,4 @@
-"""Reading images (TIFF, NPY, PNG) into 2-D samples, and atomic writing.
+"""Reading images (TIFF, NPY, PNG) into 2-D samples or volumes, and atomic writing.
 
 Every write in the project goes through the atomic helpers here: the data are
 written to a temporary file in the destination folder, then moved into place
@@ -18,7 +18,8 @@ from typing import BinaryIO
 import numpy as np
 import tifffile
 
-from bmz_cosdd.data.axes import parse_axes, to_samples_cyx
+from bmz_cosdd.data.axes import parse_axes, to_samples
+from bmz_cosdd.data.physical_sizes import check_spatial_axes, tiff_metadata
 from bmz_cosdd.errors import UserError
 
 SUPPORTED_SUFFIXES = (".tif", ".tiff", ".npy", ".png")
@@ -97,28 +98,47 @@ def read_array(path: Path) -> np.ndarray:
     UserError
         If the file type is unsupported or the file cannot be read.
     """
-    path = Path(path)
+    return _read(Path(path))[0]
+
+
+def _read(path: Path) -> tuple[np.ndarray, str | None, dict[str, float]]:
+    """:func:`read_array`, plus the axes and pixel sizes a TIFF records (None and {} for other files)."""
     suffix = path.suffix.lower()
     try:
         if suffix in (".tif", ".tiff"):
-            return np.asarray(tifffile.imread(path))
+            with tifffile.TiffFile(path) as tif:  # what tifffile.imread does, keeping the file open for metadata
+                return np.asarray(tif.asarray()), *tiff_metadata(tif)
         if suffix == ".npy":
-            return np.asarray(np.load(path, allow_pickle=False))
+            return np.asarray(np.load(path, allow_pickle=False)), None, {}
         if suffix == ".png":
-            return _read_png(path)
+            return _read_png(path), None, {}
     except Exception as exc:  # any reader failure is a problem with the user's file
         raise UserError(f"cannot read {path}: {_first_line(exc)}") from exc
     raise UserError(f"{path}: unsupported file type '{path.suffix}'; expected one of {', '.join(SUPPORTED_SUFFIXES)}")
 
 
+def read_with_axes(path: Path, axes: str, source: str | None = None) -> tuple[np.ndarray, str]:
+    """Read ``path`` and check ``axes`` against the array and against the axes and pixel
+    sizes the file itself records (:func:`~bmz_cosdd.data.physical_sizes.check_spatial_axes`).
+
+    Returns the array and the parsed (upper-case) axes; errors name ``source``
+    (default: the file name) in one line.
+    """
+    raw, own_axes, sizes = _read(Path(path))
+    name = source or Path(path).name
+    parsed = parse_axes(axes, raw.ndim, name, shape=raw.shape)
+    check_spatial_axes(name, parsed, own_axes, sizes)
+    return raw, parsed
+
+
 @dataclass
 class Image:
-    """One 2-D sample of a dataset.
+    """One sample of a dataset: a 2-D image or a volume.
 
     Attributes
     ----------
     data : numpy.ndarray
-        Pixels, shape ``(C, Y, X)``, float32.
+        Pixels, shape ``(C, Y, X)`` or ``(C, Z, Y, X)``, float32.
     source : str
         Where it came from, e.g. ``"cells.tif[3]"``.
     """
@@ -145,8 +165,8 @@ def _source_names(files: list[Path]) -> list[str]:
     return [str(f) if names.count(f.name) > 1 else f.name for f in files]
 
 
-def load_images(paths: Sequence[str | Path], pattern: str, axes: str) -> list[Image]:
-    """Read image files and split them into 2-D samples.
+def load_images(paths: Sequence[str | Path], pattern: str, axes: str, spatial_dims: int = 2) -> list[Image]:
+    """Read image files and split them into 2-D samples or volumes.
 
     Parameters
     ----------
@@ -157,29 +177,34 @@ def load_images(paths: Sequence[str | Path], pattern: str, axes: str) -> list[Im
         Glob pattern used inside folders, e.g. ``"*.tif"``.
     axes : str
         Axes of every file, e.g. ``"SYX"`` (see :mod:`bmz_cosdd.data.axes`).
+    spatial_dims : {2, 3}, default 2
+        2: every ``Z`` slice, ``T`` frame and ``S`` sample is a 2-D image
+        ``(C, Y, X)``. 3: every ``S`` sample and ``T`` frame is a volume
+        ``(C, Z, Y, X)``; the axes must contain ``Z``.
 
     Returns
     -------
     list of Image
-        One :class:`Image` per 2-D sample, ``(C, Y, X)`` float32, in file order.
-        Images of different sizes are allowed.
+        One :class:`Image` per sample, float32, in file order. Images of
+        different sizes are allowed.
 
     Raises
     ------
     UserError
         For missing or unreadable files, axes that do not fit a file, NaN or
-        Inf pixels, or a constant image.
+        Inf pixels, or a constant image; and where a TIFF's own metadata show
+        that the axes named Y and X are not the image plane (see
+        :func:`bmz_cosdd.data.physical_sizes.check_spatial_axes`).
     """
     if isinstance(paths, (str, Path)):
         paths = [paths]
     files = _unique_files(paths, pattern)
     images: list[Image] = []
     for file, name in zip(files, _source_names(files)):
-        raw = read_array(file)
+        raw, parsed = read_with_axes(file, axes, name)
         if raw.dtype.kind not in "biuf":
             raise UserError(f"{name}: unsupported pixel type {raw.dtype}; expected integer or float pixels")
-        parsed = parse_axes(axes, raw.ndim, name, shape=raw.shape)
-        samples = to_samples_cyx(raw, parsed).astype(np.float32)
+        samples = to_samples(raw, parsed, spatial_dims, source=name).astype(np.float32)
         if samples.size == 0:
             raise UserError(f"{name}: the file holds no pixels (shape {raw.shape})")
         finite = np.isfinite(samples)

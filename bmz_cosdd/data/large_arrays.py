@@ -140,11 +140,11 @@ def open_large(path: str | Path, axes: str | None) -> LargeArray:
     return LargeArray(node, parsed, p, kind, tuple(int(c) for c in node.chunks), ome, node.metadata.zarr_format)
 
 
-def spatial_chunks(array: LargeArray) -> tuple[int, int] | None:
-    """The chunk extent along Y and X (None for contiguous data)."""
+def spatial_chunks(array: LargeArray, spatial: str = "YX") -> tuple[int, ...] | None:
+    """The chunk extent along each ``spatial`` axis, e.g. ``"YX"`` or ``"ZYX"`` (None for contiguous data)."""
     if array.chunks is None:
         return None
-    return array.chunks[array.axes.index("Y")], array.chunks[array.axes.index("X")]
+    return tuple(array.chunks[array.axes.index(a)] for a in spatial)
 
 
 def partial_path(path: Path) -> Path:

@@ -193,14 +193,16 @@ def _residual_correlation(img: np.ndarray, axis: int, max_lag: int) -> tuple[np.
 def examined_images(images: Sequence[np.ndarray], min_side: int = 1) -> list[np.ndarray]:
     """What the noise is measured on: up to 8 evenly spaced images of at least ``min_side`` pixels a side,
     each cropped to its central 512 x 512 pixels, as (C, Y, X) float64 (bounds that keep large data fast).
+    A volume (C, Z, Y, X) counts as its Z planes.
 
     Raises
     ------
     UserError
-        For an image that is not (C, Y, X) or (Y, X), or crops holding NaN or infinite values.
+        For an image that is not (C, Y, X), (Y, X) or (C, Z, Y, X), or crops holding NaN or infinite values.
     """
     arrays = [np.asarray(im) for im in images]
     arrays = [a[None] if a.ndim == 2 else a for a in arrays]
+    arrays = [plane for a in arrays for plane in (np.moveaxis(a, 1, 0) if a.ndim == 4 else [a])]
     for a in arrays:
         if a.ndim != 3:
             raise UserError(f"the noise is measured on 2-D images, (C, Y, X) or (Y, X); got shape {a.shape}")

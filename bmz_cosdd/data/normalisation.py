@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from bmz_cosdd.data.axes import spatial_axes
 from bmz_cosdd.data.io import atomic_write_text
 from bmz_cosdd.errors import UserError
 
@@ -174,7 +175,8 @@ def compute_stats(images: Sequence[np.ndarray], clip_percentiles: tuple[float, f
     Parameters
     ----------
     images : sequence of numpy.ndarray
-        Arrays of shape ``(C, Y, X)``; Y and X may differ between images.
+        Arrays of shape ``(C, Y, X)`` or volumes ``(C, Z, Y, X)``; the spatial
+        sizes may differ between images.
     clip_percentiles : (float, float), optional
         If given, per-channel clip bounds are first taken at these percentiles of
         all pixels (``0 <= low < high <= 100``), and mean/std are computed from
@@ -201,8 +203,8 @@ def compute_stats(images: Sequence[np.ndarray], clip_percentiles: tuple[float, f
     if len(images) == 0:
         raise UserError("no images to compute normalisation statistics from")
     for i, im in enumerate(images):
-        if np.ndim(im) != 3:
-            raise ValueError(f"image {i} has shape {np.shape(im)}; expected (C, Y, X)")
+        if np.ndim(im) not in (3, 4):
+            raise ValueError(f"image {i} has shape {np.shape(im)}; expected (C, Y, X) or (C, Z, Y, X)")
     n_channels = images[0].shape[0]
     for i, im in enumerate(images):
         if im.shape[0] != n_channels:
@@ -233,32 +235,43 @@ def compute_stats(images: Sequence[np.ndarray], clip_percentiles: tuple[float, f
     return NormStats(mean=means, std=stds, clip_low=lows, clip_high=highs, clip_percentiles=percentiles)
 
 
-def _channel_params(stats: NormStats, n_channels: int) -> dict[str, np.ndarray | None]:
+def _channel_params(stats: NormStats, shape: Sequence[int], spatial_dims: int) -> dict[str, np.ndarray | None]:
+    """Parameters for an array of ``shape``, as ``(C, 1, 1)`` (or ``(C, 1, 1, 1)``) to broadcast over space."""
+    n_channels = _n_channels(shape, spatial_dims)
     if n_channels != stats.n_channels:
         raise UserError(
             f"the image has {n_channels} channel(s) but the normalisation statistics have {stats.n_channels}"
         )
 
     def col(v: list[float] | None) -> np.ndarray | None:
-        return None if v is None else np.asarray(v, dtype=np.float64).reshape(-1, 1, 1)
+        return None if v is None else np.asarray(v, dtype=np.float64).reshape(-1, *(1,) * spatial_dims)
 
     return {"mean": col(stats.mean), "std": col(stats.std), "low": col(stats.clip_low), "high": col(stats.clip_high)}
 
 
-def _check_ndim(ndim: int) -> None:
-    if ndim < 3:
-        raise ValueError(f"expected an array with the channel axis at -3, (..., C, Y, X); got {ndim} dimensions")
+def _n_channels(shape: Sequence[int], spatial_dims: int) -> int:
+    """Size of the channel axis, ``-(spatial_dims + 1)``, of an array ``(..., C, [Z,] Y, X)``."""
+    spatial = spatial_axes(spatial_dims)  # ValueError unless 2 or 3
+    axis = -(spatial_dims + 1)
+    if len(shape) < spatial_dims + 1:
+        raise ValueError(
+            f"expected an array with the channel axis at {axis}, (..., C, {', '.join(spatial)});"
+            f" got {len(shape)} dimensions"
+        )
+    return int(shape[axis])
 
 
-def normalise(x: np.ndarray, stats: NormStats) -> np.ndarray:
+def normalise(x: np.ndarray, stats: NormStats, spatial_dims: int = 2) -> np.ndarray:
     """Clip (if the stats have bounds), subtract the mean and divide by the std.
 
     Parameters
     ----------
     x : numpy.ndarray
-        Array of shape ``(..., C, Y, X)``.
+        Array of shape ``(..., C, Y, X)``, or ``(..., C, Z, Y, X)`` with ``spatial_dims=3``.
     stats : NormStats
         Statistics with ``C`` channels.
+    spatial_dims : {2, 3}, default 2
+        Number of trailing spatial axes; the channel axis is just before them.
 
     Returns
     -------
@@ -266,23 +279,24 @@ def normalise(x: np.ndarray, stats: NormStats) -> np.ndarray:
         float32 array of the same shape, computed in float64.
     """
     x = np.asarray(x)
-    _check_ndim(x.ndim)
-    p = _channel_params(stats, x.shape[-3])
+    p = _channel_params(stats, x.shape, spatial_dims)
     y = x.astype(np.float64)
     if p["low"] is not None:
         y = np.clip(y, p["low"], p["high"])
     return ((y - p["mean"]) / p["std"]).astype(np.float32)
 
 
-def denormalise(x: np.ndarray, stats: NormStats) -> np.ndarray:
+def denormalise(x: np.ndarray, stats: NormStats, spatial_dims: int = 2) -> np.ndarray:
     """Invert :func:`normalise` (without undoing the clipping): ``x * std + mean``.
 
     Parameters
     ----------
     x : numpy.ndarray
-        Normalised array of shape ``(..., C, Y, X)``.
+        Normalised array of shape ``(..., C, Y, X)``, or ``(..., C, Z, Y, X)`` with ``spatial_dims=3``.
     stats : NormStats
         The statistics used to normalise.
+    spatial_dims : {2, 3}, default 2
+        Number of trailing spatial axes; the channel axis is just before them.
 
     Returns
     -------
@@ -290,8 +304,7 @@ def denormalise(x: np.ndarray, stats: NormStats) -> np.ndarray:
         float32 array in the original units, computed in float64.
     """
     x = np.asarray(x)
-    _check_ndim(x.ndim)
-    p = _channel_params(stats, x.shape[-3])
+    p = _channel_params(stats, x.shape, spatial_dims)
     return (x.astype(np.float64) * p["std"] + p["mean"]).astype(np.float32)
 
 
@@ -300,26 +313,23 @@ def _float64_device(t: torch.Tensor) -> torch.device:
     return torch.device("cpu") if t.device.type == "mps" else t.device
 
 
-def _tensor_params(stats: NormStats, n_channels: int, device: torch.device) -> dict[str, torch.Tensor | None]:
-    p = _channel_params(stats, n_channels)
+def _tensor_params(stats: NormStats, t: torch.Tensor, spatial_dims: int) -> dict[str, torch.Tensor | None]:
+    p = _channel_params(stats, t.shape, spatial_dims)
+    device = _float64_device(t)
     return {k: None if v is None else torch.from_numpy(v).to(device) for k, v in p.items()}
 
 
-def normalise_tensor(t: torch.Tensor, stats: NormStats) -> torch.Tensor:
+def normalise_tensor(t: torch.Tensor, stats: NormStats, spatial_dims: int = 2) -> torch.Tensor:
     """Torch version of :func:`normalise`: float64 arithmetic, float32 result on ``t``'s device."""
-    _check_ndim(t.ndim)
-    device = _float64_device(t)
-    p = _tensor_params(stats, t.shape[-3], device)
-    y = t.to(device=device, dtype=torch.float64)
+    p = _tensor_params(stats, t, spatial_dims)
+    y = t.to(device=_float64_device(t), dtype=torch.float64)
     if p["low"] is not None:
         y = torch.clamp(y, p["low"], p["high"])
     return ((y - p["mean"]) / p["std"]).to(device=t.device, dtype=torch.float32)
 
 
-def denormalise_tensor(t: torch.Tensor, stats: NormStats) -> torch.Tensor:
+def denormalise_tensor(t: torch.Tensor, stats: NormStats, spatial_dims: int = 2) -> torch.Tensor:
     """Torch version of :func:`denormalise`: float64 arithmetic, float32 result on ``t``'s device."""
-    _check_ndim(t.ndim)
-    device = _float64_device(t)
-    p = _tensor_params(stats, t.shape[-3], device)
-    y = t.to(device=device, dtype=torch.float64)
+    p = _tensor_params(stats, t, spatial_dims)
+    y = t.to(device=_float64_device(t), dtype=torch.float64)
     return (y * p["std"] + p["mean"]).to(device=t.device, dtype=torch.float32)

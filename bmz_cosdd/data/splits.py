@@ -2,7 +2,8 @@
 
 With two or more images whole images are split. A single image is cut into a
 grid of non-overlapping tiles first, and the tiles are split the same way, so
-validation pixels never appear in training.
+validation pixels never appear in training. A single volume ``(C, Z, Y, X)`` is
+tiled in y and x only; every tile keeps the whole depth.
 """
 
 from __future__ import annotations
@@ -64,8 +65,14 @@ def _edges(size: int, parts: int) -> list[int]:
 
 
 def _tiles(image: Image, min_size: int, val_fraction: float) -> tuple[list[Image], tuple[int, int]]:
-    _, height, width = image.data.shape
+    height, width = image.data.shape[-2:]
     if height // min_size * (width // min_size) < 2:
+        if image.data.ndim == 4:
+            raise UserError(
+                f"need at least 2 volumes, or one volume at least 2 x {min_size} px along y or x and {min_size} px"
+                f" along the other (it is tiled in y and x only), got {' x '.join(map(str, image.data.shape[1:]))}"
+                f" px (z x y x x) for {image.source}"
+            )
         raise UserError(
             f"need at least 2 images, or one image at least 2 x {min_size} px along an axis"
             f" and {min_size} px along the other, got ({height}, {width}) for {image.source}"
@@ -76,7 +83,7 @@ def _tiles(image: Image, min_size: int, val_fraction: float) -> tuple[list[Image
     tiles = []
     for y0, y1 in zip(ys[:-1], ys[1:]):
         for x0, x1 in zip(xs[:-1], xs[1:]):
-            data = np.ascontiguousarray(image.data[:, y0:y1, x0:x1]).copy()
+            data = np.ascontiguousarray(image.data[..., y0:y1, x0:x1]).copy()
             tiles.append(Image(data=data, source=f"{image.source} tile y{y0}:{y1} x{x0}:{x1}"))
     return tiles, (rows, cols)
 
@@ -87,7 +94,7 @@ def split_images(images: list[Image], val_fraction: float, seed: int, min_size: 
     Parameters
     ----------
     images : list of Image
-        The dataset's 2-D samples.
+        The dataset's samples, 2-D images ``(C, Y, X)`` or volumes ``(C, Z, Y, X)``.
     val_fraction : float
         Fraction of images (or tiles) for validation, ``0 < val_fraction < 1``.
         At least one goes to each side.
@@ -95,7 +102,7 @@ def split_images(images: list[Image], val_fraction: float, seed: int, min_size: 
         Seed of the ``numpy.random.default_rng`` permutation.
     min_size : int
         Smallest tile size in y and x when a single image must be tiled
-        (typically the training crop size).
+        (typically the training crop size). A volume is tiled in y and x only.
 
     Returns
     -------
@@ -107,7 +114,7 @@ def split_images(images: list[Image], val_fraction: float, seed: int, min_size: 
     ------
     UserError
         If ``val_fraction`` is outside (0, 1), there are no images, or a single
-        image is too small to hold two tiles of ``min_size``.
+        image is too small to hold two tiles of ``min_size`` in y and x.
 
     Examples
     --------

@@ -109,28 +109,48 @@ def _round_up(value: int, step: int) -> int:
     return int(math.ceil(value / step) * step)
 
 
-def _test_image(trained: TrainedModel, size_min: int, size_step: int, max_size: int = 256) -> np.ndarray:
-    """A raw (1, C, Y, X) crop of the first validation image, sized to the model's grid."""
+# Largest test-input side: 256 px for images; 64 for volumes, whose 100-sample validation
+# on a CPU would otherwise take minutes.
+_TEST_SIDE = {2: 256, 3: 64}
+
+
+def _test_image(trained: TrainedModel, size_min: int, size_step: int) -> np.ndarray:
+    """A raw (1, C, [Z,] Y, X) crop of the first validation image, sized to the model's grid."""
     data = trained.config.data
     try:
-        images = load_images(data.paths, data.pattern, data.axes)
+        images = load_images(data.paths, data.pattern, data.axes, data.spatial_dims)
     except UserError as exc:
         raise UserError(f"cannot read the run's training data for a test image ({exc})") from None
     split = split_images(images, data.val_fraction, trained.config.train.seed, data.crop_size)
     image = split.val[0].data
-    limit = max(size_min, max_size // size_step * size_step)
-    sizes = []
-    for extent in image.shape[-2:]:
+    limit = max(size_min, _TEST_SIDE[data.spatial_dims] // size_step * size_step)
+    window = [slice(None)]
+    for extent in image.shape[1:]:
         usable = extent // size_step * size_step
         if usable < size_min:
+            shape = " x ".join(str(n) for n in image.shape[1:])
             raise UserError(
-                f"the validation image {split.val[0].source} ({image.shape[-2]} x {image.shape[-1]}) is smaller"
-                f" than the model's minimum size {size_min}"
+                f"the validation image {split.val[0].source} ({shape}) is smaller than the model's minimum size"
+                f" {size_min}"
             )
-        sizes.append(min(usable, limit))
-    y0 = (image.shape[-2] - sizes[0]) // 2
-    x0 = (image.shape[-1] - sizes[1]) // 2
-    return np.ascontiguousarray(image[None, :, y0 : y0 + sizes[0], x0 : x0 + sizes[1]], dtype=np.float32)
+        size = min(usable, limit)
+        start = (extent - size) // 2
+        window.append(slice(start, start + size))
+    return np.ascontiguousarray(image[tuple(window)][None], dtype=np.float32)
+
+
+def _layout_fields(spatial_dims: int) -> dict[str, str]:
+    """Model-card words for an image or a volume model."""
+    if spatial_dims == 3:
+        return {"image_kind": "volume", "input_axes": "(b, c, z, y, x)", "spatial_text": "z, y and x",
+                "image_axes": "(z, y, x)", "image_name": "3-D stack (z slices)"}
+    return {"image_kind": "image", "input_axes": "(b, c, y, x)", "spatial_text": "y and x",
+            "image_axes": "(y, x)", "image_name": "2-D image"}
+
+
+def _middle_plane(image: np.ndarray) -> np.ndarray:
+    """A (Y, X) image as it is; the middle Z plane of a (Z, Y, X) volume (for the cover)."""
+    return image[image.shape[0] // 2] if image.ndim == 3 else image
 
 
 def _cover(raw: np.ndarray, mmse: np.ndarray, std: np.ndarray | None, title: str) -> bytes:
@@ -183,10 +203,10 @@ def _onnx(exported: ExportedModel, module: torch.nn.Module, example: torch.Tenso
     except ImportError:
         return "ONNX left out: the onnx package is not installed"
     try:
+        dynamic = {0: "b", **{2 + i: name for i, name in enumerate("zyx"[3 - exported.spatial_dims:])}}
         torch.onnx.export(
             module, (example,), str(path), opset_version=17, input_names=["input"], output_names=["output"],
-            dynamic_axes={"input": {0: "b", 2: "y", 3: "x"}, "output": {0: "b", 2: "y", 3: "x"}},
-            dynamo=False,
+            dynamic_axes={"input": dynamic, "output": dynamic}, dynamo=False,
         )
     except Exception as exc:  # the exporter raises many types; the package goes on without ONNX
         return f"ONNX left out: export failed ({str(exc).splitlines()[0][:120]})"
@@ -241,7 +261,8 @@ def package_run(
         )
         np.save(work / "test_input.npy", raw)
         onnx_path = work / "weights.onnx"
-        reason = _onnx(exported, module, torch.from_numpy(normalise(raw, trained.stats)), onnx_path)
+        normalised = normalise(raw, trained.stats, spatial_dims=exported.spatial_dims)
+        reason = _onnx(exported, module, torch.from_numpy(normalised), onnx_path)
         if reason:
             notes.append(reason)
             onnx_path = None
@@ -256,7 +277,8 @@ def package_run(
         preview = predict_image(trained, raw[0], cover_options, tile=4096, seed=options.seed)
         denoised = preview.get(exported.outputs[0], next(iter(preview.values())))
         cover = work / "cover.png"
-        cover.write_bytes(_cover(raw[0, 0], denoised[0], preview["std"][0] if "std" in preview else None,
+        std = _middle_plane(preview["std"][0]) if "std" in preview else None
+        cover.write_bytes(_cover(_middle_plane(raw[0, 0]), _middle_plane(denoised[0]), std,
                                  meta.name or f"{method.name} denoiser"))
 
         config = trained.config
@@ -270,7 +292,7 @@ def package_run(
             "package_name": out.name, "method_name": method.name,
             "outputs_text": ", ".join(exported.outputs),
             "n_channels": trained.stats.n_channels,
-            "size_min": size_min, "size_step": step, "halo": halo,
+            "size_min": size_min, "size_step": step, "halo": halo, **_layout_fields(exported.spatial_dims),
             "mean": [round(v, 6) for v in trained.stats.mean], "std": [round(v, 6) for v in trained.stats.std],
             "data_text": ", ".join(Path(p).name for p in config.data.paths),
             "axes": config.data.axes, "n_train": len(split.get("train", [])), "n_val": len(split.get("val", [])),
@@ -294,7 +316,7 @@ def package_run(
             n_samples=exported.n_samples, test_input=work / "test_input.npy",
             torchscript=work / "weights_torchscript.pt", state_dict=work / "weights_state_dict.pt",
             architecture_source=work / "architecture.py", architecture_callable=exported.builder.__name__,
-            architecture_kwargs=exported.builder_kwargs, onnx=onnx_path,
+            architecture_kwargs=exported.builder_kwargs, onnx=onnx_path, spatial_dims=exported.spatial_dims,
             pytorch_version=torch.__version__.split("+")[0],
             config={
                 "library_version": __version__, "method": method.name, "training": config.to_dict(),

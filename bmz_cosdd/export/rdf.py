@@ -7,19 +7,20 @@ core's and ``bioimageio.core.test_model`` reproduces them at its default toleran
 
 Conventions of the package
 --------------------------
-- One input ``input`` with axes ``batch, channel, y, x`` (spec 0.5 normalises the
+- One input ``input`` with axes ``batch, channel, y, x`` (``batch, channel, z, y, x``
+  for a 3-D model; spec 0.5 normalises the
   single letters ``b`` and ``c`` to ``batch`` and ``channel``; consumers such as
   deepImageJ map them back to ``b`` and ``c``).
 - Outputs in the order of :attr:`PackageContent.outputs`: intensity outputs (``mmse``,
   ``denoised``) and ``std`` share the input's axes; ``samples`` has the axes
-  ``batch, index, channel, y, x``. Spatial output axes reference the input's axes and
+  ``batch, index, channel, [z,] y, x``. Spatial output axes reference the input's axes and
   carry the halo.
 - Preprocessing ``fixed_zero_mean_unit_variance`` with the training statistics and
   postprocessing ``scale_linear`` back to raw intensities. bioimageio.core and
   deepImageJ (JDLL) both compute ``(x - mean) / (std + 1e-6)``; the package therefore
   stores ``std - 1e-6`` so that consumers divide by exactly the training ``std``, and the
   postprocessing multiplies by the training ``std``. The round trip is exact.
-- The scripted module takes the normalised ``(B, C, Y, X)`` float32 input and returns
+- The scripted module takes the normalised ``(B, C, [Z,] Y, X)`` float32 input and returns
   one tensor (one output) or a tuple of tensors in the order of ``outputs``.
 
 Examples
@@ -101,7 +102,7 @@ class PackageContent:
     n_channels
         Channels of input and outputs.
     size_min, size_step, halo
-        Spatial (y and x) sizes accepted are ``size_min + k * size_step``;
+        Spatial (y and x, and z in 3-D) sizes accepted are ``size_min + k * size_step``;
         ``halo`` pixels each side of a tile are context. ``size_min - 2 * halo >= 1``.
     mean, std
         Per-channel training statistics (raw intensities, float64).
@@ -110,8 +111,8 @@ class PackageContent:
     n_samples
         Size of the ``index`` axis of ``samples`` (required with ``samples``).
     test_input
-        ``.npy`` of raw intensities, shape ``(1, C, Y, X)``, float32; Y and X must be
-        sizes the model accepts.
+        ``.npy`` of raw intensities, shape ``(1, C, Y, X)`` (``(1, C, Z, Y, X)`` in 3-D),
+        float32; its spatial sizes must be sizes the model accepts.
     torchscript
         Scripted module: normalised ``(B, C, Y, X)`` in, a tensor or a tuple of tensors
         (in the order of ``outputs``, in normalised units) out.
@@ -133,6 +134,8 @@ class PackageContent:
         Source repository URL, or None.
     attachments
         Extra files shipped in the package (e.g. the run's config), or none.
+    spatial_dims
+        2 (axes y, x) or 3 (axes z, y, x).
     """
 
     name: str
@@ -163,6 +166,12 @@ class PackageContent:
     config: dict
     git_repo: str | None = None
     attachments: list[Path] = field(default_factory=list)
+    spatial_dims: int = 2
+
+    @property
+    def spatial_axes(self) -> tuple[str, ...]:
+        """The package's spatial axis ids, slowest first."""
+        return ("z", "y", "x")[3 - self.spatial_dims:]
 
 
 # --------------------------------------------------------------------------- checks
@@ -234,6 +243,8 @@ def check_content(content: PackageContent) -> None:
         _fail(f"name must be 5-128 letters, digits, spaces or _+-(): {c.name!r}")
     if c.n_channels < 1:
         _fail(f"n_channels must be >= 1, got {c.n_channels}")
+    if c.spatial_dims not in (2, 3):
+        _fail(f"spatial_dims must be 2 or 3, got {c.spatial_dims}")
     if c.size_step < 1 or c.size_min < 1 or c.halo < 0:
         _fail(f"size_min and size_step must be >= 1 and halo >= 0, got {c.size_min}, {c.size_step}, {c.halo}")
     if c.size_min - 2 * c.halo < 1:
@@ -265,15 +276,16 @@ def check_content(content: PackageContent) -> None:
         _check_file(att, "attachment")
     _check_file(c.test_input, "test input", (".npy",))
     arr = np.load(c.test_input, allow_pickle=False)
-    if arr.ndim != 4 or arr.shape[0] != 1 or arr.shape[1] != c.n_channels:
-        _fail(f"test input must have shape (1, {c.n_channels}, Y, X), got {arr.shape}")
+    if arr.ndim != 2 + c.spatial_dims or arr.shape[0] != 1 or arr.shape[1] != c.n_channels:
+        layout = ", ".join(a.upper() for a in c.spatial_axes)
+        _fail(f"test input must have shape (1, {c.n_channels}, {layout}), got {arr.shape}")
     if arr.dtype != np.float32:
         _fail(f"test input must be float32, got {arr.dtype}")
     if not np.isfinite(arr).all():
         _fail("test input contains NaN or infinite values")
     for size in arr.shape[2:]:
         if size < c.size_min or (size - c.size_min) % c.size_step:
-            _fail(f"test input Y and X must be {c.size_min} + k*{c.size_step}, got {arr.shape[2:]}")
+            _fail(f"test input spatial sizes must be {c.size_min} + k*{c.size_step}, got {arr.shape[2:]}")
     _check_file(c.torchscript, "torchscript weights")
     _plain_release(c.pytorch_version)
     if c.state_dict is not None:
@@ -369,9 +381,9 @@ def _channel_names(n: int) -> list[str]:
     return [str(i) for i in range(n)]
 
 
-def _spatial_output_axes(v0_5: Any, halo: int) -> list:
+def _spatial_output_axes(v0_5: Any, halo: int, spatial_axes: Sequence[str]) -> list:
     axes = []
-    for aid in ("y", "x"):
+    for aid in spatial_axes:
         size = v0_5.SizeReference(tensor_id=v0_5.TensorId(INPUT_ID), axis_id=v0_5.AxisId(aid))
         if halo > 0:
             axes.append(v0_5.SpaceOutputAxisWithHalo(id=v0_5.AxisId(aid), size=size, halo=halo))
@@ -430,7 +442,7 @@ def _describe(content: PackageContent, files: dict[str, Path], with_test_outputs
             v0_5.SpaceInputAxis(
                 id=v0_5.AxisId(aid), size=v0_5.ParameterizedSize(min=c.size_min, step=c.size_step)
             )
-            for aid in ("y", "x")
+            for aid in c.spatial_axes
         ],
     ]
     inputs = [
@@ -451,7 +463,7 @@ def _describe(content: PackageContent, files: dict[str, Path], with_test_outputs
         if name == "samples":
             axes.append(v0_5.IndexOutputAxis(id=v0_5.AxisId("index"), size=int(c.n_samples)))
         axes.append(v0_5.ChannelAxis(id=v0_5.AxisId("channel"), channel_names=channel_names))
-        axes.extend(_spatial_output_axes(v0_5, c.halo))
+        axes.extend(_spatial_output_axes(v0_5, c.halo, c.spatial_axes))
         offset = [0.0] * c.n_channels if name == "std" else list(c.mean)
         outputs.append(
             v0_5.OutputTensorDescr(

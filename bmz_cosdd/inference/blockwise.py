@@ -1,14 +1,16 @@
 """Out-of-core prediction: Zarr / OME-Zarr / large TIFF in, the same out, block by block with a halo.
 
-Memory stays flat whatever the image size: one window of ``tile x tile`` pixels
-(the block plus its halo, all channels) is read, predicted and its inner block
-written at a time. Blocks lie on a fixed grid of side ``tile - 2 * halo``
+Memory stays flat whatever the image size: one window (the block plus its halo
+on every spatial axis, all channels) is read, predicted and its inner block
+written at a time. A 2-D model's blocks tile each (Y, X) plane, a 3-D model's
+each (Z, Y, X) volume; the other axes (S, T, and Z for 2-D models) are looped
+over. Blocks lie on a fixed grid of side ``tile - 2 * halo`` per spatial axis
 (rounded down to the network's size step), which is also the output's chunk
-shape, so every block write replaces whole chunks. Block ``b`` of every 2-D plane
-is sampled with seed ``seed + b``, as tile ``b`` is in memory: for an image
-whose sides are multiples of the block, the result equals in-memory prediction
-with the same ``--tile``; for a deterministic network with a halo covering its
-receptive field it equals it for any size.
+shape, so every block write replaces whole chunks. Block ``b`` of every plane
+(or volume) is sampled with seed ``seed + b``, as tile ``b`` is in memory: for
+an image whose sides are multiples of the block, the result equals in-memory
+prediction with the same ``--tile``; for a deterministic network with a halo
+covering its receptive field it equals it for any size.
 
 A record beside the outputs (``.<stem>.blockwise.json``, written atomically
 after every block) holds the settings and how many blocks (in their fixed
@@ -24,7 +26,7 @@ import itertools
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Optional
+from typing import Callable, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
@@ -41,32 +43,32 @@ from bmz_cosdd.data.io import atomic_write_text
 from bmz_cosdd.data.normalisation import normalise
 from bmz_cosdd.errors import UserError
 from bmz_cosdd.inference.predictor import TrainedModel, prediction_context, resolve_options, tile_function, to_raw
+from bmz_cosdd.inference.tiling import pad_mode, spatial_sizes
 from bmz_cosdd.methods.base import PredictOptions
 
 __all__ = ["Block", "block_grid", "block_progress", "is_out_of_core_input", "output_path", "predict_out_of_core"]
 
-# Input chunks larger than this many times the window (per side) would be decompressed whole for every block.
+# Input chunks larger than this many times the window (per axis) would be decompressed whole for every block.
 _CHUNK_FACTOR = 4
-PLANE_AXES = "STZ"
+# Axes looped over outside the spatial block grid (Z only for 2-D models).
+LOOP_AXES = "STZ"
 
 
 @dataclass(frozen=True)
 class Block:
-    """One inner block of a 2-D plane: its index on the grid and its extent (clipped at the image's edge)."""
+    """One inner block of the spatial grid: index, start and extent per spatial axis (clipped at the image's edge)."""
 
     index: int
-    y0: int
-    x0: int
-    height: int
-    width: int
+    start: tuple[int, ...]
+    size: tuple[int, ...]
 
 
-def block_grid(height: int, width: int, block: int) -> list[Block]:
-    """Row-major grid of ``block x block`` inner blocks covering a ``height x width`` plane."""
-    blocks = []
-    for i, (y0, x0) in enumerate(itertools.product(range(0, height, block), range(0, width, block))):
-        blocks.append(Block(i, y0, x0, min(block, height - y0), min(block, width - x0)))
-    return blocks
+def block_grid(shape: Sequence[int], block: int | Sequence[int]) -> list[Block]:
+    """Row-major grid of inner blocks (``block`` long per spatial axis) covering a plane or volume of ``shape``."""
+    sides = spatial_sizes(block, len(shape))
+    starts = itertools.product(*(range(0, size, side) for size, side in zip(shape, sides)))
+    return [Block(i, start, tuple(min(side, size - s) for s, side, size in zip(start, sides, shape)))
+            for i, start in enumerate(starts)]
 
 
 def _stem(path: Path) -> str:
@@ -83,47 +85,53 @@ def output_path(out_dir: Path, source: LargeArray, name: str) -> Path:
     return out_dir / f"{_stem(source.path)}_{name}{suffix}"
 
 
-def _index(axes: str, plane: dict[str, int], y: slice, x: slice) -> tuple:
-    return tuple(plane[a] if a in plane else y if a == "Y" else x if a == "X" else slice(None) for a in axes)
+def _spatial_axes(trained: TrainedModel) -> str:
+    """The axes a model's blocks extend over: ``"YX"`` or ``"ZYX"``."""
+    return "ZYX"[-trained.config.data.spatial_dims :]
 
 
-def _kept_axes(axes: str) -> str:
-    return "".join(a for a in axes if a in "CYX")
+def _index(axes: str, fixed: dict[str, int], region: dict[str, slice]) -> tuple:
+    return tuple(fixed[a] if a in fixed else region.get(a, slice(None)) for a in axes)
 
 
-def _read_window(source: LargeArray, plane: dict[str, int], y0: int, x0: int, size: int) -> np.ndarray:
-    """The ``size x size`` window at (y0, x0) (may start before 0 or end past the image), (C, size, size)
-    float64, mirrored at the image's edges as in-memory tiling pads the whole image."""
-    height, width = source.shape[source.axes.index("Y")], source.shape[source.axes.index("X")]
-    lo_y, hi_y = max(0, y0), min(height, y0 + size)
-    lo_x, hi_x = max(0, x0), min(width, x0 + size)
-    raw = np.asarray(source.data[_index(source.axes, plane, slice(lo_y, hi_y), slice(lo_x, hi_x))], dtype=np.float64)
-    kept = _kept_axes(source.axes)
-    order = [kept.index(a) for a in "CYX" if a in kept]
-    window = raw.transpose(order)
+def _kept_axes(axes: str, spatial: str) -> str:
+    return "".join(a for a in axes if a in "C" + spatial)
+
+
+def _read_window(source: LargeArray, fixed: dict[str, int], spatial: str, start: Sequence[int],
+                 size: Sequence[int]) -> np.ndarray:
+    """The window of ``size`` at ``start`` along the ``spatial`` axes (may start before 0 or end past the image),
+    (C, *size) float64, mirrored at the image's edges as in-memory tiling pads the whole image."""
+    dims = [source.shape[source.axes.index(a)] for a in spatial]
+    lo = [max(0, s) for s in start]
+    hi = [min(d, s + n) for d, s, n in zip(dims, start, size)]
+    region = {a: slice(low, high) for a, low, high in zip(spatial, lo, hi)}
+    raw = np.asarray(source.data[_index(source.axes, fixed, region)], dtype=np.float64)
+    kept = _kept_axes(source.axes, spatial)
+    window = raw.transpose([kept.index(a) for a in "C" + spatial if a in kept])
     if "C" not in kept:
         window = window[None]
-    pads = [(0, 0), (lo_y - y0, y0 + size - hi_y), (lo_x - x0, x0 + size - hi_x)]
+    pads = [(0, 0)] + [(low - s, s + n - high) for s, n, low, high in zip(start, size, lo, hi)]
     if any(p for pair in pads for p in pair):
-        window = np.pad(window, pads, mode="reflect" if min(height, width) > 1 else "edge")
+        window = np.pad(window, pads, mode=pad_mode(dims))
     return window
 
 
-def _write_block(target: LargeArray, plane: dict[str, int], block: Block, values: np.ndarray) -> None:
-    kept = _kept_axes(target.axes)
+def _write_block(target: LargeArray, fixed: dict[str, int], spatial: str, block: Block, values: np.ndarray) -> None:
+    kept = _kept_axes(target.axes, spatial)
     stored = values if "C" in kept else values[0]
-    order = [("CYX" if "C" in kept else "YX").index(a) for a in kept]
-    index = _index(target.axes, plane, slice(block.y0, block.y0 + block.height),
-                   slice(block.x0, block.x0 + block.width))
-    target.data[index] = np.ascontiguousarray(stored.transpose(order), dtype=np.float32)
+    order = [("C" + spatial if "C" in kept else spatial).index(a) for a in kept]
+    region = {a: slice(s, s + n) for a, s, n in zip(spatial, block.start, block.size)}
+    target.data[_index(target.axes, fixed, region)] = np.ascontiguousarray(stored.transpose(order), dtype=np.float32)
 
 
-def _check_chunks(source: LargeArray, tile: int) -> None:
-    chunks = spatial_chunks(source)
-    if chunks is not None and max(chunks) > _CHUNK_FACTOR * tile:
+def _check_chunks(source: LargeArray, spatial: str, tile: Sequence[int]) -> None:
+    chunks = spatial_chunks(source, spatial)
+    if chunks is not None and any(c > _CHUNK_FACTOR * t for c, t in zip(chunks, tile)):
+        chunk_text, tile_text = " x ".join(map(str, chunks)), " x ".join(map(str, tile))
         raise UserError(
-            f"{source.path.name} is stored in chunks of {chunks[0]} x {chunks[1]} px, which every {tile} px tile"
-            f" would decompress whole; rechunk it to about {tile} x {tile} px (or raise --tile)"
+            f"{source.path.name} is stored in chunks of {chunk_text} px ({spatial}), which every {tile_text} px tile"
+            f" would decompress whole; rechunk it to about {tile_text} px (or raise --tile)"
         )
 
 
@@ -133,7 +141,7 @@ def predict_out_of_core(
     axes: str | None,
     out_dir: str | Path,
     options: PredictOptions | None = None,
-    tile: int = 512,
+    tile: int | Sequence[int] = 512,
     seed: int = 0,
     on_block: Optional[Callable[[int, int], None]] = None,
 ) -> list[Path]:
@@ -152,9 +160,10 @@ def predict_out_of_core(
     options
         Estimator and sampling settings; posterior samples cannot be kept.
     tile
-        Window side fed to the network, halo included; the inner block is the output's chunk.
+        Window length fed to the network along each spatial axis, halo included: one for every axis or one per
+        spatial axis of the model (``(Y, X)`` or ``(Z, Y, X)``); the inner block is the output's chunk.
     seed
-        Block ``b`` of each plane is sampled with ``seed + b``.
+        Block ``b`` of each plane (volume for 3-D models) is sampled with ``seed + b``.
     on_block
         Called as ``on_block(done, total)`` after every block (resumed blocks count as done).
 
@@ -166,8 +175,9 @@ def predict_out_of_core(
     Raises
     ------
     UserError
-        For unreadable input, a channel count the model does not take, input chunks far larger than the
-        tile, a tile too small for the model, ``keep_samples``, or an unfinished output from other settings.
+        For unreadable input, a channel count the model does not take, a 3-D model given no Z axis, input
+        chunks far larger than the tile, a tile too small for the model, ``keep_samples``, or an unfinished
+        output from other settings.
     """
     options = resolve_options(trained, options)
     if options.keep_samples:
@@ -177,29 +187,32 @@ def predict_out_of_core(
     if n_channels != trained.stats.n_channels:
         raise UserError(f"{source.path.name}: the model expects {trained.stats.n_channels} channel(s), the input has"
                         f" {n_channels} (axes {source.axes}, shape {source.shape})")
+    spatial = _spatial_axes(trained)
+    if "Z" in spatial and "Z" not in source.axes:
+        raise UserError(f"{source.path.name}: this model denoises volumes; its axes {source.axes} have no Z")
+    tiles = spatial_sizes(tile, len(spatial))
     step, halo = trained.method.size_step(trained.model), trained.method.halo(trained.model)
     halo = -(-halo // step) * step
-    block = (tile - 2 * halo) // step * step
-    if block < step:
+    block = tuple((t - 2 * halo) // step * step for t in tiles)
+    if min(block) < step:
         raise UserError(f"--tile {tile} is too small for this model (at least {step + 2 * halo})")
-    _check_chunks(source, tile)
+    _check_chunks(source, spatial, tiles)
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} exists and is not a folder")
     out.mkdir(parents=True, exist_ok=True)
 
-    height, width = source.shape[source.axes.index("Y")], source.shape[source.axes.index("X")]
-    grid = block_grid(height, width, block)
-    plane_axes = [a for a in source.axes if a in PLANE_AXES]
-    planes = [dict(zip(plane_axes, p)) for p in itertools.product(*(range(source.shape[source.axes.index(a)])
-                                                                    for a in plane_axes))]
-    total = len(planes) * len(grid)
-    chunks = tuple(1 if a in PLANE_AXES else n_channels if a == "C" else block for a in source.axes)
+    grid = block_grid([source.shape[source.axes.index(a)] for a in spatial], block)
+    loop_axes = [a for a in source.axes if a in LOOP_AXES and a not in spatial]
+    loops = [dict(zip(loop_axes, p)) for p in itertools.product(*(range(source.shape[source.axes.index(a)])
+                                                                  for a in loop_axes))]
+    total = len(loops) * len(grid)
+    chunks = tuple(1 if a in loop_axes else n_channels if a == "C" else block[spatial.index(a)] for a in source.axes)
     settings = {
         "input": str(source.path.resolve()), "shape": list(source.shape), "axes": source.axes,
         "model": str(trained.source.resolve()), "model_step": trained.step, "estimator": options.estimator,
-        "samples": options.samples, "sample_batch": options.sample_batch, "seed": seed, "tile": tile,
-        "block": block, "halo": halo,
+        "samples": options.samples, "sample_batch": options.sample_batch, "seed": seed, "tile": list(tiles),
+        "block": list(block), "halo": halo,
     }
     record_path = out / f".{_stem(source.path)}.blockwise.json"
     record = _load_record(record_path)
@@ -222,18 +235,19 @@ def predict_out_of_core(
     if on_block is not None:
         on_block(done, total)
     with prediction_context(trained):
-        for p, plane in enumerate(planes):
+        for p, fixed in enumerate(loops):
             for blk in grid:
                 if p * len(grid) + blk.index < done:
                     continue
-                window = _read_window(source, plane, blk.y0 - halo, blk.x0 - halo, block + 2 * halo)
-                x = torch.from_numpy(normalise(window, trained.stats))[None]
-                outputs = {name: value[..., halo : halo + blk.height, halo : halo + blk.width].float().cpu().numpy()
-                           for name, value in run_tile(x, blk.index).items()}
+                window = _read_window(source, fixed, spatial, [s - halo for s in blk.start],
+                                      [b + 2 * halo for b in block])
+                x = torch.from_numpy(normalise(window, trained.stats, spatial_dims=len(spatial)))[None]
+                inner = (Ellipsis,) + tuple(slice(halo, halo + n) for n in blk.size)
+                outputs = {name: value[inner].float().cpu().numpy() for name, value in run_tile(x, blk.index).items()}
                 for name, value in to_raw(trained, outputs).items():
                     if name not in targets:
                         targets[name] = create_output(output_path(out, source, name), source, chunks, resume=False)
-                    _write_block(targets[name], plane, blk, value)
+                    _write_block(targets[name], fixed, spatial, blk, value)
                 done += 1
                 record = {"settings": settings, "outputs": sorted(targets), "done": done}
                 atomic_write_text(record_path, json.dumps(record, indent=1) + "\n")

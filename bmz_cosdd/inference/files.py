@@ -8,14 +8,14 @@ from typing import Sequence
 
 import numpy as np
 
-from bmz_cosdd.data.axes import parse_axes, restore_axes, to_samples_cyx
-from bmz_cosdd.data.io import find_files, read_array, write_tiff
+from bmz_cosdd.data.axes import restore_axes, to_samples
+from bmz_cosdd.data.io import find_files, read_with_axes, write_tiff
 from bmz_cosdd.errors import UserError
 
 
 @dataclass
 class InputFile:
-    """One input file as 2-D samples (N, C, Y, X), with what is needed to restore its layout."""
+    """One input file as samples (N, C, [Z,] Y, X), with what is needed to restore its layout."""
 
     path: Path
     axes: str
@@ -23,13 +23,39 @@ class InputFile:
     samples: np.ndarray
 
 
-def read_inputs(inputs: Sequence[str | Path], pattern: str, axes: str, n_channels: int) -> list[InputFile]:
-    """Read and check every input before anything is predicted or written (one-line errors)."""
+def read_inputs(
+    inputs: Sequence[str | Path], pattern: str, axes: str, n_channels: int, spatial_dims: int = 2
+) -> list[InputFile]:
+    """Read and check every input before anything is predicted or written (one-line errors).
+
+    Parameters
+    ----------
+    inputs
+        Files or folders.
+    pattern
+        Glob pattern applied inside folders.
+    axes
+        Axes string of every file.
+    n_channels
+        Channels the model takes.
+    spatial_dims
+        2: samples are (C, Y, X) images (Z is looped over); 3: (C, Z, Y, X) volumes.
+
+    Returns
+    -------
+    list of InputFile
+        One per file, in the order found.
+
+    Raises
+    ------
+    UserError
+        For unreadable files, axes that do not fit, a 3-D model given no Z axis, another channel count, or
+        non-finite pixels.
+    """
     loaded = []
     for path in [f for item in inputs for f in find_files(item, pattern)]:
-        array = read_array(path)
-        file_axes = parse_axes(axes, array.ndim, path.name)
-        samples = to_samples_cyx(array, file_axes)
+        array, file_axes = read_with_axes(path, axes)
+        samples = to_samples(array, file_axes, spatial_dims, source=path.name)
         if samples.shape[1] != n_channels:
             raise UserError(
                 f"{path.name}: the model expects {n_channels} channel(s), "
@@ -43,11 +69,15 @@ def read_inputs(inputs: Sequence[str | Path], pattern: str, axes: str, n_channel
 
 
 def write_outputs(out_dir: str | Path, item: InputFile, per_output: dict[str, list[np.ndarray]]) -> list[Path]:
-    """Write ``<stem>_<name>.tif`` per output with the input's axes (samples get a leading ``Q`` axis)."""
+    """Write ``<stem>_<name>.tif`` per output with the input's axes (samples get a leading ``Q`` axis).
+
+    ``per_output`` holds one array per sample of ``item``: (C, [Z,] Y, X), or (Q, C, [Z,] Y, X) for posterior
+    samples.
+    """
     written = []
     for name, values in per_output.items():
         stacked = np.stack(values)
-        if stacked.ndim == 5:  # (S, N, C, Y, X): posterior samples
+        if stacked.ndim > item.samples.ndim:  # (N, Q, C, [Z,] Y, X): posterior samples
             restored = np.stack([restore_axes(stacked[:, i], item.axes, item.shape) for i in range(stacked.shape[1])])
             target_axes = "Q" + item.axes
         else:

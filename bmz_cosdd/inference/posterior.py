@@ -8,6 +8,9 @@ the input's device (CUDA has its own random stream). The draws are shared by all
 images of a batch, so an image's result does not depend on what it is batched
 with. No ``torch.Generator`` appears in the graph: TorchScript files holding one
 do not load in torch 2.0 (deepImageJ's libtorch).
+
+Images (B, C, Y, X) and volumes (B, C, Z, Y, X) go through the same code: the
+sampler follows the spatial dimensions of its input and of the VAE's latents.
 """
 
 from typing import List, Optional, Tuple
@@ -19,10 +22,12 @@ from torch import Tensor, nn
 class PosteriorSampler(nn.Module):
     """MMSE, standard deviation and samples of ``decoder(top_down(bottom_up(x), eps))``.
 
+    Works on inputs (B, C, [Z,] Y, X) of the VAE's spatial dimensionality.
+
     Parameters
     ----------
     vae
-        A ladder VAE (``bottom_up``, ``top_down``, ``latent_shapes``).
+        A ladder or DivNoising VAE (``bottom_up``, ``top_down``, ``latent_shapes``).
     decoder
         Maps the VAE's output features to the image (e.g. COSDD's signal decoder).
     n_samples
@@ -64,23 +69,23 @@ class PosteriorSampler(nn.Module):
         self.keep_samples = keep_samples
         self.use_mean = list(use_mean) if use_mean is not None else [False] * len(vae.latent_channels)
 
-    def _draw(self, k: int, batch: int, height: int, width: int, device: torch.device) -> List[Tensor]:
+    def _draw(self, k: int, batch: int, spatial: List[int], device: torch.device) -> List[Tensor]:
         # Sample by sample, level by level: the stream of draws, and so the result,
         # does not depend on how many samples are decoded at once.
-        shapes = self.vae.latent_shapes(height, width)
+        shapes = self.vae.latent_shapes(spatial)
         per_level: List[List[Tensor]] = [[] for _ in shapes]
         for _ in range(k):
             for level, shape in enumerate(shapes):
-                per_level[level].append(torch.randn([1, shape[0], shape[1], shape[2]], dtype=torch.float32))
+                per_level[level].append(torch.randn([1] + shape, dtype=torch.float32))
         eps: List[Tensor] = []
         for level, shape in enumerate(shapes):
             noise = torch.cat(per_level[level], 0).to(device)
-            noise = noise.unsqueeze(1).expand(k, batch, shape[0], shape[1], shape[2])
-            eps.append(noise.reshape(k * batch, shape[0], shape[1], shape[2]))
+            noise = noise.unsqueeze(1).expand([k, batch] + shape)
+            eps.append(noise.reshape([k * batch] + shape))
         return eps
 
     def reduce(self, x: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
-        """(mmse, std, samples) for a normalised (B, C, Y, X) input; samples is (N, B, C, Y, X) or empty."""
+        """(mmse, std, samples) for a normalised (B, C, [Z,] Y, X) input; samples is (N, B, C, [Z,] Y, X) or empty."""
         torch.manual_seed(self.seed)
         batch = x.shape[0]
         bu = self.vae.bottom_up(x)
@@ -90,11 +95,11 @@ class PosteriorSampler(nn.Module):
         count = 0
         while count < self.n_samples:
             k = min(self.sample_batch, self.n_samples - count)
-            eps = self._draw(k, batch, x.shape[-2], x.shape[-1], x.device)
-            repeated = [level.repeat(k, 1, 1, 1) for level in bu]
+            eps = self._draw(k, batch, x.shape[2:], x.device)
+            repeated = [level.repeat([k] + [1] * (level.dim() - 1)) for level in bu]
             features, _ = self.vae.top_down(repeated, eps, self.use_mean, False)
             chunk = self.decoder(features).float()
-            chunk = chunk.reshape(k, batch, chunk.shape[1], chunk.shape[2], chunk.shape[3])
+            chunk = chunk.reshape([k, batch] + list(chunk.shape[1:]))
             if self.keep_samples:
                 kept.append(chunk)
             # Chan's pairwise update in float64: exact enough for thousands of samples.
@@ -146,7 +151,7 @@ class MMSEStdOutput(nn.Module):
 
 
 class MMSEStdSamplesOutput(nn.Module):
-    """Exported model with three outputs: MMSE, std and the samples as (B, N, C, Y, X)."""
+    """Exported model with three outputs: MMSE, std and the samples as (B, N, C, [Z,] Y, X)."""
 
     def __init__(self, sampler: PosteriorSampler) -> None:
         super().__init__()

@@ -68,7 +68,8 @@ def load_run(run_dir: str | Path, checkpoint: str = "best", device: str = "auto"
     method = get_method(config.method)
     dev = resolve_device(device)
     stats = NormStats.from_dict(state["stats"])
-    model = method.build(config.model, int(state["n_channels"]))  # no stats: everything comes from the state dict
+    # No stats: everything comes from the state dict.
+    model = method.build(config.model, int(state["n_channels"]), spatial_dims=config.data.spatial_dims)
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as exc:
@@ -89,37 +90,40 @@ def predict_image(
     seed: int = 0,
     on_tile: Optional[Callable[[int, int], None]] = None,
 ) -> dict[str, np.ndarray]:
-    """Denoise one (C, Y, X) image in raw intensities; outputs are float32 in raw intensities.
+    """Denoise one (C, Y, X) image (or (C, Z, Y, X) volume for a 3-D model) in raw intensities;
+    outputs are float32 in raw intensities.
 
     Parameters
     ----------
     trained
         From :func:`load_run`.
     image
-        Raw (C, Y, X) array with the model's channel count.
+        Raw (C, Y, X) array, (C, Z, Y, X) for a 3-D model, with the model's channel count.
     options
         Estimator and sampling settings (default: MMSE of 100 samples).
     tile
-        Largest tile side fed to the network, halo included.
+        Largest tile side fed to the network, halo included (the same along Z for volumes).
     seed
         Seeds the posterior sampling, so a prediction is reproducible.
 
     Returns
     -------
     dict
-        e.g. ``mmse`` and ``std`` (C, Y, X), ``samples`` (N, C, Y, X), or ``direct``.
+        e.g. ``mmse`` and ``std`` (C, [Z,] Y, X), ``samples`` (N, C, [Z,] Y, X), or ``direct``.
     """
     options = resolve_options(trained, options)
-    if image.ndim != 3 or image.shape[0] != trained.stats.n_channels:
+    dims = trained.config.data.spatial_dims
+    if image.ndim != dims + 1 or image.shape[0] != trained.stats.n_channels:
+        layout = "(C, Y, X)" if dims == 2 else "(C, Z, Y, X)"
         raise UserError(
-            f"the model expects {trained.stats.n_channels} channel(s), the image has shape {image.shape}"
+            f"the model expects {layout} with {trained.stats.n_channels} channel(s), the image has shape {image.shape}"
         )
     if not np.isfinite(image).all():
         raise UserError(f"the image holds {int((~np.isfinite(image)).sum())} NaN or Inf pixels")
     step, halo = trained.method.size_step(trained.model), trained.method.halo(trained.model)
     if tile < step + 2 * halo:
         raise UserError(f"--tile {tile} is too small for this model (at least {step + 2 * halo})")
-    normalised = normalise(image.astype(np.float64), trained.stats)
+    normalised = normalise(image.astype(np.float64), trained.stats, spatial_dims=dims)
     run_tile = tile_function(trained, options, seed)
     tiles = {"done": 0}
 
@@ -149,17 +153,18 @@ def resolve_options(trained: TrainedModel, options: PredictOptions | None) -> Pr
 def tile_function(
     trained: TrainedModel, options: PredictOptions, seed: int
 ) -> Callable[[torch.Tensor, int], dict[str, torch.Tensor]]:
-    """``run(x, index)``: the method's outputs for one normalised (1, C, h, w) tile, batch axis dropped.
+    """``run(x, index)``: the method's outputs for one normalised (1, C, [d,] h, w) tile, batch axis dropped.
 
     Tile ``index`` is sampled with seed ``seed + index``, so no tile repeats
     another's draws (no periodic pattern) and a tile's result does not depend on
     which tiles were predicted before it.
     """
     method, model = trained.method, trained.model
+    batch_axis = -(trained.config.data.spatial_dims + 2)
 
     def run(x: torch.Tensor, index: int) -> dict[str, torch.Tensor]:
         out = method.predict(model, x.to(trained.device), dataclasses.replace(options, seed=seed + index))
-        return {k: v.squeeze(-4) for k, v in out.items()}
+        return {k: v.squeeze(batch_axis) for k, v in out.items()}
 
     return run
 
@@ -174,14 +179,15 @@ def prediction_context(trained: TrainedModel) -> Iterator[None]:
 
 
 def to_raw(trained: TrainedModel, outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Normalised outputs (..., C, Y, X) back to raw intensities, float32 (spreads by the scale alone)."""
-    std = np.asarray(trained.stats.std, dtype=np.float64)[:, None, None]
+    """Normalised outputs (..., C, [Z,] Y, X) back to raw intensities, float32 (spreads by the scale alone)."""
+    dims = trained.config.data.spatial_dims
+    std = np.asarray(trained.stats.std, dtype=np.float64).reshape((-1,) + (1,) * dims)
     result = {}
     for name, value in outputs.items():
         if name in SCALE_ONLY_OUTPUTS:
             result[name] = (value.astype(np.float64) * std).astype(np.float32)
         else:
-            result[name] = denormalise(value, trained.stats)
+            result[name] = denormalise(value, trained.stats, spatial_dims=dims)
     return result
 
 
@@ -202,7 +208,7 @@ def predict_files(
     Each file is written atomically. Returns the written paths.
     """
     check_out_dir(out_dir)
-    loaded = read_inputs(inputs, pattern, axes, trained.stats.n_channels)
+    loaded = read_inputs(inputs, pattern, axes, trained.stats.n_channels, trained.config.data.spatial_dims)
     return predict_inputs(trained, loaded, out_dir, options, tile, seed, on_image)
 
 

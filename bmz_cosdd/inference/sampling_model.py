@@ -29,12 +29,13 @@ def build_sampling_model(
     outputs: List[str],
     use_mean: Optional[List[bool]] = None,
 ) -> nn.Module:
-    """Normalised (B, C, Y, X) in; MMSE [, std [, samples (B, N, C, Y, X)]] out.
+    """Normalised (B, C, [Z,] Y, X) in; MMSE [, std [, samples (B, N, C, [Z,] Y, X)]] out.
 
     Parameters
     ----------
     vae
         ``ladder`` (COSDD, HDN) or ``divnoising``; ``vae_kwargs`` are its constructor's.
+        A 3-D model has ``spatial_dims=3`` in both ``vae_kwargs`` and ``decoder_kwargs``.
     decoder_kwargs
         Of :class:`SignalDecoder`, which maps the VAE's features to the image.
     n_samples, sample_batch, seed
@@ -44,6 +45,9 @@ def build_sampling_model(
     use_mean
         Per latent level (index 0 = finest): take the posterior mean instead of a sample.
     """
+    dims = (vae_kwargs.get("spatial_dims", 2), decoder_kwargs.get("spatial_dims", 2))
+    if dims[0] != dims[1]:
+        raise ValueError(f"spatial_dims differ between vae_kwargs ({dims[0]}) and decoder_kwargs ({dims[1]})")
     network = VAES[vae](**vae_kwargs)
     decoder = SignalDecoder(**decoder_kwargs)
     sampler = PosteriorSampler(

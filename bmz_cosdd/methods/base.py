@@ -117,8 +117,11 @@ class Method(Protocol):
         """Raise :class:`~bmz_cosdd.errors.TrainingDiverged` when the validation losses show
         that training failed in a way the user must act on (e.g. posterior collapse)."""
 
-    def build(self, config: Any, n_channels: int, stats: "NormStats | None" = None) -> nn.Module:
-        """Create the networks for images with ``n_channels`` channels.
+    def build(
+        self, config: Any, n_channels: int, stats: "NormStats | None" = None, spatial_dims: int = 2
+    ) -> nn.Module:
+        """Create the networks for images with ``n_channels`` channels and ``spatial_dims``
+        spatial axes (2: Y, X; 3: Z, Y, X), stored as the model's ``spatial_dims``.
 
         ``stats`` (the training normalisation) is given when a run starts; a model
         built without it gets the values it needs from its state dict.
@@ -133,7 +136,7 @@ class Method(Protocol):
     def training_losses(
         self, model: nn.Module, batch: torch.Tensor, generator: torch.Generator
     ) -> dict[str, torch.Tensor]:
-        """Losses for a normalised batch (B, C, Y, X); ``loss`` is back-propagated, all are logged.
+        """Losses for a normalised batch (B, C, [Z,] Y, X); ``loss`` is back-propagated, all are logged.
 
         ``generator`` (CPU, seeded from the config, checkpointed) drives the method's own
         training randomness, such as blind-spot masks.
@@ -146,10 +149,10 @@ class Method(Protocol):
         """The scriptable inference module of a trained model, for packaging."""
 
     def predict(self, model: nn.Module, x: torch.Tensor, options: PredictOptions) -> dict[str, torch.Tensor]:
-        """Denoise a normalised batch (B, C, Y, X).
+        """Denoise a normalised batch (B, C, [Z,] Y, X).
 
-        Returns named outputs whose last two axes are Y and X, e.g. ``mmse`` and
-        ``std`` (B, C, Y, X) and ``samples`` (N, B, C, Y, X).
+        Returns named outputs whose last axes are the spatial ones, e.g. ``mmse`` and
+        ``std`` (B, C, [Z,] Y, X) and ``samples`` (N, B, C, [Z,] Y, X).
         """
 
 
@@ -180,8 +183,8 @@ class ExportOptions:
 class ExportedModel:
     """A scriptable inference module and what a package needs to describe it.
 
-    ``module`` takes a normalised (B, C, Y, X) input whose Y and X are multiples of
-    ``size_step`` and returns ``outputs`` in normalised units; ``builder`` called with
+    ``module`` takes a normalised (B, C, Y, X) input, or (B, C, Z, Y, X) when
+    ``spatial_dims`` is 3, whose spatial sizes are multiples of ``size_step``, and returns ``outputs`` in normalised units; ``builder`` called with
     ``builder_kwargs`` rebuilds it (for state-dict weights), and ``source_modules``
     (dependencies first) hold everything ``builder`` needs. ``card`` names the model-card
     template in ``model_cards/`` (or a list: the card, then sections it includes by
@@ -200,3 +203,4 @@ class ExportedModel:
     tags: list[str]
     card: str | list[str]
     card_fields: dict[str, str]
+    spatial_dims: int = 2

@@ -184,7 +184,7 @@ class NoiseModelVAEMethod:
     title: str
     summary: str
     make_config: Callable[[dict[str, Any]], Any]
-    make_vae: Callable[[Any, int], tuple[nn.Module, str, dict[str, Any]]]
+    make_vae: Callable[[Any, int, int], tuple[nn.Module, str, dict[str, Any]]]  # (config, channels, spatial dims)
     use_mean: Callable[[Any], list[bool]]
     options: list[tuple[str, Any, str]]
     cite: list[tuple[str, str]]
@@ -209,9 +209,10 @@ class NoiseModelVAEMethod:
     def resolve_config(self, config: Any, data: Any, train_images: Any, stats: Any) -> tuple[Any, list[str]]:
         return resolve_noise_model(config, list(train_images), stats)
 
-    def build(self, config: Any, n_channels: int, stats: Any = None) -> NoiseModelVAE:
-        vae, _, _ = self.make_vae(config, n_channels)
-        decoder = SignalDecoder(vae.features, n_channels, layers=config.signal_layers, hidden=config.signal_hidden)
+    def build(self, config: Any, n_channels: int, stats: Any = None, spatial_dims: int = 2) -> NoiseModelVAE:
+        vae, _, _ = self.make_vae(config, n_channels, spatial_dims)
+        decoder = SignalDecoder(vae.features, n_channels, layers=config.signal_layers, hidden=config.signal_hidden,
+                                spatial_dims=spatial_dims)
         return NoiseModelVAE(vae, decoder, _noise_model(config, stats, n_channels), n_channels,
                              self.use_mean(config), config)
 
@@ -277,14 +278,15 @@ class NoiseModelVAEMethod:
         if estimator != "mmse":
             raise UserError(f"{self.name} packages compute the MMSE in the graph; the {estimator} estimate is "
                             "made by bmz-cosdd predict only (use --estimator mmse)")
-        _, vae_name, vae_kwargs = self.make_vae(config, model.n_channels)
+        dims = int(model.vae.spatial_dims)
+        _, vae_name, vae_kwargs = self.make_vae(config, model.n_channels, dims)
         decoder_kwargs = {"features": model.vae.features, "out_channels": model.n_channels,
-                          "layers": config.signal_layers, "hidden": config.signal_hidden}
+                          "layers": config.signal_layers, "hidden": config.signal_hidden, "spatial_dims": dims}
         fields = {**self.describe(config), "noise_model": provenance(config),
                   "estimator": f"MMSE: mean of {options.samples} posterior samples (seed {options.seed}, drawn "
                                "inside the model)"}
         return export_sampling_model(
             model.vae, model.decoder, vae_name, vae_kwargs, decoder_kwargs, options, halo=self.halo(model),
             use_mean=model.use_mean, cite=self.cite, card=self.card, card_fields=fields,
-            tags=["denoising", "unsupervised", "vae", "2d", "pytorch", *self.tags],
+            tags=["denoising", "unsupervised", "vae", f"{dims}d", "pytorch", *self.tags],
         )

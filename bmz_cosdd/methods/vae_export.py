@@ -61,5 +61,6 @@ def export_sampling_model(
     return ExportedModel(
         module=module.eval(), outputs=outputs, builder=sampling_model.build_sampling_model, builder_kwargs=kwargs,
         source_modules=[blocks, ladder_vae, divnoising_vae, decoders, posterior, sampling_model],
-        size_step=int(vae.size_step), halo=halo, n_samples=options.samples, **describe,
+        size_step=int(vae.size_step), halo=halo, n_samples=options.samples,
+        spatial_dims=int(vae.spatial_dims), **describe,
     )

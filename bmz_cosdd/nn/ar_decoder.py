@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from bmz_cosdd.nn.blocks import conv_class
 from bmz_cosdd.nn.mixture import mixture_nll, mixture_sample, scale_from_raw
 
 __all__ = ["AutoregressiveDecoder", "receptive_field", "layer_dilation"]
@@ -62,12 +63,11 @@ def receptive_field(n_layers: int, kernel_size: int) -> int:
 def _line_conv(spatial_dims: int, cin: int, cout: int, kernel_size: int, dilation: int = 1) -> nn.Module:
     """A convolution along the last axis only: 1 x k (2-D) or 1 x 1 x k (3-D)."""
     ones = (1,) * (spatial_dims - 1)
-    conv = nn.Conv2d if spatial_dims == 2 else nn.Conv3d
-    return conv(cin, cout, ones + (kernel_size,), dilation=ones + (dilation,))
+    return conv_class(spatial_dims)(cin, cout, ones + (kernel_size,), dilation=ones + (dilation,))
 
 
 def _point_conv(spatial_dims: int, cin: int, cout: int) -> nn.Module:
-    return (nn.Conv2d if spatial_dims == 2 else nn.Conv3d)(cin, cout, 1)
+    return conv_class(spatial_dims)(cin, cout, 1)
 
 
 class _MaskedFirstLayer(nn.Module):

@@ -19,6 +19,9 @@ Layout (``depth`` stages, level ``i`` with ``features * 2**i`` channels)
   first) a bilinear x2 upsampling (+ 1x1 conv to the stage's width) and two
   conv blocks; the output has ``features`` channels at input resolution.
 
+With ``spatial_dims=3`` every layer is its 3-D counterpart (volumes (B, C, Z, Y, X);
+down- and upsampling act on Z too, upsampling is trilinear).
+
 The signal head (features -> image channels) is not part of this module.
 
 This file is bundled into exported model packages and compiled with
@@ -27,12 +30,21 @@ This file is bundled into exported model packages and compiled with
 """
 
 
-from typing import List, Optional, Tuple
+from typing import Final, List, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
 
-from bmz_cosdd.nn.blocks import Downsample, Upsample
+from bmz_cosdd.nn.blocks import (
+    Downsample,
+    Upsample,
+    batch_norm_class,
+    channel_dropout_class,
+    check_spatial_dims,
+    check_spatial_size,
+    conv_class,
+    sum_except_batch,
+)
 
 __all__ = ["DivNoisingVAE"]
 
@@ -40,12 +52,12 @@ __all__ = ["DivNoisingVAE"]
 class _ConvBlock(nn.Module):
     """3x3 "same" conv, optional batch norm, ReLU, optional channel dropout."""
 
-    def __init__(self, cin: int, cout: int, batch_norm: bool, dropout: float) -> None:
+    def __init__(self, cin: int, cout: int, batch_norm: bool, dropout: float, spatial_dims: int) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(cin, cout, 3, padding=1, bias=not batch_norm)
-        self.norm = nn.BatchNorm2d(cout) if batch_norm else nn.Identity()
+        self.conv = conv_class(spatial_dims)(cin, cout, 3, padding=1, bias=not batch_norm)
+        self.norm = batch_norm_class(spatial_dims)(cout) if batch_norm else nn.Identity()
         self.act = nn.ReLU()
-        self.drop = nn.Dropout2d(dropout) if dropout > 0.0 else nn.Identity()
+        self.drop = channel_dropout_class(spatial_dims)(dropout) if dropout > 0.0 else nn.Identity()
 
     def forward(self, x: Tensor) -> Tensor:
         return self.drop(self.act(self.norm(self.conv(x))))
@@ -53,6 +65,9 @@ class _ConvBlock(nn.Module):
 
 class DivNoisingVAE(nn.Module):
     """Single-level convolutional VAE of DivNoising (Prakash et al., ICLR 2021).
+
+    Maps an image (B, in_channels, [Z,] Y, X) to features (B, features, [Z,] Y, X)
+    and the KL of its latent.
 
     Parameters
     ----------
@@ -69,7 +84,9 @@ class DivNoisingVAE(nn.Module):
     batch_norm : bool, default True
         Batch normalisation after each 3x3 convolution (without it they get a bias).
     dropout : float, default 0.0
-        Channel dropout (``nn.Dropout2d``) after each conv block's activation.
+        Channel dropout (``nn.Dropout2d``, ``nn.Dropout3d`` in 3-D) after each conv block's activation.
+    spatial_dims : {2, 3}, default 2
+        Images (B, C, Y, X) or volumes (B, C, Z, Y, X).
 
     Attributes
     ----------
@@ -79,7 +96,8 @@ class DivNoisingVAE(nn.Module):
         ``[latent]``.
     features : int
     size_step : int
-        ``2 ** depth``; input Y and X must be multiples of it.
+        ``2 ** depth``; every input spatial size ([Z,] Y, X) must be a multiple of it.
+    spatial_dims : int
 
     Notes
     -----
@@ -101,6 +119,7 @@ class DivNoisingVAE(nn.Module):
     size_step: int
     depth: int
     latent: int
+    spatial_dims: Final[int]
 
     def __init__(
         self,
@@ -110,8 +129,10 @@ class DivNoisingVAE(nn.Module):
         latent: int = 64,
         batch_norm: bool = True,
         dropout: float = 0.0,
+        spatial_dims: int = 2,
     ) -> None:
         super().__init__()
+        self.spatial_dims = check_spatial_dims(spatial_dims)
         if depth < 1:
             raise ValueError(f"depth must be >= 1, got {depth}")
         if in_channels < 1 or features < 1 or latent < 1:
@@ -131,35 +152,32 @@ class DivNoisingVAE(nn.Module):
         encoder: List[nn.Module] = []
         cin = in_channels
         for width in widths:
-            encoder.append(_ConvBlock(cin, width, batch_norm, dropout))
-            encoder.append(_ConvBlock(width, width, batch_norm, dropout))
-            encoder.append(Downsample(width, width))
+            encoder.append(_ConvBlock(cin, width, batch_norm, dropout, spatial_dims))
+            encoder.append(_ConvBlock(width, width, batch_norm, dropout, spatial_dims))
+            encoder.append(Downsample(width, width, spatial_dims))
             cin = width
         self.encoder = nn.Sequential(*encoder)
         deepest = widths[-1]
-        self.posterior = nn.Conv2d(deepest, 2 * latent, 1)
+        self.posterior = conv_class(spatial_dims)(deepest, 2 * latent, 1)
 
-        decoder: List[nn.Module] = [_ConvBlock(latent, deepest, batch_norm, dropout)]
+        decoder: List[nn.Module] = [_ConvBlock(latent, deepest, batch_norm, dropout, spatial_dims)]
         cin = deepest
         for width in widths[::-1]:
-            decoder.append(Upsample(cin, width))
-            decoder.append(_ConvBlock(width, width, batch_norm, dropout))
-            decoder.append(_ConvBlock(width, width, batch_norm, dropout))
+            decoder.append(Upsample(cin, width, spatial_dims))
+            decoder.append(_ConvBlock(width, width, batch_norm, dropout, spatial_dims))
+            decoder.append(_ConvBlock(width, width, batch_norm, dropout, spatial_dims))
             cin = width
         self.decoder = nn.Sequential(*decoder)
 
     def bottom_up(self, x: Tensor) -> List[Tensor]:
-        """Encoder features ``[h]``, h of shape (B, C_deepest, Y / size_step, X / size_step).
+        """Encoder features ``[h]``, h of shape (B, C_deepest, *spatial / size_step).
 
         Parameters
         ----------
         x : Tensor
-            (B, in_channels, Y, X) with Y and X multiples of ``size_step``.
+            (B, in_channels, [Z,] Y, X), every spatial size a multiple of ``size_step``.
         """
-        if x.shape[-2] % self.size_step != 0 or x.shape[-1] % self.size_step != 0:
-            raise ValueError(
-                f"input Y and X must be multiples of {self.size_step}, got {x.shape[-2]} x {x.shape[-1]}"
-            )
+        check_spatial_size(x, self.size_step, self.spatial_dims)
         return [self.encoder(x)]
 
     def posterior_params(self, h: Tensor) -> Tuple[Tensor, Tensor]:
@@ -170,7 +188,7 @@ class DivNoisingVAE(nn.Module):
         return mu, logvar
 
     def decode(self, z: Tensor) -> Tensor:
-        """Features (B, features, Y, X) at input resolution from a latent (B, latent, y, x)."""
+        """Features (B, features, [Z,] Y, X) at input resolution from a latent (B, latent, [z,] y, x)."""
         return self.decoder(z)
 
     def top_down(
@@ -187,7 +205,7 @@ class DivNoisingVAE(nn.Module):
         bu : list of Tensor
             Output of :meth:`bottom_up` (one tensor, possibly repeated along the batch).
         eps : list of Tensor, optional
-            One standard-normal tensor of the latent's shape (B, latent, y, x),
+            One standard-normal tensor of the latent's shape (B, latent, [z,] y, x),
             used instead of an internal ``torch.randn_like`` draw.
         use_mean : list of bool, optional
             ``[True]`` takes the posterior mean instead of a sample.
@@ -197,9 +215,9 @@ class DivNoisingVAE(nn.Module):
         Returns
         -------
         features : Tensor
-            (B, features, Y, X) at input resolution.
+            (B, features, [Z,] Y, X) at input resolution.
         kl : list of Tensor
-            ``[KL(q(z|x) || N(0, I))]``, one (B,) tensor summed over (C, y, x), in
+            ``[KL(q(z|x) || N(0, I))]``, one (B,) tensor summed over (C, [z,] y, x), in
             nats; empty when ``compute_kl`` is False.
         """
         if len(bu) != 1:
@@ -225,7 +243,7 @@ class DivNoisingVAE(nn.Module):
         kls: List[Tensor] = []
         if compute_kl:
             kl = 0.5 * (mu * mu + torch.exp(logvar) - logvar - 1.0)
-            kls.append(kl.sum(dim=(1, 2, 3)))
+            kls.append(sum_except_batch(kl))
         return self.decode(z), kls
 
     def forward(self, x: Tensor) -> Tuple[Tensor, List[Tensor]]:
@@ -233,6 +251,8 @@ class DivNoisingVAE(nn.Module):
         return self.top_down(self.bottom_up(x))
 
     @torch.jit.export
-    def latent_shapes(self, height: int, width: int) -> List[Tuple[int, int, int]]:
-        """``[(latent, height // size_step, width // size_step)]`` for an input of that size."""
-        return [(self.latent, height // self.size_step, width // self.size_step)]
+    def latent_shapes(self, spatial: List[int]) -> List[List[int]]:
+        """``[[latent, *(spatial // size_step)]]`` for an input of spatial size ``spatial`` ([Z,] Y, X)."""
+        if len(spatial) != self.spatial_dims:
+            raise ValueError(f"spatial must hold {self.spatial_dims} sizes, got {len(spatial)}")
+        return [[self.latent] + [s // self.size_step for s in spatial]]

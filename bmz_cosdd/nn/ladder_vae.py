@@ -2,13 +2,13 @@
 
 Resolution layout
 -----------------
-Level 0 is the finest. On the way up, level ``l`` first halves Y and X (strided
-conv) when ``downsample[l]`` is True, then applies its gated residual blocks; its
-output is ``bu[l]``. By default (``downsample_every=2``) levels 0, 2, 4, ...
-downsample, so the finest latent already lives at half resolution and pairs of
+Level 0 is the finest. On the way up, level ``l`` first halves Y and X (and Z in
+3-D; strided conv) when ``downsample[l]`` is True, then applies its gated residual
+blocks; its output is ``bu[l]``. By default (``downsample_every=2``) levels 0, 2, 4,
+... downsample, so the finest latent already lives at half resolution and pairs of
 levels share a resolution. On the way down, level ``l`` works at the resolution
-of ``bu[l]`` and ends with a bilinear upsampling where the bottom-up path
-downsampled, so the output features come back at input resolution.
+of ``bu[l]`` and ends with a bi- (trilinear in 3-D) upsampling where the bottom-up
+path downsampled, so the output features come back at input resolution.
 
 Top-down step at level ``l`` (from the top to level 0), with top-down features h:
 
@@ -30,12 +30,21 @@ path then costs only the posterior and decoding convolutions.
 """
 
 
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import Final, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
 
-from bmz_cosdd.nn.blocks import Downsample, GatedResBlock, Upsample
+from bmz_cosdd.nn.blocks import (
+    Downsample,
+    GatedResBlock,
+    Upsample,
+    check_multiples,
+    check_spatial_dims,
+    check_spatial_size,
+    conv_class,
+    sum_except_batch,
+)
 
 __all__ = ["LadderVAE", "gaussian_kl", "LOGVAR_MIN", "LOGVAR_MAX"]
 
@@ -92,15 +101,19 @@ def _flag_at(flags: Optional[List[bool]], level: int) -> bool:
     return flags[level]
 
 
-def _blocks(features: int, n: int, batch_norm: bool, dropout: float) -> nn.Sequential:
-    return nn.Sequential(*[GatedResBlock(features, batch_norm=batch_norm, dropout=dropout) for _ in range(n)])
+def _blocks(features: int, n: int, batch_norm: bool, dropout: float, spatial_dims: int) -> nn.Sequential:
+    return nn.Sequential(
+        *[GatedResBlock(features, batch_norm=batch_norm, dropout=dropout, spatial_dims=spatial_dims) for _ in range(n)]
+    )
 
 
 class _BottomUpLevel(nn.Module):
-    def __init__(self, features: int, n_blocks: int, downsample: bool, batch_norm: bool, dropout: float) -> None:
+    def __init__(
+        self, features: int, n_blocks: int, downsample: bool, batch_norm: bool, dropout: float, spatial_dims: int
+    ) -> None:
         super().__init__()
-        self.down = Downsample(features, features) if downsample else nn.Identity()
-        self.blocks = _blocks(features, n_blocks, batch_norm, dropout)
+        self.down = Downsample(features, features, spatial_dims) if downsample else nn.Identity()
+        self.blocks = _blocks(features, n_blocks, batch_norm, dropout, spatial_dims)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.blocks(self.down(x))
@@ -110,16 +123,18 @@ class _TopLevel(nn.Module):
     """Top of the hierarchy: learned broadcast prior, posterior from bottom-up features only."""
 
     def __init__(
-        self, features: int, latent: int, n_blocks: int, upsample: bool, batch_norm: bool, dropout: float
+        self, features: int, latent: int, n_blocks: int, upsample: bool, batch_norm: bool, dropout: float,
+        spatial_dims: int,
     ) -> None:
         super().__init__()
         self.latent = latent
-        self.prior_mean = nn.Parameter(torch.zeros(1, latent, 1, 1))
-        self.prior_logvar = nn.Parameter(torch.zeros(1, latent, 1, 1))
-        self.posterior = nn.Conv2d(features, 2 * latent, 3, padding=1)
-        self.z_in = nn.Conv2d(latent, features, 1)
-        self.blocks = _blocks(features, n_blocks, batch_norm, dropout)
-        self.up = Upsample(features, features) if upsample else nn.Identity()
+        conv = conv_class(spatial_dims)
+        self.prior_mean = nn.Parameter(torch.zeros([1, latent] + [1] * spatial_dims))
+        self.prior_logvar = nn.Parameter(torch.zeros([1, latent] + [1] * spatial_dims))
+        self.posterior = conv(features, 2 * latent, 3, padding=1)
+        self.z_in = conv(latent, features, 1)
+        self.blocks = _blocks(features, n_blocks, batch_norm, dropout, spatial_dims)
+        self.up = Upsample(features, features, spatial_dims) if upsample else nn.Identity()
 
     def prior(self, like: Tensor) -> Tuple[Tensor, Tensor]:
         logvar = self.prior_logvar.clamp(-20.0, 10.0)
@@ -136,7 +151,7 @@ class _TopLevel(nn.Module):
         kl: Optional[Tensor] = None
         if compute_kl:
             p_mu, p_lv = self.prior(q_mu)
-            kl = gaussian_kl(q_mu, q_lv, p_mu, p_lv).sum(dim=(1, 2, 3))
+            kl = sum_except_batch(gaussian_kl(q_mu, q_lv, p_mu, p_lv))
         return self.from_z(z), kl
 
 
@@ -158,22 +173,26 @@ class _TopDownLevel(nn.Module):
         batch_norm: bool,
         dropout: float,
         deactivated: bool = False,
+        spatial_dims: int = 2,
     ) -> None:
         super().__init__()
         self.latent = latent
         self.deactivated = deactivated
-        self.prior_conv = nn.Conv2d(features, 2 * latent, 3, padding=1)
+        conv = conv_class(spatial_dims)
+        self.prior_conv = conv(features, 2 * latent, 3, padding=1)
         if deactivated:
             self.merge = nn.Identity()
             self.merge_block = nn.Identity()
             self.posterior = nn.Identity()
         else:
-            self.merge = nn.Conv2d(2 * features, features, 1)
-            self.merge_block = GatedResBlock(features, batch_norm=batch_norm, dropout=dropout)
-            self.posterior = nn.Conv2d(features, 2 * latent, 3, padding=1)
-        self.z_in = nn.Conv2d(features + latent, features, 1)
-        self.blocks = _blocks(features, n_blocks, batch_norm, dropout)
-        self.up = Upsample(features, features) if upsample else nn.Identity()
+            self.merge = conv(2 * features, features, 1)
+            self.merge_block = GatedResBlock(
+                features, batch_norm=batch_norm, dropout=dropout, spatial_dims=spatial_dims
+            )
+            self.posterior = conv(features, 2 * latent, 3, padding=1)
+        self.z_in = conv(features + latent, features, 1)
+        self.blocks = _blocks(features, n_blocks, batch_norm, dropout, spatial_dims)
+        self.up = Upsample(features, features, spatial_dims) if upsample else nn.Identity()
 
     def prior(self, h: Tensor) -> Tuple[Tensor, Tensor]:
         return _split_gaussian(self.prior_conv(h), self.latent)
@@ -198,14 +217,15 @@ class _TopDownLevel(nn.Module):
         kl: Optional[Tensor] = None
         if compute_kl:
             p_mu, p_lv = self.prior(h)
-            kl = gaussian_kl(q_mu, q_lv, p_mu, p_lv).sum(dim=(1, 2, 3))
+            kl = sum_except_batch(gaussian_kl(q_mu, q_lv, p_mu, p_lv))
         return self.from_z(h, z), kl
 
 
 class LadderVAE(nn.Module):
     """Hierarchical VAE with a bottom-up (inference) and a top-down (generative) path.
 
-    See the module docstring for the exact layout.
+    Maps an image (B, in_channels, [Z,] Y, X) to features (B, features, [Z,] Y, X)
+    and the KL of every level. See the module docstring for the exact layout.
 
     Parameters
     ----------
@@ -229,6 +249,8 @@ class LadderVAE(nn.Module):
         Levels (index 0 = finest, never the top) whose posterior takes no bottom-up
         information (HDN_3-6): it equals the level's conditional prior, the level adds
         no KL, and prediction should take its mean (``use_mean``).
+    spatial_dims : {2, 3}, default 2
+        Images (B, C, Y, X) or volumes (B, C, Z, Y, X); downsampling halves Z too.
 
     Attributes
     ----------
@@ -240,7 +262,8 @@ class LadderVAE(nn.Module):
     deactivated : list of bool
         Whether level ``l`` is deactivated.
     size_step : int
-        ``2 ** sum(downsample)``; input Y and X must be multiples of it.
+        ``2 ** sum(downsample)``; every input spatial size ([Z,] Y, X) must be a multiple of it.
+    spatial_dims : int
 
     Notes
     -----
@@ -263,6 +286,7 @@ class LadderVAE(nn.Module):
     downsample: List[bool]
     deactivated: List[bool]
     size_step: int
+    spatial_dims: Final[int]
 
     def __init__(
         self,
@@ -275,8 +299,10 @@ class LadderVAE(nn.Module):
         batch_norm: bool = True,
         dropout: float = 0.0,
         deactivated: Optional[Sequence[int]] = None,
+        spatial_dims: int = 2,
     ) -> None:
         super().__init__()
+        self.spatial_dims = check_spatial_dims(spatial_dims)
         if n_levels < 1:
             raise ValueError(f"n_levels must be >= 1, got {n_levels}")
         if isinstance(latent_channels, int):
@@ -295,21 +321,23 @@ class LadderVAE(nn.Module):
             raise ValueError(f"deactivated levels must be in 0..{n_levels - 2} (the top cannot be), got {off}")
         self.deactivated = [level in off for level in range(n_levels)]
 
-        self.stem = nn.Conv2d(in_channels, features, 5, padding=2)
+        self.stem = conv_class(spatial_dims)(in_channels, features, 5, padding=2)
         self.bu_levels = nn.ModuleList(
             [
-                _BottomUpLevel(features, blocks_per_level, self.downsample[level], batch_norm, dropout)
+                _BottomUpLevel(features, blocks_per_level, self.downsample[level], batch_norm, dropout, spatial_dims)
                 for level in range(n_levels)
             ]
         )
         top = n_levels - 1
-        self.top = _TopLevel(features, channels[top], blocks_per_level, self.downsample[top], batch_norm, dropout)
+        self.top = _TopLevel(
+            features, channels[top], blocks_per_level, self.downsample[top], batch_norm, dropout, spatial_dims
+        )
         # Ordered from just below the top down to level 0, the order of the top-down pass.
         self.td_levels = nn.ModuleList(
             [
                 _TopDownLevel(
                     features, channels[level], blocks_per_level, self.downsample[level], batch_norm, dropout,
-                    deactivated=self.deactivated[level],
+                    deactivated=self.deactivated[level], spatial_dims=spatial_dims,
                 )
                 for level in range(top - 1, -1, -1)
             ]
@@ -321,12 +349,9 @@ class LadderVAE(nn.Module):
         Parameters
         ----------
         x : Tensor
-            (B, in_channels, Y, X) with Y and X multiples of ``size_step``.
+            (B, in_channels, [Z,] Y, X), every spatial size a multiple of ``size_step``.
         """
-        if x.shape[-2] % self.size_step != 0 or x.shape[-1] % self.size_step != 0:
-            raise ValueError(
-                f"input Y and X must be multiples of {self.size_step}, got {x.shape[-2]} x {x.shape[-1]}"
-            )
+        check_spatial_size(x, self.size_step, self.spatial_dims)
         h = self.stem(x)
         out: List[Tensor] = []
         for level in self.bu_levels:
@@ -349,7 +374,7 @@ class LadderVAE(nn.Module):
             Output of :meth:`bottom_up` (possibly repeated along the batch).
         eps : list of Tensor, optional
             One standard-normal tensor per level (index 0 = finest) of the shape of
-            that level's latent, (B, latent_channels[l], h_l, w_l), used instead of
+            that level's latent, (B, latent_channels[l], *spatial_l), used instead of
             internal ``torch.randn_like`` draws.
         use_mean : list of bool, optional
             ``use_mean[l]`` takes the posterior mean at level ``l`` instead of a sample.
@@ -359,10 +384,10 @@ class LadderVAE(nn.Module):
         Returns
         -------
         features : Tensor
-            (B, features, Y, X) at input resolution.
+            (B, features, [Z,] Y, X) at input resolution.
         kl : list of Tensor
             Analytic KL(q || p) per level (index 0 = finest), each (B,), summed over
-            the level's (C, Y, X); empty when ``compute_kl`` is False.
+            the level's (C, [Z,] Y, X); empty when ``compute_kl`` is False.
         """
         n = self.n_levels
         if len(bu) != n:
@@ -389,28 +414,31 @@ class LadderVAE(nn.Module):
         return self.top_down(self.bottom_up(x))
 
     @torch.jit.export
-    def latent_shapes(self, height: int, width: int) -> List[Tuple[int, int, int]]:
-        """(C, h, w) of every level's latent (index 0 = finest) for an input of that size."""
-        shapes: List[Tuple[int, int, int]] = []
-        h = height
-        w = width
+    def latent_shapes(self, spatial: List[int]) -> List[List[int]]:
+        """``[C, *spatial_l]`` of every level's latent (index 0 = finest) for an input of spatial size ``spatial``.
+
+        ``spatial`` is ([Z,] Y, X), one size per spatial dimension of the model.
+        """
+        if len(spatial) != self.spatial_dims:
+            raise ValueError(f"spatial must hold {self.spatial_dims} sizes, got {len(spatial)}")
+        sizes = [s for s in spatial]
+        shapes: List[List[int]] = []
         for level in range(self.n_levels):
             if self.downsample[level]:
-                h = (h + 1) // 2
-                w = (w + 1) // 2
-            shapes.append((self.latent_channels[level], h, w))
+                sizes = [(s + 1) // 2 for s in sizes]
+            shapes.append([self.latent_channels[level]] + sizes)
         return shapes
 
-    def sample_prior(
-        self, n: int, height: int, width: int, generator: Optional[torch.Generator] = None
-    ) -> Tensor:
-        """Features (n, features, height, width) decoded from latents drawn from the prior.
+    def sample_prior(self, n: int, spatial: Sequence[int], generator: Optional[torch.Generator] = None) -> Tensor:
+        """Features (n, features, *spatial) decoded from latents drawn from the prior.
 
-        Eager only. ``generator`` (optional) is used for every draw; the draws are
-        made on its device and moved to the model's device.
+        ``spatial`` is ([Z,] Y, X), every size a multiple of ``size_step``. Eager only.
+        ``generator`` (optional) is used for every draw; the draws are made on its
+        device and moved to the model's device.
         """
-        if height % self.size_step != 0 or width % self.size_step != 0:
-            raise ValueError(f"height and width must be multiples of {self.size_step}")
+        sizes = [int(s) for s in spatial]
+        shapes = self.latent_shapes(sizes)
+        check_multiples(sizes, self.size_step)
         device = self.top.prior_mean.device
         dtype = self.top.prior_mean.dtype
         gen_device = device if generator is None else generator.device
@@ -419,9 +447,7 @@ class LadderVAE(nn.Module):
             noise = torch.randn(mu.shape, generator=generator, device=gen_device, dtype=dtype).to(device)
             return mu + torch.exp(0.5 * logvar) * noise
 
-        shapes = self.latent_shapes(height, width)
-        c, hh, ww = shapes[-1]
-        like = torch.empty(n, c, hh, ww, device=device, dtype=dtype)
+        like = torch.empty([n] + shapes[-1], device=device, dtype=dtype)
         h = self.top.from_z(draw(*self.top.prior(like)))
         for td in self.td_levels:
             h = td.from_z(h, draw(*td.prior(h)))

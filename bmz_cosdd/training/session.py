@@ -53,12 +53,25 @@ def check_data(data: DataConfig) -> None:
         raise UserError("no training data given (pass DATA paths or data.paths in the config file)")
     if data.crop_size < 8:
         raise UserError(f"data.crop_size must be at least 8, got {data.crop_size}")
+    if data.spatial_dims not in (2, 3):
+        raise UserError(f"data.spatial_dims must be 2 (images) or 3 (volumes), got {data.spatial_dims}")
+    if data.crop_depth is not None and data.spatial_dims != 3:
+        raise UserError("data.crop_depth (--crop-depth) is for volumes; add --spatial-dims 3 or drop it")
+    if data.crop_depth is not None and data.crop_depth < 1:
+        raise UserError(f"data.crop_depth must be at least 1, got {data.crop_depth}")
     if not 0 < data.val_fraction < 1:
         raise UserError(f"data.val_fraction must be between 0 and 1 (exclusive), got {data.val_fraction}")
     if data.val_crops < 1:
         raise UserError(f"data.val_crops must be at least 1, got {data.val_crops}")
     if data.clip_percentiles is not None and len(data.clip_percentiles) != 2:
         raise UserError(f"data.clip_percentiles needs two values (low, high), got {data.clip_percentiles}")
+
+
+def crop_shape(data: DataConfig) -> tuple[int, ...]:
+    """Size of the training crops along each spatial axis: (Y, X) or (Z, Y, X)."""
+    if data.spatial_dims == 3:
+        return (data.crop_depth or data.crop_size, data.crop_size, data.crop_size)
+    return (data.crop_size, data.crop_size)
 
 
 @dataclass
@@ -74,7 +87,7 @@ class PreparedData:
 
 def prepare_data(data: DataConfig, seed: int, stats: NormStats | None = None) -> PreparedData:
     """Load, split and normalise the images; statistics come from the training part only."""
-    images = load_images(data.paths, data.pattern, data.axes)
+    images = load_images(data.paths, data.pattern, data.axes, data.spatial_dims)
     channels = {im.data.shape[0] for im in images}
     if len(channels) > 1:
         raise UserError(f"images disagree in channel count: {sorted(channels)}")
@@ -87,7 +100,7 @@ def prepare_data(data: DataConfig, seed: int, stats: NormStats | None = None) ->
         raise UserError(f"the statistics have {stats.n_channels} channels but the images have {n_channels}")
 
     def norm(items: list[Image]) -> list[Image]:
-        return [Image(data=normalise(im.data, stats), source=im.source) for im in items]
+        return [Image(data=normalise(im.data, stats, spatial_dims=data.spatial_dims), source=im.source) for im in items]
 
     return PreparedData(stats, norm(split.train), norm(split.val), split.description, n_channels)
 
@@ -207,7 +220,7 @@ def _fit_in_world(
 ) -> TrainResult:
     method = get_method(config.method)
     torch.manual_seed(config.train.seed)
-    model = method.build(config.model, data.n_channels, data.stats)
+    model = method.build(config.model, data.n_channels, data.stats, config.data.spatial_dims)
     if init_state is not None:
         try:
             model.load_state_dict(init_state["model"])
@@ -219,9 +232,12 @@ def _fit_in_world(
         raise UserError(
             f"data.crop_size ({config.data.crop_size}) must be a multiple of {step} for this architecture"
         )
+    shape = crop_shape(config.data)
+    if shape[0] % step:
+        raise UserError(f"data.crop_depth ({shape[0]}) must be a multiple of {step} for this architecture")
     generator = torch.Generator().manual_seed(config.train.seed + 1)
-    crops = RandomCrops(data.train, config.data.crop_size, generator)
-    val_crops = fixed_val_crops(data.val, config.data.crop_size, config.data.val_crops)
+    crops = RandomCrops(data.train, shape, generator)
+    val_crops = fixed_val_crops(data.val, shape, config.data.val_crops)
     extra = {
         "method": config.method,
         "config": config.to_dict(),

@@ -28,7 +28,7 @@ def _spatial_limits(axis) -> tuple[int, int]:
 def predict_files_with_package(
     package: str | Path,
     inputs: Sequence[str | Path],
-    axes: str,
+    axes: Optional[str],
     out_dir: str | Path,
     pattern: str = "*",
     weight_format: Optional[str] = None,
@@ -41,9 +41,10 @@ def predict_files_with_package(
     Parameters
     ----------
     package
-        A bioimage.io model zip (any model with one (b, c, y, x) input).
+        A bioimage.io model zip (any model with one (b, c, y, x) or (b, c, z, y, x) input).
     inputs, axes, pattern
-        Image files or folders and the axes of their arrays.
+        Image files or folders and the axes of their arrays (``None``: ``YX``, or ``ZYX``
+        for a 3-D model).
     weight_format
         ``torchscript``, ``pytorch_state_dict`` or ``onnx`` (default: core's choice).
     block
@@ -67,19 +68,21 @@ def predict_files_with_package(
     tensor = descr.inputs[0]
     axis_ids = [str(a.id) for a in tensor.axes]
     by_type = {a.type: a for a in tensor.axes}
-    if "space" not in by_type or len([a for a in tensor.axes if a.type == "space"]) != 2:
-        raise UserError(f"the package's input axes {axis_ids} are not a 2-D image (b, c, y, x)")
     spatial = [a for a in tensor.axes if a.type == "space"]
-    (min_y, step_y), (min_x, step_x) = (_spatial_limits(a) for a in spatial)
+    if len(spatial) not in (2, 3):
+        raise UserError(f"the package's input axes {axis_ids} are not an image (b, c, y, x) or volume (b, c, z, y, x)")
+    mins, steps = zip(*(_spatial_limits(a) for a in spatial))
     channel_axis = by_type.get("channel")
     n_channels = len(channel_axis.channel_names) if channel_axis is not None else 1
+    dims = len(spatial)
 
-    loaded = read_inputs(inputs, pattern, axes, n_channels)
+    loaded = read_inputs(inputs, pattern, axes or "ZYX"[3 - dims:], n_channels, dims)
     for item in loaded:
-        y, x = item.samples.shape[-2:]
-        if y < min_y or x < min_x:
+        sizes = item.samples.shape[-dims:]
+        if any(size < low for size, low in zip(sizes, mins)):
             raise UserError(
-                f"{item.path.name}: the image ({y} x {x}) is smaller than the model's minimum size ({min_y} x {min_x})"
+                f"{item.path.name}: the image ({' x '.join(map(str, sizes))}) is smaller than the model's minimum"
+                f" size ({' x '.join(map(str, mins))})"
             )
     pipeline = create_prediction_pipeline(descr, weight_format=weight_format, devices=[device] if device else None)
     written: list[Path] = []
@@ -88,14 +91,15 @@ def predict_files_with_package(
     for index, item in enumerate(loaded):
         per_output: dict[str, list[np.ndarray]] = {}
         for sample in item.samples.astype(np.float32):
-            data = _fit_to_grid(sample, min_y, step_y, min_x, step_x)
+            data = _fit_to_grid(sample, mins, steps)
             result = predict(
                 model=pipeline,
                 inputs={tensor.id: Tensor.from_numpy(data[None], dims=tuple(axis_ids))},
-                blocksize_parameter=_blocksize(data.shape[-2:], block, (min_y, min_x), (step_y, step_x)),
+                blocksize_parameter=_blocksize(data.shape[-dims:], block, mins, steps),
             )
+            crop = (Ellipsis, *[slice(0, size) for size in sample.shape[-dims:]])
             for member_id, member in result.members.items():
-                value = np.asarray(member.data)[0][..., : sample.shape[-2], : sample.shape[-1]]
+                value = np.asarray(member.data)[0][crop]
                 per_output.setdefault(str(member_id), []).append(value)
         written += write_outputs(out_dir, item, per_output)
         if on_image is not None:
@@ -111,12 +115,12 @@ def _blocksize(shape: Sequence[int], block: int, mins: Sequence[int], steps: Seq
     return max(0, min(ns)) if ns else None
 
 
-def _fit_to_grid(image: np.ndarray, min_y: int, step_y: int, min_x: int, step_x: int) -> np.ndarray:
-    """Reflect-pad (C, Y, X) at the bottom/right to the next size the model accepts."""
+def _fit_to_grid(image: np.ndarray, mins: Sequence[int], steps: Sequence[int]) -> np.ndarray:
+    """Reflect-pad (C, [Z,] Y, X) at the far end of each spatial axis to the next size the model accepts."""
     pads = []
-    for size, low, step in ((image.shape[-2], min_y, step_y), (image.shape[-1], min_x, step_x)):
+    for size, low, step in zip(image.shape[-len(mins):], mins, steps):
         target = size if step == 0 or (size - low) % step == 0 else low + ((size - low) // step + 1) * step
         pads.append((0, target - size))
     if not any(p[1] for p in pads):
         return image
-    return np.pad(image, [(0, 0)] + pads, mode="reflect")
+    return np.pad(image, [(0, 0)] * (image.ndim - len(pads)) + pads, mode="reflect")

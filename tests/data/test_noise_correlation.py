@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from bmz_cosdd.config import DataConfig
 from bmz_cosdd.data.noise_correlation import correlation_reach, estimate_noise_correlation
 from bmz_cosdd.data.synthetic import make_dataset
 from bmz_cosdd.errors import UserError
@@ -67,10 +68,10 @@ def test_cosdd_direction_auto_uses_the_estimator(noise, direction):
     images = [((x - x.mean()) / x.std())[None] for x in data.noisy.astype(np.float64)]
     config = method.config_from_dict({"preset": "tiny"})
     assert config.direction == "auto"
-    resolved, notes = method.resolve_config(config, None, images, None)
+    resolved, notes = method.resolve_config(config, DataConfig(), images, None)
     assert resolved.direction == direction == estimate_noise_correlation(images).direction
     assert len(notes) == 1 and notes[0].startswith(f"noise direction (auto): {direction}")
     method.build(resolved, 1)  # every resolved direction builds
     explicit, notes = method.resolve_config(method.config_from_dict({"preset": "tiny", "direction": "y"}),
-                                            None, images, None)
+                                            DataConfig(), images, None)
     assert explicit.direction == "y" and notes == []

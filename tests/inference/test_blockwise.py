@@ -51,10 +51,10 @@ def _block(run: Path) -> int:
 
 
 def test_block_grid_covers_the_plane_once():
-    grid = block_grid(70, 45, 32)
+    grid = block_grid((70, 45), 32)
     covered = np.zeros((70, 45), int)
     for b in grid:
-        covered[b.y0 : b.y0 + b.height, b.x0 : b.x0 + b.width] += 1
+        covered[b.start[0] : b.start[0] + b.size[0], b.start[1] : b.start[1] + b.size[1]] += 1
     assert (covered == 1).all() and [b.index for b in grid] == list(range(6))
 
 
@@ -104,7 +104,7 @@ def test_interrupted_prediction_resumes_to_the_same_result(tmp_path, trained_run
     seen = []
     resumed = predict_out_of_core(trained, source, "YX", tmp_path / "part", options, tile=TILE,
                                   on_block=lambda d, t: seen.append(d))
-    assert seen[0] == 3 and seen[-1] == len(block_grid(170, 150, _block(trained_run)))
+    assert seen[0] == 3 and seen[-1] == len(block_grid((170, 150), _block(trained_run)))
     for a, b in zip(sorted(full), sorted(resumed)):
         np.testing.assert_array_equal(zarr.open(str(a))[:], zarr.open(str(b))[:])
 
@@ -133,7 +133,7 @@ def test_killed_process_restarts_where_it_stopped(tmp_path, n2v_run):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     before = json.loads(record.read_text())["done"]
-    assert 5 <= before < len(block_grid(1024, 1024, _block_for_tile(n2v_run, 128)))
+    assert 5 <= before < len(block_grid((1024, 1024), _block_for_tile(n2v_run, 128)))
     subprocess.run(args, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     restarted = zarr.open(str(out / "in_denoised.zarr"))[:]
     expected = predict_image(load_run(n2v_run), image[None], tile=128)["denoised"][0]

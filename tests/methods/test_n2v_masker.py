@@ -277,3 +277,35 @@ def test_plain_masks_are_accepted():
         batch = _unique((1, 1, 16, 16))
         masked = _mask(masker, batch, 0)
         assert torch.equal(masked.inputs != batch, masked.loss_mask)
+
+
+def test_volumes_are_masked_in_3d_with_the_requested_fraction() -> None:
+    masker = BlindSpotMasker(fraction=0.05, window=3)
+    batch = torch.arange(2 * 12 * 16 * 16, dtype=torch.float32).reshape(2, 1, 12, 16, 16)
+    masked = masker(batch, torch.Generator().manual_seed(0))
+    centres = masked.loss_mask.nonzero()
+    assert masked.inputs.shape == batch.shape
+    assert abs(len(centres) / batch.numel() - 0.05) < 0.02
+    # Every centre took the value of a voxel of its 3x3x3 window other than itself: with
+    # distinct values (arange) the source position can be read back from the value.
+    for b, c, z, y, x in centres.tolist():
+        value = int(masked.inputs[b, c, z, y, x])
+        rest = value - b * 12 * 16 * 16
+        sz, sy, sx = rest // 256, rest // 16 % 16, rest % 16
+        assert (sz, sy, sx) != (z, y, x)
+        assert max(abs(sz - z), abs(sy - y), abs(sx - x)) <= 1
+    assert torch.equal(masked.inputs[~masked.loss_mask], batch[~masked.loss_mask])
+
+
+def test_a_2d_blind_mask_hides_pixels_in_the_centre_plane_of_a_volume() -> None:
+    line = np.array([[0, 0, 0, 0, 0], [1, 1, 1, 1, 1], [0, 0, 0, 0, 0]])
+    masker = BlindSpotMasker(fraction=0.02, window=5, blind_mask=line)
+    batch = torch.randn(1, 1, 8, 32, 32, generator=torch.Generator().manual_seed(0))
+    masked = masker(batch, torch.Generator().manual_seed(1))
+    changed = masked.inputs != batch
+    for _, _, z, y, x in masked.loss_mask.nonzero().tolist():
+        assert changed[0, 0, z, y, max(0, x - 2): x + 3].sum() >= 3
+    # Nothing outside the centres' planes and rows is touched.
+    rows = {(z, y) for _, _, z, y, _ in masked.loss_mask.nonzero().tolist()}
+    touched = {(z, y) for _, _, z, y, _ in changed.nonzero().tolist()}
+    assert touched <= rows

@@ -15,7 +15,7 @@ def _vae(deactivated=(0, 1)):
 
 def _eps(vae, seed=0):
     g = torch.Generator().manual_seed(seed)
-    return [torch.randn(2, *shape, generator=g) for shape in vae.latent_shapes(16, 16)]
+    return [torch.randn(2, *shape, generator=g) for shape in vae.latent_shapes([16, 16])]
 
 
 def test_deactivated_levels_receive_no_gradient_from_the_bottom_up_path():

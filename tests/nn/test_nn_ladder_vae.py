@@ -13,7 +13,7 @@ def _vae(**kw):
 
 def _eps(vae, batch, height, width, seed=0):
     g = torch.Generator().manual_seed(seed)
-    return [torch.randn(batch, *shape, generator=g) for shape in vae.latent_shapes(height, width)]
+    return [torch.randn(batch, *shape, generator=g) for shape in vae.latent_shapes([height, width])]
 
 
 @pytest.mark.parametrize(
@@ -39,7 +39,7 @@ def test_attributes_and_latent_shapes():
     assert vae.features == 8
     assert vae.downsample == [True, False, True, False, True]
     assert vae.size_step == 8
-    assert vae.latent_shapes(32, 48) == [(3, 16, 24), (4, 16, 24), (5, 8, 12), (6, 8, 12), (7, 4, 6)]
+    assert vae.latent_shapes([32, 48]) == [[3, 16, 24], [4, 16, 24], [5, 8, 12], [6, 8, 12], [7, 4, 6]]
     every = LadderVAE(1, n_levels=3, latent_channels=2, features=4, downsample_every=1)
     assert every.downsample == [True, True, True] and every.size_step == 8
     never = LadderVAE(1, n_levels=3, latent_channels=2, features=4, downsample_every=0)
@@ -159,8 +159,8 @@ def test_training_step_has_finite_gradients():
 
 def test_sample_prior():
     vae = _vae()
-    a = vae.sample_prior(2, 32, 48, generator=torch.Generator().manual_seed(0))
-    b = vae.sample_prior(2, 32, 48, generator=torch.Generator().manual_seed(0))
+    a = vae.sample_prior(2, [32, 48], generator=torch.Generator().manual_seed(0))
+    b = vae.sample_prior(2, [32, 48], generator=torch.Generator().manual_seed(0))
     assert a.shape == (2, 8, 32, 48)
     assert torch.equal(a, b)
     assert torch.isfinite(a).all()

@@ -46,7 +46,7 @@ def test_ladder_vae_with_explicit_eps():
     scripted = _roundtrip(vae)
     x = torch.randn(2, 1, 32, 48)
     g = torch.Generator().manual_seed(0)
-    eps = [torch.randn(2, *s, generator=g) for s in vae.latent_shapes(32, 48)]
+    eps = [torch.randn(2, *s, generator=g) for s in vae.latent_shapes([32, 48])]
     bu_eager, bu_script = vae.bottom_up(x), scripted.bottom_up(x)
     for a, b in zip(bu_eager, bu_script):
         assert torch.allclose(a, b, atol=1e-6)
@@ -58,7 +58,7 @@ def test_ladder_vae_with_explicit_eps():
     means = [True, False, True, False]
     eager_means = vae.top_down(bu_eager, eps, means)[0]
     assert torch.allclose(eager_means, scripted.top_down(bu_script, eps, means)[0], atol=1e-5)
-    assert scripted.latent_shapes(32, 48) == vae.latent_shapes(32, 48)
+    assert scripted.latent_shapes([32, 48]) == vae.latent_shapes([32, 48])
     assert scripted(x)[0].shape == (2, 8, 32, 48)
 
 

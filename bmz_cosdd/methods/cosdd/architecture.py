@@ -14,6 +14,6 @@ from torch import nn
 from bmz_cosdd.nn.unet import UNet
 
 
-def build_direct_model(n_channels: int, depth: int, features: int) -> nn.Module:
-    """COSDD's deterministic direct denoiser: normalised (B, C, Y, X) in, denoised out."""
-    return UNet(n_channels, n_channels, depth=depth, features=features)
+def build_direct_model(n_channels: int, depth: int, features: int, spatial_dims: int = 2) -> nn.Module:
+    """COSDD's deterministic direct denoiser: normalised (B, C, [Z,] Y, X) in, denoised out."""
+    return UNet(n_channels, n_channels, depth=depth, features=features, spatial_dims=spatial_dims)

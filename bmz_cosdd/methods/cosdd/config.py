@@ -8,7 +8,7 @@ from typing import Any
 from bmz_cosdd.config import from_dict
 from bmz_cosdd.errors import UserError
 
-DIRECTIONS = ("x", "y", "none")
+DIRECTIONS = ("x", "y", "z", "none")
 DIRECT_LOSSES = ("mse", "l1")
 
 
@@ -22,7 +22,7 @@ class COSDDConfig:
         Name of the preset the other values started from (``tiny``, ``small``, ``large``).
     direction
         Axis along which the noise is correlated: ``x`` (rows), ``y`` (columns),
-        ``none`` (pixel-independent: the noise decoder sees no other pixel) or
+        ``z`` (along Z, 3-D data only), ``none`` (pixel-independent: the noise decoder sees no other pixel) or
         ``auto`` (measured from the training images when the run starts; the
         run's config.yaml records the result).
     n_levels, latent_channels, features, blocks_per_level
@@ -96,7 +96,7 @@ def cosdd_config(values: dict[str, Any]) -> COSDDConfig:
             f"model.latent_channels has {len(cfg.latent_channels)} entries but model.n_levels is {cfg.n_levels}"
         )
     if cfg.direction not in DIRECTIONS + ("auto",):
-        raise UserError(f"unknown noise direction {cfg.direction!r} (choose x, y, none or auto)")
+        raise UserError(f"unknown noise direction {cfg.direction!r} (choose x, y, z, none or auto)")
     if cfg.direct_loss not in DIRECT_LOSSES:
         raise UserError(f"unknown direct-denoiser loss {cfg.direct_loss!r} (choose mse or l1)")
     for name in ("n_levels", "features", "ar_layers", "ar_kernel", "ar_hidden", "n_gaussians", "signal_layers"):

@@ -25,6 +25,8 @@ _CORRELATED = (
 NOISE_SENTENCES = {
     "x": _CORRELATED.format(word="rows"),
     "y": _CORRELATED.format(word="columns"),
+    "z": "noise that is both signal-dependent and correlated along Z (noise direction `{direction}`), e.g. from"
+    " a detector whose readout runs across the planes of a volume.",
     "none": "signal-dependent, pixel-independent noise (noise direction `{direction}`: its noise model sees no"
     " other pixel).",
 }
@@ -44,8 +46,8 @@ class COSDD:
 
     def cli_options(self) -> list[inspect.Parameter]:
         return [
-            cli_option("direction", str, "Axis along which the noise is correlated: x (rows), y (columns), none "
-                       "(pixel-independent) or auto (measured from the data, as `bmz-cosdd inspect` does; default).",
+            cli_option("direction", str, "Axis along which the noise is correlated: x (rows), y (columns), z "
+                       "(3-D only), none (pixel-independent) or auto (measured from the data, as `bmz-cosdd inspect` does; default).",
                        "COSDD"),
             cli_option("preset", str, f"Architecture preset: {', '.join(PRESETS)}.", "COSDD"),
             cli_option("n_levels", int, "Hierarchy levels of the ladder VAE (overrides the preset).", "COSDD"),
@@ -57,11 +59,16 @@ class COSDD:
         ]
 
     def resolve_config(self, config, data, train_images, stats) -> tuple[Any, list[str]]:
+        if config.direction == "z" and data.spatial_dims != 3:
+            raise UserError("--direction z needs volumes: train with --spatial-dims 3 (and axes with Z)")
         if config.direction != "auto":
             return config, []
         noise = estimate_noise_correlation(list(train_images))
         config = replace(config, direction=noise.direction)
-        return config, [f"noise direction (auto): {noise.direction}. {noise.describe()}"]
+        notes = [f"noise direction (auto): {noise.direction}. {noise.describe()}"]
+        if data.spatial_dims == 3:
+            notes.append("auto measures x and y within the Z planes; for noise correlated along Z pass --direction z")
+        return config, notes
 
     def advise(self, noise, crop_size: int) -> str:
         if noise.pixel_independent:
@@ -74,8 +81,8 @@ class COSDD:
     def check_validation(self, model: nn.Module, losses: dict[str, float], step: int) -> None:
         return None
 
-    def build(self, config, n_channels: int, stats=None) -> COSDDModel:
-        return COSDDModel(config, n_channels)
+    def build(self, config, n_channels: int, stats=None, spatial_dims: int = 2) -> COSDDModel:
+        return COSDDModel(config, n_channels, spatial_dims)
 
     def size_step(self, model: nn.Module) -> int:
         steps = [model.vae.size_step]
@@ -162,30 +169,31 @@ class COSDD:
         }
         cite = [("B. Salmon and A. Krull, Unsupervised Denoising for Signal-Dependent and Row-Correlated "
                  "Imaging Noise, WACV 2025", "10.48550/arXiv.2310.07887")]
-        tags = ["denoising", "cosdd", "unsupervised", "vae", "2d", "pytorch", "correlated-noise"]
+        dims = int(model.spatial_dims)
+        tags = ["denoising", "cosdd", "unsupervised", "vae", f"{dims}d", "pytorch", "correlated-noise"]
         if estimator == "direct":
             if model.direct_denoiser is None:
                 raise UserError("this COSDD run has no direct denoiser (train with --direct-denoiser)")
             if options.outputs not in (None, ("mmse",), ("denoised",)):
                 raise UserError("the direct estimator has one output; drop --outputs")
             kwargs = {"n_channels": model.n_channels, "depth": model.direct_denoiser.depth,
-                      "features": model.direct_denoiser.features}
+                      "features": model.direct_denoiser.features, "spatial_dims": dims}
             module = architecture.build_direct_model(**kwargs)
             module.load_state_dict(model.direct_denoiser.state_dict())
             return ExportedModel(
                 module=module.eval(), outputs=["denoised"], builder=architecture.build_direct_model,
                 builder_kwargs=kwargs, source_modules=sources, size_step=module.size_step,
-                halo=module.receptive_field, n_samples=None, cite=cite, tags=tags, card="cosdd.md",
+                halo=module.receptive_field, n_samples=None, cite=cite, tags=tags, card="cosdd.md", spatial_dims=dims,
                 card_fields={**fields, "estimator": "direct denoiser (one deterministic pass, trained to "
                              f"regress the decoded signal with {config.direct_loss.upper()})"},
             )
         vae_kwargs = {
             "in_channels": model.n_channels, "n_levels": config.n_levels,
             "latent_channels": list(config.latent_channels), "features": config.features,
-            "blocks_per_level": config.blocks_per_level,
+            "blocks_per_level": config.blocks_per_level, "spatial_dims": dims,
         }
         decoder_kwargs = {"features": config.features, "out_channels": model.n_channels,
-                          "layers": config.signal_layers, "hidden": config.signal_hidden}
+                          "layers": config.signal_layers, "hidden": config.signal_hidden, "spatial_dims": dims}
         return export_sampling_model(
             model.vae, model.signal_decoder, "ladder", vae_kwargs, decoder_kwargs, options, halo=self.halo(model),
             cite=cite, tags=tags, card="cosdd.md",

@@ -21,11 +21,12 @@ class COSDDModel(nn.Module):
     E[x | z], the signal). The optional direct denoiser regresses the decoded signal.
     """
 
-    def __init__(self, config: COSDDConfig, n_channels: int) -> None:
+    def __init__(self, config: COSDDConfig, n_channels: int, spatial_dims: int = 2) -> None:
         super().__init__()
         if config.direction == "auto":
             raise ValueError("direction 'auto' is resolved from the training data before the model is built")
         self.n_channels = n_channels
+        self.spatial_dims = spatial_dims
         self.halo = config.halo
         self.direct_loss = config.direct_loss
         self.vae = LadderVAE(
@@ -34,6 +35,7 @@ class COSDDModel(nn.Module):
             latent_channels=list(config.latent_channels),
             features=config.features,
             blocks_per_level=config.blocks_per_level,
+            spatial_dims=spatial_dims,
         )
         self.ar_decoder = AutoregressiveDecoder(
             image_channels=n_channels,
@@ -44,12 +46,15 @@ class COSDDModel(nn.Module):
             hidden=config.ar_hidden,
             n_gaussians=config.n_gaussians,
             min_scale=config.min_scale,
+            spatial_dims=spatial_dims,
         )
         self.signal_decoder = SignalDecoder(
-            config.features, n_channels, layers=config.signal_layers, hidden=config.signal_hidden
+            config.features, n_channels, layers=config.signal_layers, hidden=config.signal_hidden,
+            spatial_dims=spatial_dims,
         )
         self.direct_denoiser: Optional[UNet] = None
         if config.direct_denoiser:
             self.direct_denoiser = UNet(
-                n_channels, n_channels, depth=config.direct_depth, features=config.direct_features
+                n_channels, n_channels, depth=config.direct_depth, features=config.direct_features,
+                spatial_dims=spatial_dims,
             )

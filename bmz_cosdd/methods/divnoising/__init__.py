@@ -35,9 +35,9 @@ def divnoising_config(values: dict[str, Any]) -> DivNoisingConfig:
     return cfg
 
 
-def _vae(cfg: DivNoisingConfig, n_channels: int):
+def _vae(cfg: DivNoisingConfig, n_channels: int, spatial_dims: int):
     kwargs = {"in_channels": n_channels, "depth": cfg.depth, "features": cfg.features, "latent": cfg.latent,
-              "batch_norm": cfg.batch_norm, "dropout": cfg.dropout}
+              "batch_norm": cfg.batch_norm, "dropout": cfg.dropout, "spatial_dims": spatial_dims}
     return DivNoisingVAE(**kwargs), "divnoising", kwargs
 
 

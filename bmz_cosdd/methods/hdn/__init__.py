@@ -55,11 +55,11 @@ def hdn_config(values: dict[str, Any]) -> HDNConfig:
     return cfg
 
 
-def _vae(cfg: HDNConfig, n_channels: int):
+def _vae(cfg: HDNConfig, n_channels: int, spatial_dims: int):
     kwargs = {"in_channels": n_channels, "n_levels": cfg.n_levels, "latent_channels": list(cfg.latent_channels),
               "features": cfg.features, "blocks_per_level": cfg.blocks_per_level,
               "downsample_every": cfg.downsample_every, "batch_norm": cfg.batch_norm, "dropout": cfg.dropout,
-              "deactivated": [lv - 1 for lv in cfg.deactivate_levels]}
+              "deactivated": [lv - 1 for lv in cfg.deactivate_levels], "spatial_dims": spatial_dims}
     return LadderVAE(**kwargs), "ladder", kwargs
 
 

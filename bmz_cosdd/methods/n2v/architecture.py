@@ -24,6 +24,9 @@ class BlindSpotNet(nn.Module):
     ----------
     deconvolved
         ``forward`` returns ``z`` instead of ``psf(z)`` (an exported deconvolution).
+    spatial_dims
+        2 for (B, C, Y, X) images, 3 for (B, C, Z, Y, X) volumes (the PSF then acts
+        within each Z plane).
     """
 
     size_step: int
@@ -42,11 +45,12 @@ class BlindSpotNet(nn.Module):
         top_skip: bool,
         psf_size: int,
         deconvolved: bool = False,
+        spatial_dims: int = 2,
     ) -> None:
         super().__init__()
         self.unet = UNet(
             n_channels, n_channels, depth=depth, features=features, kernel_size=kernel_size,
-            batch_norm=batch_norm, blur_pool=blur_pool, top_skip=top_skip,
+            batch_norm=batch_norm, blur_pool=blur_pool, top_skip=top_skip, spatial_dims=spatial_dims,
         )
         self.has_psf = psf_size > 0
         self.psf = PSFConvolution(max(psf_size, 1), n_channels)
@@ -56,7 +60,7 @@ class BlindSpotNet(nn.Module):
         self.halo = self.unet.receptive_field + (0 if deconvolved or not self.has_psf else self.psf.radius)
 
     def both(self, x: Tensor) -> Tuple[Tensor, Tensor]:
-        """(deconvolved, denoised) for a normalised (B, C, Y, X) batch."""
+        """(deconvolved, denoised) for a normalised (B, C, [Z,] Y, X) batch."""
         z = self.unet(x)
         if self.has_psf:
             return z, self.psf(z)
@@ -79,9 +83,11 @@ def build_blind_spot_model(
     top_skip: bool,
     psf_size: int,
     deconvolved: bool,
+    spatial_dims: int = 2,
 ) -> nn.Module:
-    """Normalised (B, C, Y, X) in; denoised (or, with ``deconvolved``, deconvolved) out."""
+    """Normalised (B, C, [Z,] Y, X) in; denoised (or, with ``deconvolved``, deconvolved) out."""
     return BlindSpotNet(
-        n_channels, depth, features, kernel_size, batch_norm, blur_pool, top_skip, psf_size, deconvolved
+        n_channels, depth, features, kernel_size, batch_norm, blur_pool, top_skip, psf_size, deconvolved,
+        spatial_dims,
     )
 

@@ -29,10 +29,10 @@ class MaskedBatch:
     Attributes
     ----------
     inputs
-        ``(B, C, Y, X)`` network input: the batch with the centres replaced and
-        the blind-mask pixels randomised; same dtype and device as the batch.
+        ``(B, C, [Z,] Y, X)`` network input: the batch with the centres replaced
+        and the blind-mask pixels randomised; same dtype and device as the batch.
     loss_mask
-        Boolean ``(B, C, Y, X)`` tensor, True exactly at the masked centres.
+        Boolean tensor of the batch's shape, True exactly at the masked centres.
     """
 
     inputs: torch.Tensor
@@ -65,7 +65,8 @@ class BlindSpotMasker:
     fraction
         Expected fraction of pixels masked per plane, in ``(0, 0.5]``.
     window
-        Odd side (>= 3) of the square neighbourhood the replacement comes from.
+        Odd side (>= 3) of the square (in 3-D: cubic) neighbourhood the replacement
+        comes from.
     replacement
         ``"neighbour"``: the value of a uniformly chosen neighbour (N2V);
         ``"median"``: the median of the neighbours (N2V2).
@@ -105,32 +106,14 @@ class BlindSpotMasker:
         self.fraction = float(fraction)
         self.window = int(window)
         self.replacement = replacement
-
-        # Cell side g and per-cell count k = base (+1 with probability extra), so
-        # that the expected count per cell is exactly fraction * g * g. The small
-        # tolerance keeps e.g. fraction 0.25 from rounding up to g = 3.
-        self._cell = math.ceil(math.sqrt(1.0 / self.fraction) - 1e-9)
-        expected = self.fraction * self._cell**2
-        self._base = math.floor(expected)
-        self._extra = expected - self._base
-
         self.blind_offsets = _blind_offsets(blind_mask)
-        half = self.window // 2
-        steps = torch.arange(-half, half + 1)
-        self._dy = steps.repeat_interleave(self.window)
-        self._dx = steps.repeat(self.window)
-        allowed = (self._dy != 0) | (self._dx != 0)
-        for dy, dx in self.blind_offsets:
-            if abs(dy) <= half and abs(dx) <= half:
-                allowed[(dy + half) * self.window + (dx + half)] = False
-        if not bool(allowed.any()):
-            raise UserError(
-                f"the blind mask hides every neighbour in the {self.window}x{self.window} "
-                "window; use a larger window"
-            )
-        self._allowed = allowed
-        self._blind_dy = torch.tensor([o[0] for o in self.blind_offsets], dtype=torch.long)
-        self._blind_dx = torch.tensor([o[1] for o in self.blind_offsets], dtype=torch.long)
+        self._layouts: dict[int, _Layout] = {}
+        self._layout(2)  # a blind mask that hides the whole window: one clear line now
+
+    def _layout(self, dims: int) -> "_Layout":
+        if dims not in self._layouts:
+            self._layouts[dims] = _Layout(self.fraction, self.window, self.blind_offsets, dims)
+        return self._layouts[dims]
 
     def __call__(self, batch: torch.Tensor, generator: torch.Generator) -> MaskedBatch:
         """Mask ``batch``.
@@ -138,7 +121,9 @@ class BlindSpotMasker:
         Parameters
         ----------
         batch
-            Normalised float tensor ``(B, C, Y, X)`` on any device; not modified.
+            Normalised float tensor ``(B, C, Y, X)`` or ``(B, C, Z, Y, X)`` on any
+            device; not modified. In 3-D the window is a cube and a blind mask
+            applies within the centre's Z plane.
         generator
             CPU generator; every random number is drawn from it, so the same
             generator state and batch give the same result on any device.
@@ -153,80 +138,118 @@ class BlindSpotMasker:
         UserError
             If the planes are too small to offer any neighbour to a centre.
         """
-        if batch.ndim != 4:
-            raise ValueError(f"batch must have shape (B, C, Y, X), got {tuple(batch.shape)}")
-        n_b, n_c, height, width = batch.shape
+        if batch.ndim not in (4, 5):
+            raise ValueError(f"batch must have shape (B, C, [Z,] Y, X), got {tuple(batch.shape)}")
+        layout = self._layout(batch.ndim - 2)
+        n_b, n_c, *sizes = batch.shape
+        size = torch.tensor(sizes)
         device = batch.device
-        centres = self._choose_centres(n_b, n_c, height, width, generator)
+        centres = layout.choose_centres(n_b, n_c, sizes, generator)
         inputs = batch.clone()
 
-        b, c, y, x = centres.nonzero().unbind(1)
+        found = centres.nonzero()
+        b, c, coords = found[:, 0], found[:, 1], found[:, 2:]
         if b.numel() > 0:
-            src_y = y[:, None] + self._dy
-            src_x = x[:, None] + self._dx
-            valid = (
-                self._allowed
-                & (src_y >= 0)
-                & (src_y < height)
-                & (src_x >= 0)
-                & (src_x < width)
-            )
+            # (centres, window offsets, spatial axes)
+            source = coords[:, None, :] + layout.offsets
+            valid = layout.allowed & ((source >= 0) & (source < size)).all(-1)
             if not bool(valid.any(1).all()):
+                shape_text = "x".join(str(n) for n in sizes)
+                window_text = "x".join([str(self.window)] * len(sizes))
                 raise UserError(
-                    f"image planes of {height}x{width} pixels are too small for a "
-                    f"{self.window}x{self.window} masking window with this blind mask"
+                    f"image planes of {shape_text} pixels are too small for a "
+                    f"{window_text} masking window with this blind mask"
                 )
-            b_d, c_d, y_d, x_d = (t.to(device) for t in (b, c, y, x))
+            b_d, c_d = b.to(device), c.to(device)
+            at = [t.to(device) for t in coords.unbind(1)]
             if self.replacement == "neighbour":
                 pick = torch.multinomial(valid.float(), 1, generator=generator).squeeze(1)
-                sy = (y + self._dy[pick]).to(device)
-                sx = (x + self._dx[pick]).to(device)
-                values = batch[b_d, c_d, sy, sx]
+                picked = (coords + layout.offsets[pick]).to(device)
+                values = batch[(b_d, c_d, *picked.unbind(1))]
             else:
-                sy = src_y.clamp(0, height - 1).to(device)
-                sx = src_x.clamp(0, width - 1).to(device)
-                around = batch[b_d[:, None], c_d[:, None], sy, sx]
+                clamped = torch.minimum(source.clamp(min=0), size - 1).to(device)
+                around = batch[(b_d[:, None], c_d[:, None], *clamped.unbind(-1))]
                 nan = torch.tensor(float("nan"), dtype=batch.dtype, device=device)
                 around = torch.where(valid.to(device), around, nan)
                 values = torch.nanmedian(around, dim=1).values
-            inputs[b_d, c_d, y_d, x_d] = values
+            inputs[(b_d, c_d, *at)] = values
 
             if self.blind_offsets:
-                by = y[:, None] + self._blind_dy
-                bx = x[:, None] + self._blind_dx
-                inside = (by >= 0) & (by < height) & (bx >= 0) & (bx < width)
+                hidden_at = coords[:, None, :] + layout.blind
+                inside = ((hidden_at >= 0) & (hidden_at < size)).all(-1)
                 # A boolean field rather than index_put with duplicate indices
                 # (overlapping blind masks), which is not deterministic on GPU.
-                hidden = torch.zeros(n_b, n_c, height, width, dtype=torch.bool)
-                n_blind = self._blind_dy.numel()
-                hidden[
+                hidden = torch.zeros(batch.shape, dtype=torch.bool)
+                n_blind = layout.blind.shape[0]
+                hidden[(
                     b[:, None].expand(-1, n_blind)[inside],
                     c[:, None].expand(-1, n_blind)[inside],
-                    by[inside],
-                    bx[inside],
-                ] = True
+                    *hidden_at[inside].unbind(-1),
+                )] = True
                 # Random values with the plane's own mean and spread: N(0, 1) values in a dark
                 # or bright crop shift the statistics batch norm learns, and the network's
                 # output at inference (StructN2V then made images worse than their input).
                 hidden = hidden.to(device)
                 noise = torch.randn(int(hidden.sum()), generator=generator).to(device=device, dtype=batch.dtype)
-                mean = batch.mean(dim=(2, 3), keepdim=True).expand_as(batch)[hidden]
-                std = batch.std(dim=(2, 3), keepdim=True).expand_as(batch)[hidden]
+                spatial = tuple(range(2, batch.ndim))
+                mean = batch.mean(dim=spatial, keepdim=True).expand_as(batch)[hidden]
+                std = batch.std(dim=spatial, keepdim=True).expand_as(batch)[hidden]
                 inputs[hidden] = noise * std + mean
 
         return MaskedBatch(inputs=inputs, loss_mask=centres.to(device))
 
-    def _choose_centres(
-        self, n_b: int, n_c: int, height: int, width: int, generator: torch.Generator
-    ) -> torch.Tensor:
-        """Stratified boolean ``(B, C, Y, X)`` CPU mask of the centres."""
-        g = self._cell
-        cells_y, cells_x = -(-height // g), -(-width // g)
-        shape = (n_b, n_c, cells_y, cells_x)
-        draws = torch.rand(*shape, g * g, generator=generator)
-        count = self._base + (torch.rand(*shape, generator=generator) < self._extra).long()
+
+class _Layout:
+    """The masker's geometry for one number of spatial axes (2 or 3).
+
+    Stratification: the image is cut into cells of side ``g`` and each cell holds
+    ``base`` centres (one more with probability ``extra``), so the expected count
+    per cell is exactly ``fraction * g**dims``.
+    """
+
+    def __init__(self, fraction: float, window: int, blind_offsets: list[tuple[int, int]], dims: int) -> None:
+        # The small tolerance keeps e.g. fraction 0.25 from rounding up to g = 3.
+        root = math.sqrt(1.0 / fraction) if dims == 2 else (1.0 / fraction) ** (1.0 / dims)
+        self.dims = dims
+        self.cell = math.ceil(root - 1e-9)
+        expected = fraction * self.cell**dims
+        self.base = math.floor(expected)
+        self.extra = expected - self.base
+
+        half = window // 2
+        steps = torch.arange(-half, half + 1)
+        # Last axis fastest: the same order as the 2-D window has always had.
+        self.offsets = torch.cartesian_prod(*[steps] * dims).reshape(-1, dims)
+        # A 2-D blind mask hides its offsets within the centre's own plane.
+        lead = [0] * (dims - 2)
+        self.blind = torch.tensor([lead + [dy, dx] for dy, dx in blind_offsets], dtype=torch.long).reshape(-1, dims)
+        allowed = (self.offsets != 0).any(1)
+        for offset in self.blind.tolist():
+            if all(abs(o) <= half for o in offset):
+                allowed[_flat_index(offset, half, window)] = False
+        if not bool(allowed.any()):
+            window_text = "x".join([str(window)] * dims)
+            raise UserError(f"the blind mask hides every neighbour in the {window_text} window; use a larger window")
+        self.allowed = allowed
+
+    def choose_centres(self, n_b: int, n_c: int, sizes: list[int], generator: torch.Generator) -> torch.Tensor:
+        """Stratified boolean ``(B, C, *sizes)`` CPU mask of the centres."""
+        g, d = self.cell, self.dims
+        cells = [-(-n // g) for n in sizes]
+        shape = (n_b, n_c, *cells)
+        draws = torch.rand(*shape, g**d, generator=generator)
+        count = self.base + (torch.rand(*shape, generator=generator) < self.extra).long()
         rank = draws.argsort(-1).argsort(-1)
         chosen = rank < count[..., None]
-        chosen = chosen.view(*shape, g, g).permute(0, 1, 2, 4, 3, 5)
-        chosen = chosen.reshape(n_b, n_c, cells_y * g, cells_x * g)
-        return chosen[:, :, :height, :width].contiguous()
+        # (B, C, cells..., g...) -> (B, C, cell_0, g, cell_1, g, ...): each cell next to its pixels.
+        order = [0, 1] + [axis for k in range(d) for axis in (2 + k, 2 + d + k)]
+        chosen = chosen.view(*shape, *[g] * d).permute(*order)
+        chosen = chosen.reshape(n_b, n_c, *[n * g for n in cells])
+        return chosen[(slice(None), slice(None), *[slice(0, n) for n in sizes])].contiguous()
+
+
+def _flat_index(offset: list[int], half: int, window: int) -> int:
+    index = 0
+    for o in offset:
+        index = index * window + (o + half)
+    return index

@@ -28,12 +28,15 @@ from bmz_cosdd.methods.n2v.struct_mask import estimate_struct_mask, format_struc
 class BlindSpotModel(nn.Module):
     """The trained network plus what training needs besides it (masker, positivity floor)."""
 
-    def __init__(self, config: N2VConfig, n_channels: int, psf: np.ndarray | None, floor: Sequence[float]) -> None:
+    def __init__(
+        self, config: N2VConfig, n_channels: int, psf: np.ndarray | None, floor: Sequence[float], spatial_dims: int = 2
+    ) -> None:
         super().__init__()
         self.n_channels = n_channels
+        self.spatial_dims = spatial_dims
         self.net = BlindSpotNet(
             n_channels, config.depth, config.features, config.kernel_size, config.batch_norm,
-            config.blur_pool, config.top_skip, config.psf_size,
+            config.blur_pool, config.top_skip, config.psf_size, spatial_dims=spatial_dims,
         )
         if psf is not None:
             self.net.psf.set_kernel(psf)
@@ -136,7 +139,7 @@ class BlindSpotMethod:
             )
         return config, notes
 
-    def build(self, config: N2VConfig, n_channels: int, stats=None) -> BlindSpotModel:
+    def build(self, config: N2VConfig, n_channels: int, stats=None, spatial_dims: int = 2) -> BlindSpotModel:
         # A new run (stats given) installs its PSF; a loaded model takes it from the state dict.
         psf = _psf_kernel(config) if stats is not None and config.psf_size > 0 else None
         if psf is not None and psf.shape[0] != config.psf_size:
@@ -145,7 +148,7 @@ class BlindSpotMethod:
             floor = [(config.background - m) / s for m, s in zip(stats.mean, stats.std)]
         else:
             floor = [0.0] * n_channels
-        return BlindSpotModel(config, n_channels, psf, floor)
+        return BlindSpotModel(config, n_channels, psf, floor, spatial_dims)
 
     def size_step(self, model: nn.Module) -> int:
         return int(model.net.size_step)
@@ -162,7 +165,7 @@ class BlindSpotMethod:
         losses = {"masked_mse": mse}
         total = mse
         if model.net.has_psf and model.positivity > 0:
-            floor = model.positivity_floor.view(1, -1, 1, 1)
+            floor = model.positivity_floor.view([1, -1] + [1] * (z.ndim - 2))
             losses["positivity"] = torch.relu(floor - z.float()).mean()
             total = total + model.positivity * losses["positivity"]
         losses["loss"] = total
@@ -195,6 +198,7 @@ class BlindSpotMethod:
             "n_channels": model.n_channels, "depth": config.depth, "features": config.features,
             "kernel_size": config.kernel_size, "batch_norm": config.batch_norm, "blur_pool": config.blur_pool,
             "top_skip": config.top_skip, "psf_size": config.psf_size, "deconvolved": estimator == "deconvolved",
+            "spatial_dims": int(model.spatial_dims),
         }
         module = build_blind_spot_model(**kwargs)
         module.load_state_dict(model.net.state_dict())
@@ -220,8 +224,9 @@ class BlindSpotMethod:
         return ExportedModel(
             module=module.eval(), outputs=[estimator], builder=build_blind_spot_model, builder_kwargs=kwargs,
             source_modules=[blocks, unet, psf, architecture], size_step=module.size_step, halo=module.halo,
-            n_samples=None, cite=self.cite, tags=["denoising", "2d", "pytorch", "self-supervised", *self.tags],
-            card=[f"{self.name}.md", "blind_spot.md"], card_fields=fields,
+            n_samples=None, cite=self.cite,
+            tags=["denoising", f"{model.spatial_dims}d", "pytorch", "self-supervised", *self.tags],
+            card=[f"{self.name}.md", "blind_spot.md"], card_fields=fields, spatial_dims=int(model.spatial_dims),
         )
 
     @staticmethod

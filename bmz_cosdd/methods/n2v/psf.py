@@ -177,7 +177,7 @@ def read_psf(path: Union[str, Path]) -> np.ndarray:
 
 
 class PSFConvolution(nn.Module):
-    """Convolve every channel of a (B, C, Y, X) tensor with one 2-D PSF.
+    """Convolve every channel of a (B, C, Y, X) tensor (and every Z plane of a (B, C, Z, Y, X) one) with one 2-D PSF.
 
     The output has the input's size (replicate padding, which also works for
     kernels larger than the image) and is not shifted: a delta at (y, x) gives
@@ -240,13 +240,14 @@ class PSFConvolution(nn.Module):
             self.kernel.copy_(torch.from_numpy(padded).to(self.kernel.dtype)[None, None])
 
     def forward(self, x: Tensor) -> Tensor:
-        """Convolve each channel of ``x`` (B, C, Y, X) with the PSF; same shape out."""
-        b, c, h, w = x.shape
+        """Convolve each channel (and each Z plane) of ``x`` (B, C, [Z,] Y, X) with the PSF; same shape out."""
+        shape = x.shape
+        h, w = shape[-2], shape[-1]
         r = self.radius
-        flat = x.reshape(b * c, 1, h, w)
+        flat = x.reshape(-1, 1, h, w)
         if r > 0:
             flat = F.pad(flat, [r, r, r, r], mode="replicate")
         # conv2d computes a correlation; flipping the kernel makes it a convolution.
         weight = torch.flip(self.kernel, [2, 3]).to(x.dtype)
         out = F.conv2d(flat, weight)
-        return out.reshape(b, c, h, w)
+        return out.reshape(shape)
