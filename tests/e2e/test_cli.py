@@ -83,7 +83,7 @@ def _bad(tmp_path: Path, noisy_stack: Path) -> dict[str, tuple[list, str]]:
         "image smaller than crop": (train + [small], "crop size"),
         "constant image": (train + [const], "constant"),
         "unknown preset": (train + [noisy_stack, "--preset", "huge"], "unknown preset"),
-        "unknown direction": (train + [noisy_stack, "--direction", "z"], "unknown noise direction"),
+        "unknown direction": (train + [noisy_stack, "--direction", "w"], "unknown noise direction"),
         "run without checkpoint": (["predict", no_ckpt, noisy_stack, "--axes", "SYX"], "no checkpoint"),
         "not a run folder": (["predict", empty, noisy_stack], "not a run folder"),
         "missing run": (["predict", tmp_path / "ghost", noisy_stack], "no such run folder"),

@@ -71,7 +71,7 @@ def test_direct_estimator():
     "values, message",
     [
         ({"preset": "huge"}, "unknown preset 'huge'"),
-        ({"direction": "z"}, "unknown noise direction 'z'"),
+        ({"direction": "w"}, "unknown noise direction 'w'"),
         ({"direct_loss": "l3"}, "unknown direct-denoiser loss"),
         ({"n_levels": 3, "latent_channels": [4, 4]}, "latent_channels has 2 entries"),
         ({"colour": 1}, "unknown setting model.colour"),
