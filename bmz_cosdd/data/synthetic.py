@@ -181,6 +181,21 @@ def _blobs(rng: np.random.Generator, shape: tuple[int, int]) -> np.ndarray:
     return img
 
 
+def _blobs_3d(rng: np.random.Generator, shape: tuple[int, int, int]) -> np.ndarray:
+    """Volumes: sums of axis-aligned 3-D Gaussians over a range of scales (separable, so cheap)."""
+    volume = np.zeros(shape)
+    grids = [np.arange(n, dtype=np.float64) for n in shape]
+    n_blobs = int(rng.integers(max(3, volume.size // 20000), max(4, volume.size // 8000) + 1))
+    for _ in range(n_blobs):
+        scale = math.exp(rng.uniform(math.log(1.5), math.log(8.0)))
+        profiles = [
+            np.exp(-0.5 * ((grid - rng.uniform(0, n)) / (scale * rng.uniform(0.5, 1.0))) ** 2)
+            for grid, n in zip(grids, shape)
+        ]
+        volume += rng.uniform(0.2, 1.0) * profiles[0][:, None, None] * profiles[1][None, :, None] * profiles[2]
+    return volume
+
+
 def _scale_unit(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Map to [0, 1] with a small background level; the brightest 0.1 % saturate at 1."""
     lo = img.min()
@@ -206,8 +221,8 @@ _KINDS: dict[str, Callable[[np.random.Generator, tuple[int, int]], np.ndarray]] 
 }
 
 
-def make_clean(kind: str, n: int, shape: tuple[int, int] = (256, 256), seed: int = 0) -> np.ndarray:
-    """Generate clean synthetic microscopy images.
+def make_clean(kind: str, n: int, shape: tuple[int, ...] = (256, 256), seed: int = 0) -> np.ndarray:
+    """Generate clean synthetic microscopy images (or, for ``blobs``, volumes).
 
     Parameters
     ----------
@@ -218,8 +233,8 @@ def make_clean(kind: str, n: int, shape: tuple[int, int] = (256, 256), seed: int
         Gaussians; ``mixed``: cells and filaments over blobs.
     n : int
         Number of images.
-    shape : (int, int), default (256, 256)
-        Image size (Y, X).
+    shape : tuple of int, default (256, 256)
+        Image size (Y, X), or volume size (Z, Y, X) for ``blobs``.
     seed : int, default 0
         Seed; image ``i`` depends only on ``(kind, seed, i, shape)``, so the
         first images of a larger set equal a smaller set's.
@@ -227,7 +242,7 @@ def make_clean(kind: str, n: int, shape: tuple[int, int] = (256, 256), seed: int
     Returns
     -------
     numpy.ndarray
-        float64 array of shape ``(n, Y, X)`` with values in [0, 1].
+        float64 array of shape ``(n, Y, X)`` or ``(n, Z, Y, X)`` with values in [0, 1].
 
     Raises
     ------
@@ -236,14 +251,17 @@ def make_clean(kind: str, n: int, shape: tuple[int, int] = (256, 256), seed: int
     """
     if kind not in _KINDS:
         raise UserError(f"unknown synthetic image kind '{kind}'; valid kinds: {', '.join(_KINDS)}")
-    shape = (int(shape[0]), int(shape[1]))
-    if n < 1 or min(shape) < 8:
-        raise UserError(f"synthetic images need n >= 1 and a shape of at least 8 x 8, got n={n}, shape={shape}")
+    shape = tuple(int(side) for side in shape)
+    if len(shape) == 3 and kind != "blobs":
+        raise UserError(f"synthetic volumes (Z, Y, X) come in the kind 'blobs' only, not '{kind}'")
+    if len(shape) not in (2, 3) or n < 1 or min(shape) < 8:
+        raise UserError(f"synthetic images need n >= 1 and a shape of at least 8 x 8 (x 8), got n={n}, shape={shape}")
     kind_id = list(_KINDS).index(kind)
+    generate = _blobs_3d if len(shape) == 3 else _KINDS[kind]
     out = np.empty((n,) + shape, dtype=np.float64)
     for i in range(n):
         rng = np.random.default_rng([int(seed), i, kind_id])
-        out[i] = _scale_unit(_KINDS[kind](rng, shape), rng)
+        out[i] = _scale_unit(generate(rng, shape), rng)
     return out
 
 
@@ -441,7 +459,7 @@ def make_dataset(
     kind: str = "mixed",
     noise: str = "row_correlated",
     n: int = 8,
-    shape: tuple[int, int] = (256, 256),
+    shape: tuple[int, ...] = (256, 256),
     seed: int = 0,
     **noise_params: Any,
 ) -> SyntheticData:
@@ -455,8 +473,9 @@ def make_dataset(
         One of ``NOISE_RECIPES``.
     n : int, default 8
         Number of images.
-    shape : (int, int), default (256, 256)
-        Image size (Y, X).
+    shape : tuple of int, default (256, 256)
+        Image size (Y, X), or volume size (Z, Y, X) with ``kind="blobs"``; the noise
+        recipes act along the last axes (x is always the last).
     seed : int, default 0
         Same seed, same arrays.
     **noise_params

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from scipy import ndimage
 
-from bmz_cosdd.data.io import write_tiff
+from bmz_cosdd.data.io import read_array, write_tiff
+from bmz_cosdd.data.synthetic import make_dataset, row_correlated
 from bmz_cosdd.export.rdf import read_package_descr
 from bmz_cosdd.inference.predictor import load_run, predict_files, predict_image
 from bmz_cosdd.methods.base import PredictOptions
@@ -21,29 +21,15 @@ from helpers import assert_one_line_error, run_cli, tiny_blind_spot_config, tiny
 SHAPE = (24, 32, 32)
 
 
-def _clean_volume(rng: np.random.Generator) -> np.ndarray:
-    """Smooth blobs in 3-D, 100 to 1000 counts."""
-    field = ndimage.gaussian_filter(rng.random(SHAPE), 2.0)
-    field = (field - field.min()) / np.ptp(field)
-    return 100.0 + 900.0 * field
-
-
-def _noisy(rng: np.random.Generator, clean: np.ndarray) -> np.ndarray:
-    """Poisson-Gaussian noise plus a row-correlated (along X) component."""
-    pixel = 2.0 * rng.poisson(clean / 2.0) + rng.normal(0.0, 10.0, clean.shape)
-    rows = ndimage.uniform_filter1d(rng.normal(0.0, 30.0, clean.shape), 5, axis=-1)
-    return (pixel + rows).astype(np.float32)
-
-
 @pytest.fixture(scope="module")
 def volumes(tmp_path_factory) -> Path:
-    """Two noisy 24 x 32 x 32 volumes as one SZYX TIFF, and a TYX calibration stack."""
+    """Two noisy 24 x 32 x 32 volumes (row-correlated noise) as one SZYX TIFF, and a TYX
+    calibration stack of the same camera (12 frames of a static ramp)."""
     folder = tmp_path_factory.mktemp("volumes")
-    rng = np.random.default_rng(5)
-    clean = np.stack([_clean_volume(rng) for _ in range(2)])
-    write_tiff(folder / "volumes.tif", np.stack([_noisy(rng, c) for c in clean]), "SZYX")
-    flat = np.full((32, 32), 500.0) + 400.0 * np.linspace(-1, 1, 32)[None, :]
-    calibration = np.stack([2.0 * rng.poisson(flat / 2.0) + rng.normal(0, 10.0, flat.shape) for _ in range(12)])
+    data = make_dataset("blobs", "row_correlated", n=2, shape=SHAPE, seed=5)
+    write_tiff(folder / "volumes.tif", data.noisy, "SZYX")
+    ramp = np.broadcast_to(np.linspace(0.05, 1.0, 32), (12, 32, 32))
+    calibration = row_correlated(ramp, np.random.default_rng(0), blur_sigma=0.0)
     write_tiff(folder / "calibration.tif", calibration.astype(np.float32), "TYX")
     return folder
 
@@ -67,7 +53,7 @@ def test_cosdd_trains_predicts_and_packages_volumes_along_z(volumes, tmp_path, c
     assert yaml.safe_load((run / "config.yaml").read_text())["data"]["spatial_dims"] == 3
 
     trained = load_run(run, device="cpu")
-    volume = np.asarray(np.random.default_rng(0).normal(500, 50, (1, 20, 28, 36)), dtype=np.float32)
+    volume = np.asarray(np.random.default_rng(0).normal(0.5, 0.1, (1, 20, 28, 36)), dtype=np.float32)
     options = PredictOptions(estimator="direct")
     whole = predict_image(trained, volume, options, tile=4096)["direct"]
     tiled = predict_image(trained, volume, options, tile=24)["direct"]
@@ -78,8 +64,6 @@ def test_cosdd_trains_predicts_and_packages_volumes_along_z(volumes, tmp_path, c
 
     written = predict_files(trained, [volumes / "volumes.tif"], "SZYX", tmp_path / "out",
                             PredictOptions(samples=2, sample_batch=2))
-    from bmz_cosdd.data.io import read_array
-
     assert read_array(written[0]).shape == (2, *SHAPE)
 
     package = tmp_path / "cosdd3d.zip"
@@ -117,7 +101,7 @@ def test_hdn_and_divnoising_train_and_package_volumes(volumes, tmp_path, capsys)
         run = tmp_path / method
         train(config, run, progress=False)
         trained = load_run(run, device="cpu")
-        volume = np.full((1, 12, 16, 16), 500.0, dtype=np.float32)
+        volume = np.full((1, 12, 16, 16), 0.5, dtype=np.float32)
         out = predict_image(trained, volume, PredictOptions(samples=2, sample_batch=2), tile=8 + 2 * 4)
         assert out["mmse"].shape == volume.shape and np.isfinite(out["mmse"]).all()
     # Both share the sampling model; HDN's ladder VAE is packaged (and validated by bioimageio.core).
