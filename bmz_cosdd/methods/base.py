@@ -184,7 +184,8 @@ class ExportedModel:
     """A scriptable inference module and what a package needs to describe it.
 
     ``module`` takes a normalised (B, C, Y, X) input, or (B, C, Z, Y, X) when
-    ``spatial_dims`` is 3, whose spatial sizes are multiples of ``size_step``, and returns ``outputs`` in normalised units; ``builder`` called with
+    ``spatial_dims`` is 3, whose spatial sizes are multiples of ``size_step``, and
+    returns ``outputs`` in normalised units; ``builder`` called with
     ``builder_kwargs`` rebuilds it (for state-dict weights), and ``source_modules``
     (dependencies first) hold everything ``builder`` needs. ``card`` names the model-card
     template in ``model_cards/`` (or a list: the card, then sections it includes by

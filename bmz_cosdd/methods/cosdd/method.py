@@ -47,8 +47,8 @@ class COSDD:
     def cli_options(self) -> list[inspect.Parameter]:
         return [
             cli_option("direction", str, "Axis along which the noise is correlated: x (rows), y (columns), z "
-                       "(3-D only), none (pixel-independent) or auto (measured from the data, as `bmz-cosdd inspect` does; default).",
-                       "COSDD"),
+                       "(3-D only), none (pixel-independent) or auto (measured from the data, as `bmz-cosdd "
+                       "inspect` does; default).", "COSDD"),
             cli_option("preset", str, f"Architecture preset: {', '.join(PRESETS)}.", "COSDD"),
             cli_option("n_levels", int, "Hierarchy levels of the ladder VAE (overrides the preset).", "COSDD"),
             cli_option("features", int, "Feature width of the ladder VAE (overrides the preset).", "COSDD"),
