@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -100,7 +101,7 @@ def main() -> None:
         package = args.out / f"{method}.zip"
         started = time.perf_counter()
         result = package_run(run, package, ExportOptions(samples=20, sample_batch=10), say=lambda line: None)
-        results[method] = {
+        result_line = {
             "train_seconds": round(trained_s, 1),
             "package_seconds": round(time.perf_counter() - started, 1),
             "weight_formats": result.weight_formats,
@@ -109,6 +110,8 @@ def main() -> None:
             f"psnr_{estimator}": round(psnr(data.clean[-1], denoised[estimator][0], data_range=1.0), 2),
             **independent_checks(package),
         }
+        results[method] = result_line
+        print(json.dumps({"method": method, **result_line}), file=sys.stderr, flush=True)  # progress
     print(json.dumps({"volume_shape": SHAPE, "steps": args.steps, "methods": results}, indent=1))
 
 

@@ -293,3 +293,14 @@ def test_psf_convolution_scripts_and_matches_eager():
     assert torch.allclose(scripted(x), want, atol=1e-6)
     assert torch.allclose(loaded(x), want, atol=1e-6)
     assert torch.equal(loaded.kernel, layer.kernel)
+
+
+def test_a_volume_is_convolved_plane_by_plane_and_scripts() -> None:
+    layer = PSFConvolution(5, 2)
+    layer.set_kernel(gaussian_psf(1.0, size=5))
+    volume = torch.randn(2, 2, 3, 12, 10, generator=torch.Generator().manual_seed(0))
+    out = layer(volume)
+    planes = torch.stack([layer(volume[:, :, z]) for z in range(volume.shape[2])], 2)
+    assert out.shape == volume.shape
+    torch.testing.assert_close(out, planes)
+    torch.testing.assert_close(torch.jit.script(layer)(volume), out)
