@@ -84,7 +84,6 @@ class RandomCrops:
 
     def __init__(self, images: Sequence[Image], crop_size: int | Sequence[int], generator: torch.Generator) -> None:
         self.crop_shape = _crop_shape(images, crop_size)
-        self.crop_size = crop_size
         self.generator = generator
         self._data = [torch.from_numpy(np.ascontiguousarray(im.data, dtype=np.float32)) for im in images]
         # Positions per image along every spatial axis, e.g. (rows of positions, columns of positions).
