@@ -125,6 +125,9 @@ def make_train_command(method: Method) -> Callable[..., None]:
             f"{processes}, stopped by {result.stopped}; best validation {method.monitor} {result.best:.5g};"
             f" run folder {run_dir}"
         )
+        if result.quality is not None:
+            for line in result.quality.lines(method.name, run_dir):
+                _say(line)
         if result.stopped == "interrupted":
             _say(f"interrupted: checkpoint saved; continue with: bmz-cosdd train {method.name} --resume --out {run_dir}")
 
@@ -181,7 +184,7 @@ def predict(
     _denoised for the N2V family), or with any bioimage.io model package through bioimageio.core, block by block.
     Zarr / OME-Zarr inputs (and large TIFFs) are predicted out of core into the same container, resumably."""
     from bmz_cosdd.inference.blockwise import is_out_of_core_input
-    from bmz_cosdd.inference.predictor import load_run, predict_files
+    from bmz_cosdd.inference.predictor import ResidualPairs, load_run, predict_files
     from bmz_cosdd.methods.base import PredictOptions
     from bmz_cosdd.zoo.predict import is_package, predict_files_with_package
 
@@ -199,10 +202,15 @@ def predict(
         return
 
     trained = load_run(run, checkpoint=checkpoint, device=device)
+    if trained.quality is not None and trained.quality.flagged:
+        for line in trained.quality.lines(trained.method.name, run):
+            if not line.startswith("note:"):
+                _say(line)
     options = PredictOptions(
         estimator=estimator or trained.method.estimators[0],
         samples=samples, sample_batch=sample_batch, keep_samples=save_samples,
     )
+    residual = ResidualPairs(options.estimator)
     if large:
         _predict_large(trained, large, axes, out, options, tile, seed, quiet)
         if not inputs:
@@ -212,16 +220,21 @@ def predict(
         from bmz_cosdd.analysis.sampling_view import format_psnr_table, predict_with_sampling_view
 
         report = predict_with_sampling_view(trained, inputs, axes or trained.config.data.axes, out, options,
-                                            target=target, save_samples=save_samples, **common)
+                                            target=target, save_samples=save_samples, residual=residual, **common)
         for note in report.notes:
             _say(note)
         written, table = report.written, format_psnr_table(report)
     else:
-        written, table = predict_files(trained, inputs, axes or trained.config.data.axes, out, options, **common), ""
+        written = predict_files(trained, inputs, axes or trained.config.data.axes, out, options, residual=residual,
+                                **common)
+        table = ""
     for path in written:
         typer.echo(str(path))
     if table:
         typer.echo(table)
+    check = residual.check()
+    if check is not None:
+        _say(check.describe())
 
 
 @app.command()
@@ -324,6 +337,7 @@ def package(
     license: Annotated[Optional[str], typer.Option(help="SPDX licence of the weights.")] = None,
     meta: Annotated[Optional[Path], typer.Option(help="YAML with name, description, authors, version, license, tags.")] = None,
     device: Annotated[Optional[str], typer.Option(help="Device for validation: cpu or cuda.")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Package a run whose quality check flagged it (collapsed latent, or estimated worse than its input).")] = False,
 ) -> None:
     """Package a trained run for the BioImage Model Zoo and validate every weight format."""
     from bmz_cosdd.export.package import load_meta, package_run
@@ -336,7 +350,7 @@ def package(
         estimator=estimator, outputs=tuple(o.strip() for o in outputs.split(",") if o.strip()) if outputs else None,
         samples=samples, sample_batch=sample_batch, seed=seed,
     )
-    result = package_run(run, out, options, metadata, device=device, say=_say)
+    result = package_run(run, out, options, metadata, device=device, say=_say, force=force)
     for note in result.notes:
         _say(note)
     if result.validation:

@@ -13,8 +13,9 @@ class RunFolder:
     ``config.yaml`` (resolved settings, seeds included), ``normalisation.json``
     (float64 statistics), ``split.json`` (which images train and validate),
     ``checkpoints/best.pt`` and ``checkpoints/last.pt``, ``metrics.jsonl``,
-    ``loss_curves.png`` and, when the method chose settings from the data,
-    ``notes.txt``.
+    ``loss_curves.png``, ``quality.json`` (the ground-truth-free assessment of the best
+    checkpoint, :mod:`bmz_cosdd.training.quality`) and, when the method chose settings
+    from the data, ``notes.txt``.
     """
 
     root: Path
@@ -54,3 +55,7 @@ class RunFolder:
     @property
     def notes(self) -> Path:
         return self.root / "notes.txt"
+
+    @property
+    def quality(self) -> Path:
+        return self.root / "quality.json"

@@ -100,7 +100,7 @@ def main() -> None:
         denoised = predict_image(trained, data.noisy[-1][None], PredictOptions(estimator=estimator, samples=20))
         package = args.out / f"{method}.zip"
         started = time.perf_counter()
-        result = package_run(run, package, ExportOptions(samples=20, sample_batch=10), say=lambda line: None)
+        result = package_run(run, package, ExportOptions(samples=20, sample_batch=10), say=lambda line: None, force=True)
         result_line = {
             "train_seconds": round(trained_s, 1),
             "package_seconds": round(time.perf_counter() - started, 1),

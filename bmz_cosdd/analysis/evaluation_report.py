@@ -16,12 +16,14 @@ import numpy as np
 
 from bmz_cosdd.data.axes import parse_axes, to_samples_cyx
 from bmz_cosdd.data.io import find_files, read_array
+from bmz_cosdd.data.method_noise import ResidualCheck, check_residual
 from bmz_cosdd.errors import UserError
 from bmz_cosdd.evaluation import SSIM_MIN_SIDE, SSIM_SIGMA, psnr, ssim
 
 # Outputs of ``predict`` that are not estimates of the clean image (spreads, samples, figures); skipped in folders.
 NOT_ESTIMATES = ("_std", "_samples", "_sampling")
 PER_IMAGE_RULE = "per image: target max - min"
+RESIDUAL_IMAGES = 32  # images handed to the residual check (it examines up to 32)
 SSIM_SETTINGS = (
     f"Wang et al. 2004 via skimage.metrics.structural_similarity: Gaussian window sigma {SSIM_SIGMA} "
     "(11 taps), K1 0.01, K2 0.03, population covariances; mean over channels"
@@ -95,11 +97,15 @@ class EvaluationResult:
         How the data range was chosen: ``"per image: target max - min"`` or ``"fixed: <value>"``.
     views : list of PanelView
         Crops of the first images, for :meth:`write_panel`.
+    residual : ResidualCheck or None
+        With the noisy inputs: whether ``noisy - prediction`` looks like the noise
+        (:func:`~bmz_cosdd.data.method_noise.check_residual`; no ground truth involved).
     """
 
     rows: list[ImageScore]
     data_range_rule: str
     views: list[PanelView] = field(default_factory=list, repr=False)
+    residual: ResidualCheck | None = None
 
     @property
     def has_noisy(self) -> bool:
@@ -136,6 +142,7 @@ class EvaluationResult:
                 **({"noisy_psnr_db": _number(means["noisy_psnr"]), "noisy_ssim": means["noisy_ssim"]}
                    if self.has_noisy else {}),
             },
+            **({"residual_check": self.residual.to_dict()} if self.residual is not None else {}),
         }
 
     def format_table(self) -> str:
@@ -158,8 +165,9 @@ class EvaluationResult:
             return "  ".join([row[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(row[1:], widths[1:])]).rstrip()
 
         rule = "-" * len(join(heads))
+        footer = [] if self.residual is None else [self.residual.describe()]
         return "\n".join([f"data range: {self.data_range_rule}; SSIM: Wang et al. 2004 (Gaussian sigma {SSIM_SIGMA})",
-                          join(heads), rule, *map(join, lines[:-1]), rule, join(lines[-1])])
+                          join(heads), rule, *map(join, lines[:-1]), rule, join(lines[-1]), *footer])
 
     def write_panel(self, path: str | Path) -> Path:
         """Write a PNG: per image (up to the number kept), crops of noisy / prediction / target / |error|.
@@ -329,7 +337,8 @@ def evaluate(
     pattern
         Glob pattern inside the prediction folder, e.g. ``"*_mmse.tif"``.
     noisy
-        Optional noisy inputs (file or folder), scored against the same targets.
+        Optional noisy inputs (file or folder), scored against the same targets; their residual
+        against the prediction is checked too (:attr:`EvaluationResult.residual`).
     data_range
         Peak-to-peak range for PSNR and SSIM; default: each target image's max - min.
     crop
@@ -354,6 +363,7 @@ def evaluate(
         raise UserError(f"the crop size must be at least 1 pixel, got {crop}")
     rows: list[ImageScore] = []
     views: list[PanelView] = []
+    residual_pairs: tuple[list[np.ndarray], list[np.ndarray]] = ([], [])
     pairs = pair_files(prediction, target, pattern, noisy)
     for (tgt, noisy_path), group in itertools.groupby(pairs, key=lambda p: (p[1], p[2])):
         truth = read_images(tgt, axes)
@@ -373,6 +383,9 @@ def evaluate(
                     raise UserError(f"{ref_label}: SSIM needs images of at least {SSIM_MIN_SIDE} x {SSIM_MIN_SIDE}"
                                     f" pixels, got {ref.shape[-2]} x {ref.shape[-1]}")
                 noise = None if noisy_samples is None else noisy_samples[i]
+                if noise is not None and len(residual_pairs[0]) < RESIDUAL_IMAGES:
+                    residual_pairs[0].append(noise)
+                    residual_pairs[1].append(est)
                 score = ImageScore(
                     label, ref_label, psnr(est, ref, rng), ssim(est, ref, rng), float(np.mean((est - ref) ** 2)),
                     rng, None if noise is None else psnr(noise, ref, rng),
@@ -385,4 +398,5 @@ def evaluate(
                     views.append(PanelView(score, p_crop.copy(), t_crop.copy(),
                                            None if n_crop is None else n_crop.copy(), origin, est.shape[0]))
     rule = PER_IMAGE_RULE if data_range is None else f"fixed: {data_range:g}"
-    return EvaluationResult(rows, rule, views)
+    residual = check_residual(*residual_pairs) if residual_pairs[0] else None
+    return EvaluationResult(rows, rule, views, residual)

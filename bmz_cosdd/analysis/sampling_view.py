@@ -21,7 +21,13 @@ from bmz_cosdd.data.io import atomic_write_text, find_files
 from bmz_cosdd.errors import UserError
 from bmz_cosdd.evaluation import psnr
 from bmz_cosdd.inference.files import InputFile, read_inputs
-from bmz_cosdd.inference.predictor import SCALE_ONLY_OUTPUTS, TrainedModel, check_out_dir, predict_inputs
+from bmz_cosdd.inference.predictor import (
+    SCALE_ONLY_OUTPUTS,
+    ResidualPairs,
+    TrainedModel,
+    check_out_dir,
+    predict_inputs,
+)
 from bmz_cosdd.methods.base import PredictOptions
 from bmz_cosdd.plotting import display_range, pyplot, save_figure, show_image
 
@@ -230,6 +236,7 @@ def predict_with_sampling_view(
     ks: Sequence[int] = DEFAULT_KS,
     crop: int | None = 256,
     on_image: Callable[[Path, int, int], None] | None = None,
+    residual: ResidualPairs | None = None,
 ) -> SamplingReport:
     """Denoise files, keep the posterior samples, and write a sampling view per file.
 
@@ -260,6 +267,8 @@ def predict_with_sampling_view(
         Side of the centre region shown in the PNG.
     on_image
         Called with (path, index, count) after each file.
+    residual
+        Keeps images for the residual check (see :class:`~bmz_cosdd.inference.predictor.ResidualPairs`).
 
     Returns
     -------
@@ -321,7 +330,7 @@ def predict_with_sampling_view(
 
     report.written = predict_inputs(
         trained, loaded, out, options, tile, seed, on_image, on_outputs,
-        skip_outputs=() if save_samples else ("samples",),
+        skip_outputs=() if save_samples else ("samples",), residual=residual,
     )
     return report
 

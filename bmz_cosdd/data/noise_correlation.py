@@ -28,6 +28,7 @@ import numpy as np
 from bmz_cosdd.errors import UserError
 
 __all__ = ["NoiseCorrelation", "RESIDUAL_GAIN", "axis_residual", "correlation_reach", "estimate_noise_correlation",
+           "estimate_noise_variance", "noise_variance_by_signal",
            "examined_images"]
 
 AXES = ("x", "y")
@@ -190,8 +191,8 @@ def _residual_correlation(img: np.ndarray, axis: int, max_lag: int) -> tuple[np.
     return corr, count
 
 
-def examined_images(images: Sequence[np.ndarray], min_side: int = 1) -> list[np.ndarray]:
-    """What the noise is measured on: up to 8 evenly spaced images of at least ``min_side`` pixels a side,
+def examined_images(images: Sequence[np.ndarray], min_side: int = 1, max_images: int = _MAX_IMAGES) -> list[np.ndarray]:
+    """What the noise is measured on: up to ``max_images`` (8) evenly spaced images of at least ``min_side`` pixels a side,
     each cropped to its central 512 x 512 pixels, as (C, Y, X) float64 (bounds that keep large data fast).
     A volume (C, Z, Y, X) counts as its Z planes.
 
@@ -207,8 +208,8 @@ def examined_images(images: Sequence[np.ndarray], min_side: int = 1) -> list[np.
         if a.ndim != 3:
             raise UserError(f"the noise is measured on 2-D images, (C, Y, X) or (Y, X); got shape {a.shape}")
     arrays = [a for a in arrays if min(a.shape[-2:]) >= min_side]
-    if len(arrays) > _MAX_IMAGES:
-        picks = np.linspace(0, len(arrays) - 1, _MAX_IMAGES).round().astype(int)
+    if len(arrays) > max_images:
+        picks = np.linspace(0, len(arrays) - 1, max_images).round().astype(int)
         arrays = [arrays[i] for i in picks]
     crops = []
     for a in arrays:
@@ -315,3 +316,99 @@ def estimate_noise_correlation(
         length_y=correlation_reach(corr_y, threshold),
         max_lag=max_lag,
     )
+
+
+def _across_axis(direction: str) -> int:
+    """The image axis (0: y, 1: x) along which a pixel is predicted to leave its noise: across the correlation."""
+    return 1 if direction == "y" else 0
+
+
+def noise_variance_by_signal(
+    images: Sequence[np.ndarray], direction: str = "none", signals: Sequence[np.ndarray] | None = None, bins: int = 16,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Noise variance of noisy images in signal bins, measured from the images alone.
+
+    Every pixel is predicted from its neighbours across the noise correlation (from the
+    pixels 1 and 2 rows away for noise correlated along x or pixel-independent noise,
+    1 and 2 columns away for noise correlated along y); the residual holds the noise
+    times :data:`RESIDUAL_GAIN` plus what of the image is not locally cubic. Its robust
+    variance (1.4826 MAD, squared) is taken in ``bins`` quantile bins of the signal, so
+    that signal-dependent noise and the edges of bright structures do not mix.
+
+    Parameters
+    ----------
+    images : sequence of numpy.ndarray
+        Noisy images, (C, Y, X) or (Y, X), any units; used as given (no cropping).
+    direction : {"x", "y", "z", "none"}, default "none"
+        Noise direction; ``z`` and ``none`` predict along y.
+    signals : sequence of numpy.ndarray, optional
+        The signal to bin by, aligned with ``images`` (e.g. a prediction); default: a
+        Gaussian smoothing (sigma 2 px) of each image.
+    bins : int, default 16
+        Signal bins (fewer when quantiles coincide).
+
+    Returns
+    -------
+    centres, variances, counts : numpy.ndarray
+        Mean signal, noise variance (the images' units squared) and pixel count per bin.
+    """
+    from scipy import ndimage
+
+    axis = _across_axis(direction)
+    edge = len(_PREDICTOR) // 2
+    trim = (slice(edge, -edge), slice(None)) if axis == 0 else (slice(None), slice(edge, -edge))
+    residuals, levels = [], []
+    for index, image in enumerate(images):
+        image = np.asarray(image, dtype=np.float64)
+        image = image[None] if image.ndim == 2 else image
+        signal = None if signals is None else np.asarray(signals[index], dtype=np.float64).reshape(image.shape)
+        for c, channel in enumerate(image):
+            residuals.append(axis_residual(channel, axis).ravel())
+            level = ndimage.gaussian_filter(channel, 2.0, mode="reflect") if signal is None else signal[c]
+            levels.append(level[trim].ravel())
+    resid, level = np.concatenate(residuals), np.concatenate(levels)
+    edges = np.unique(np.quantile(level, np.linspace(0.0, 1.0, bins + 1)))
+    index = np.clip(np.searchsorted(edges, level, side="right") - 1, 0, max(len(edges) - 2, 0))
+    centres, variances, counts = [], [], []
+    for b in np.unique(index):
+        chosen = index == b
+        values = resid[chosen]
+        mad = float(np.median(np.abs(values - np.median(values))))
+        centres.append(float(level[chosen].mean()))
+        variances.append((1.4826 * mad) ** 2 / RESIDUAL_GAIN)
+        counts.append(int(values.size))
+    return np.array(centres), np.array(variances), np.array(counts)
+
+
+def estimate_noise_variance(images: Sequence[np.ndarray], direction: str = "none", bins: int = 16) -> float:
+    """Mean noise variance of noisy images, measured from the images alone.
+
+    The count-weighted mean of :func:`noise_variance_by_signal` over up to 32 images
+    bounded as in :func:`examined_images`. On the paper's noise recipes applied to real
+    tiles (:mod:`bmz_cosdd.data.real_images`) it lies within about 25 % of the true
+    variance (higher where textures remain).
+
+    Parameters
+    ----------
+    images : sequence of numpy.ndarray
+        Noisy images, (C, Y, X), (Y, X) or volumes (C, Z, Y, X) (their Z planes), any units.
+    direction : {"x", "y", "z", "none"}, default "none"
+        Noise direction; ``z`` and ``none`` predict along y.
+    bins : int, default 16
+        Signal bins.
+
+    Returns
+    -------
+    float
+        The variance in the images' units squared, pooled over channels.
+
+    Raises
+    ------
+    UserError
+        If no image has at least 5 x 5 pixels.
+    """
+    arrays = examined_images(images, min_side=len(_PREDICTOR), max_images=4 * _MAX_IMAGES)
+    if not arrays:
+        raise UserError("no image of at least 5 x 5 pixels to measure the noise variance on")
+    _, variances, counts = noise_variance_by_signal(arrays, direction, bins=bins)
+    return float(np.sum(variances * counts) / np.sum(counts))

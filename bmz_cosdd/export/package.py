@@ -221,12 +221,19 @@ def package_run(
     validate: bool = True,
     device: str | None = None,
     say: Any = print,
+    force: bool = False,
 ) -> PackageResult:
     """Package the best checkpoint of ``run_dir`` as a bioimage.io model zip at ``out``.
 
     The zip is built in a temporary folder, validated for every weight format at
     default tolerance, and only then renamed to ``out``; on any failure nothing is
     left at ``out`` (an existing file there stays untouched).
+
+    Raises
+    ------
+    UserError
+        Among others, when the run's quality assessment (``quality.json``, see
+        :mod:`bmz_cosdd.training.quality`) flags it and ``force`` is False.
     """
     from bmz_cosdd.export.rdf import Author, PackageContent, build_package
     from bmz_cosdd.zoo.validate import validate_package
@@ -238,6 +245,13 @@ def package_run(
         raise UserError(f"--out must name a .zip file, got {out}")
     trained = load_run(run_dir, device="cpu")
     method, model = trained.method, trained.model
+    if trained.quality is not None and trained.quality.flagged:
+        if not force:
+            raise UserError(
+                f"refusing to package {run_dir}: {trained.quality.flags[0]}; see {Path(run_dir) / 'quality.json'}"
+                " (package it anyway with --force)"
+            )
+        say(f"packaging a flagged run (--force): {trained.quality.flags[0]}")
     if options.samples < 1 or options.sample_batch < 1:
         raise UserError("--samples and --sample-batch must be at least 1")
     options = dataclasses.replace(options, estimator=options.estimator or method.estimators[0])

@@ -6,13 +6,14 @@ import contextlib
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Collection, Iterator, Optional, Sequence
+from typing import Any, Callable, Collection, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
 from bmz_cosdd.config import RunConfig, load_yaml
+from bmz_cosdd.data.method_noise import ResidualCheck, check_residual
 from bmz_cosdd.data.normalisation import NormStats, denormalise, normalise
 from bmz_cosdd.errors import UserError
 from bmz_cosdd.inference.files import InputFile, read_inputs, write_outputs
@@ -39,6 +40,7 @@ class TrainedModel:
     step: int
     source: Path
     training: dict[str, float] = field(default_factory=dict)  # elapsed seconds, best monitored loss, best step
+    quality: Any = None  # the run's QualityReport (quality.json) when it has one
 
 
 def load_run(run_dir: str | Path, checkpoint: str = "best", device: str = "auto") -> TrainedModel:
@@ -79,7 +81,22 @@ def load_run(run_dir: str | Path, checkpoint: str = "best", device: str = "auto"
         method=method, model=model, config=config, stats=stats,
         device=dev, step=int(state["step"]), source=path,
         training={key: float(state[key]) for key in ("elapsed", "best", "best_step") if key in state},
+        quality=read_quality(run),
     )
+
+
+def read_quality(run: RunFolder) -> Any:
+    """The run's :class:`~bmz_cosdd.training.quality.QualityReport`, or None when it has none (older runs)."""
+    import json
+
+    from bmz_cosdd.training.quality import QualityReport
+
+    if not run.quality.is_file():
+        return None
+    try:
+        return QualityReport.from_dict(json.loads(run.quality.read_text()))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise UserError(f"{run.quality} is damaged ({exc}); retrain or delete it") from None
 
 
 def predict_image(
@@ -191,6 +208,36 @@ def to_raw(trained: TrainedModel, outputs: dict[str, np.ndarray]) -> dict[str, n
     return result
 
 
+class ResidualPairs:
+    """Noisy images and the main output beside them, kept for the residual check (the first 32).
+
+    Parameters
+    ----------
+    output
+        The name of the output checked (the estimator, e.g. ``mmse`` or ``denoised``).
+    """
+
+    limit = 32
+
+    def __init__(self, output: str) -> None:
+        self.output = output
+        self.noisy: list[np.ndarray] = []
+        self.predicted: list[np.ndarray] = []
+
+    def add(self, noisy: np.ndarray, outputs: dict[str, np.ndarray]) -> None:
+        """Keep one raw (C, [Z,] Y, X) image and its outputs (named as the method returns them)."""
+        value = outputs.get(self.output)
+        if value is not None and len(self.noisy) < self.limit:
+            self.noisy.append(noisy)
+            self.predicted.append(value)
+
+    def check(self, direction: str | None = None) -> ResidualCheck | None:
+        """The residual check of what was kept (None when nothing was)."""
+        if not self.noisy:
+            return None
+        return check_residual(self.noisy, self.predicted, direction)
+
+
 def predict_files(
     trained: TrainedModel,
     inputs: Sequence[str | Path],
@@ -201,15 +248,17 @@ def predict_files(
     tile: int = 512,
     seed: int = 0,
     on_image: Optional[Callable[[Path, int, int], None]] = None,
+    residual: ResidualPairs | None = None,
 ) -> list[Path]:
     """Denoise every image file in ``inputs`` and write ``<stem>_<output>.tif`` files to ``out_dir``.
 
     Outputs keep the input's axes; posterior samples get an extra leading ``Q`` axis.
-    Each file is written atomically. Returns the written paths.
+    Each file is written atomically. Returns the written paths; ``residual`` (optional)
+    collects images for the residual check.
     """
     check_out_dir(out_dir)
     loaded = read_inputs(inputs, pattern, axes, trained.stats.n_channels, trained.config.data.spatial_dims)
-    return predict_inputs(trained, loaded, out_dir, options, tile, seed, on_image)
+    return predict_inputs(trained, loaded, out_dir, options, tile, seed, on_image, residual=residual)
 
 
 def check_out_dir(out_dir: str | Path) -> None:
@@ -233,17 +282,22 @@ def predict_inputs(
     on_image: Optional[Callable[[Path, int, int], None]] = None,
     on_outputs: Optional[OnOutputs] = None,
     skip_outputs: Collection[str] = (),
+    residual: ResidualPairs | None = None,
 ) -> list[Path]:
     """Denoise files already read by :func:`read_inputs`; write every output not in ``skip_outputs``.
 
     ``on_outputs`` sees each file's outputs (all of them, skipped ones included)
-    after they are written, and returns the paths it wrote itself.
+    after they are written, and returns the paths it wrote itself; ``residual``
+    keeps images for the residual check.
     """
     written = []
     for index, item in enumerate(loaded):
         per_output: dict[str, list[np.ndarray]] = {}
         for sample in item.samples:
-            for name, value in predict_image(trained, sample, options, tile, seed).items():
+            outputs = predict_image(trained, sample, options, tile, seed)
+            if residual is not None:
+                residual.add(sample, outputs)
+            for name, value in outputs.items():
                 per_output.setdefault(name, []).append(value)
         kept = {name: values for name, values in per_output.items() if name not in skip_outputs}
         written += write_outputs(out_dir, item, kept)

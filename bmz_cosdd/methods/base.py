@@ -113,6 +113,11 @@ class Method(Protocol):
         Used by ``bmz-cosdd inspect``; one line, e.g. ``--direction x``.
         """
 
+    def diagnostics(self, model: nn.Module, batch: torch.Tensor) -> dict[str, Any]:
+        """Figures on what a latent-variable model carries for a normalised batch (``kl``, ``kl_levels``,
+        ``signal_explained_variance``, ``posterior_variance``; see :mod:`bmz_cosdd.training.quality`);
+        empty for deterministic methods."""
+
     def check_validation(self, model: nn.Module, losses: dict[str, float], step: int) -> None:
         """Raise :class:`~bmz_cosdd.errors.TrainingDiverged` when the validation losses show
         that training failed in a way the user must act on (e.g. posterior collapse)."""

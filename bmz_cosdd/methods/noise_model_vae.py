@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from bmz_cosdd.errors import TrainingDiverged, UserError
 from bmz_cosdd.methods.base import cli_option, ExportedModel, ExportOptions, OptimiserSpec, PredictOptions
+from bmz_cosdd.methods.vae_diagnostics import latent_diagnostics
 from bmz_cosdd.methods.vae_export import export_sampling_model, sampler_for
 from bmz_cosdd.nn.decoders import SignalDecoder
 from bmz_cosdd.noise_models import GMMNoiseModel, HistogramNoiseModel, NormalisedNoiseModel, load_noise_model
@@ -237,6 +238,10 @@ class NoiseModelVAEMethod:
         if model.training:
             model.batches_seen += 1
         return {"loss": nll + weight * kl_counted, "elbo": nll + kl, "nll": nll, "kl": kl}
+
+    def diagnostics(self, model: nn.Module, batch: Tensor) -> dict[str, Any]:
+        """What the latent carries (:func:`~bmz_cosdd.methods.vae_diagnostics.latent_diagnostics`)."""
+        return latent_diagnostics(model, model.vae, model.decoder, batch, model.use_mean)
 
     def optimisers(self, model: nn.Module, lr: float, factor: float, patience: int) -> list[OptimiserSpec]:
         params = list(model.vae.parameters()) + list(model.decoder.parameters())

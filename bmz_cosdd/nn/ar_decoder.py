@@ -33,7 +33,7 @@ from torch import Tensor, nn
 from bmz_cosdd.nn.blocks import conv_class
 from bmz_cosdd.nn.mixture import mixture_nll, mixture_sample, scale_from_raw
 
-__all__ = ["AutoregressiveDecoder", "receptive_field", "layer_dilation"]
+__all__ = ["AutoregressiveDecoder", "receptive_field", "layer_dilation", "layers_for_field"]
 
 
 def layer_dilation(layer: int) -> int:
@@ -58,6 +58,22 @@ def receptive_field(n_layers: int, kernel_size: int) -> int:
     for layer in range(1, n_layers):
         reach += (kernel_size - 1) * layer_dilation(layer)
     return reach
+
+
+def layers_for_field(field: int, kernel_size: int) -> int:
+    """The fewest layers whose :func:`receptive_field` reaches ``field`` pixels.
+
+    Examples
+    --------
+    >>> layers_for_field(8, 5), layers_for_field(40, 5), receptive_field(layers_for_field(40, 5), 5)
+    (2, 7, 41)
+    """
+    if field < 1 or kernel_size < 2:
+        raise ValueError(f"need field >= 1 and kernel_size >= 2, got {field}, {kernel_size}")
+    layers = 1
+    while receptive_field(layers, kernel_size) < field:
+        layers += 1
+    return layers
 
 
 def _line_conv(spatial_dims: int, cin: int, cout: int, kernel_size: int, dilation: int = 1) -> nn.Module:
@@ -87,9 +103,11 @@ class _MaskedFirstLayer(nn.Module):
         self.conv = _line_conv(spatial_dims, cin, hidden, kernel_size)
         self.cond = _point_conv(spatial_dims, cond_channels, hidden)
 
-    def forward(self, x: Tensor, cond: Tensor) -> Tensor:
+    def forward(self, x: Tensor, cond: Tensor, keep: Optional[Tensor] = None) -> Tensor:
         if self.blind:
             return torch.relu(self.cond(cond))
+        if keep is not None:  # context dropout: hidden samples see zeros instead of their earlier pixels
+            x = x * keep.reshape([-1] + [1] * (x.dim() - 1)).to(x.dtype)
         # Padding by k (not k-1) and dropping the last output shifts the window one
         # pixel to the left, so output i covers inputs i-k .. i-1.
         h = self.conv(F.pad(x, [self.kernel_size, 0, 0, 0]))
@@ -205,9 +223,9 @@ class AutoregressiveDecoder(nn.Module):
             _point_conv(spatial_dims, hidden, image_channels * 3 * n_gaussians),
         )
 
-    def _params_x(self, x: Tensor, cond: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+    def _params_x(self, x: Tensor, cond: Tensor, keep: Optional[Tensor] = None) -> Tuple[Tensor, Tensor, Tensor]:
         """Mixture parameters for direction "x" (rows); tensors already in that frame."""
-        h = self.first(x, cond)
+        h = self.first(x, cond, keep)
         for layer in self.layers:
             h = layer(h, cond)
         out = self.head(h)
@@ -218,7 +236,7 @@ class AutoregressiveDecoder(nn.Module):
         scales = scale_from_raw(out[:, :, 2], self.min_scale)
         return logits, means, scales
 
-    def forward(self, x: Tensor, cond: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+    def forward(self, x: Tensor, cond: Tensor, keep: Optional[Tensor] = None) -> Tuple[Tensor, Tensor, Tensor]:
         """Mixture parameters of p(x_i | x_<i, z) for every pixel.
 
         Parameters
@@ -227,6 +245,9 @@ class AutoregressiveDecoder(nn.Module):
             Image, (B, image_channels, Y, X) (or (B, image_channels, Z, Y, X) in 3-D).
         cond : Tensor
             Conditioning features, (B, cond_channels, Y, X) (or with Z).
+        keep : Tensor, optional
+            (B,) of 1 (the sample's earlier pixels are seen) or 0 (hidden: the decoder sees
+            zeros, so it predicts from the latent alone). Context dropout in training.
 
         Returns
         -------
@@ -235,14 +256,15 @@ class AutoregressiveDecoder(nn.Module):
         """
         if self._swap > 0:
             d = -self._swap
-            logits, means, scales = self._params_x(x.transpose(-1, d), cond.transpose(-1, d))
+            logits, means, scales = self._params_x(x.transpose(-1, d), cond.transpose(-1, d), keep)
             return logits.transpose(-1, d), means.transpose(-1, d), scales.transpose(-1, d)
-        return self._params_x(x, cond)
+        return self._params_x(x, cond, keep)
 
     @torch.jit.export
-    def nll(self, x: Tensor, cond: Tensor) -> Tensor:
-        """Negative log-likelihood of ``x`` per pixel and channel, (B, C, [Z,] Y, X), in nats."""
-        logits, means, scales = self.forward(x, cond)
+    def nll(self, x: Tensor, cond: Tensor, keep: Optional[Tensor] = None) -> Tensor:
+        """Negative log-likelihood of ``x`` per pixel and channel, (B, C, [Z,] Y, X), in nats
+        (``keep``: see :meth:`forward`)."""
+        logits, means, scales = self.forward(x, cond, keep)
         return mixture_nll(x, logits, means, scales)
 
     def sample(self, cond: Tensor, generator: Optional[torch.Generator] = None) -> Tensor:

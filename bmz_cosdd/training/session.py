@@ -23,6 +23,7 @@ from bmz_cosdd.run_folder import RunFolder
 from bmz_cosdd.training.checkpoints import load_checkpoint
 from bmz_cosdd.training.device import resolve_device
 from bmz_cosdd.training.distributed import World, current_world, distributed_world
+from bmz_cosdd.training.quality import QualityReport, assess
 from bmz_cosdd.training.trainer import TrainResult, Trainer, check_limits
 
 # Settings that may change when a run is resumed (they do not alter what was learnt so far).
@@ -246,4 +247,22 @@ def _fit_in_world(
         "bmz_cosdd_version": __version__,
     }
     trainer = Trainer(method, model, config.train, run, crops, val_crops, device, extra, progress, world)
-    return trainer.fit(resume_state)
+    result = trainer.fit(resume_state)
+    if world.is_main and result.stopped != "interrupted":
+        result.quality = assess_run(method, model, run, val_crops, device, config.train.seed)
+    return result
+
+
+def assess_run(
+    method: Any, model: torch.nn.Module, run: RunFolder, val_crops: torch.Tensor, device: torch.device, seed: int
+) -> QualityReport | None:
+    """Assess the run's best checkpoint without ground truth and write ``quality.json`` (see
+    :mod:`bmz_cosdd.training.quality`); None when no checkpoint was written."""
+    path = run.best if run.best.is_file() else run.last
+    if not path.is_file():
+        return None
+    state = load_checkpoint(path)
+    model.load_state_dict(state["model"])
+    report = assess(method, model, val_crops, None, device, step=int(state["step"]), seed=seed)
+    atomic_write_text(run.quality, json.dumps(report.to_dict(), indent=1) + "\n")
+    return report

@@ -43,6 +43,7 @@ class TrainResult:
     stopped: str
     seconds: float
     steps_per_s: float
+    quality: Any = None  # the QualityReport of the best checkpoint, set after training
 
 
 def check_limits(cfg: TrainConfig) -> None:

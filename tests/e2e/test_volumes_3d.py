@@ -67,7 +67,7 @@ def test_cosdd_trains_predicts_and_packages_volumes_along_z(volumes, tmp_path, c
     assert read_array(written[0]).shape == (2, *SHAPE)
 
     package = tmp_path / "cosdd3d.zip"
-    code, out, err = run_cli(["package", run, "--out", package, "--samples", 2, "--sample-batch", 2], capsys)
+    code, out, err = run_cli(["package", run, "--out", package, "--samples", 2, "--sample-batch", 2, "--force"], capsys)
     assert code == 0, err
     assert _package_axes(package) == ["batch", "channel", "z", "y", "x"]
     descr = read_package_descr(package)
@@ -85,7 +85,7 @@ def test_n2v_trains_and_packages_volumes(volumes, tmp_path, capsys) -> None:
     run = tmp_path / "n2v"
     train(config, run, progress=False)
     package = tmp_path / "n2v3d.zip"
-    code, out, err = run_cli(["package", run, "--out", package], capsys)
+    code, out, err = run_cli(["package", run, "--out", package, "--force"], capsys)
     assert code == 0, err
     assert _package_axes(package) == ["batch", "channel", "z", "y", "x"]
 
@@ -106,7 +106,7 @@ def test_hdn_and_divnoising_train_and_package_volumes(volumes, tmp_path, capsys)
         assert out["mmse"].shape == volume.shape and np.isfinite(out["mmse"]).all()
     # Both share the sampling model; HDN's ladder VAE is packaged (and validated by bioimageio.core).
     package = tmp_path / "hdn.zip"
-    code, out, err = run_cli(["package", tmp_path / "hdn", "--out", package, "--samples", 2, "--sample-batch", 2],
+    code, out, err = run_cli(["package", tmp_path / "hdn", "--out", package, "--samples", 2, "--sample-batch", 2, "--force"],
                              capsys)
     assert code == 0, err
     assert _package_axes(package) == ["batch", "channel", "z", "y", "x"]

@@ -24,7 +24,7 @@ from bmz_cosdd.methods.base import ExportOptions, PredictOptions  # noqa: E402
 def package(trained_run, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("pkg") / "cosdd.zip"
     meta = PackageMeta(name="tiny COSDD", description="test package", authors=[{"name": "Test Person"}])
-    result = package_run(trained_run, out, ExportOptions(samples=8, sample_batch=3, seed=7), meta, say=lambda m: None)
+    result = package_run(trained_run, out, ExportOptions(samples=8, sample_batch=3, seed=7), meta, say=lambda m: None, force=True)
     assert all(r.passed for r in result.validation), result.validation
     assert {r.weight_format for r in result.validation} >= {"torchscript", "pytorch_state_dict"}
     return out
@@ -85,16 +85,16 @@ def test_packaging_failure_leaves_nothing(trained_run, tmp_path, monkeypatch):
     out = tmp_path / "model.zip"
     out.write_bytes(b"old")
     with pytest.raises(UserError, match="failed bioimageio.core's test"):
-        package_run(trained_run, out, ExportOptions(samples=2), say=lambda m: None)
+        package_run(trained_run, out, ExportOptions(samples=2), say=lambda m: None, force=True)
     assert out.read_bytes() == b"old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.zip"]
 
 
 def test_bad_export_options(trained_run, tmp_path):
     with pytest.raises(UserError, match="unsupported outputs"):
-        package_run(trained_run, tmp_path / "m.zip", ExportOptions(outputs=("std",)), say=lambda m: None)
+        package_run(trained_run, tmp_path / "m.zip", ExportOptions(outputs=("std",)), say=lambda m: None, force=True)
     with pytest.raises(UserError, match=".zip"):
-        package_run(trained_run, tmp_path / "m.tar", ExportOptions(), say=lambda m: None)
+        package_run(trained_run, tmp_path / "m.tar", ExportOptions(), say=lambda m: None, force=True)
     assert not list(tmp_path.iterdir())
 
 
@@ -178,7 +178,7 @@ def test_train_from_package_starts_from_its_weights(package, noisy_stack, tmp_pa
 
 def test_direct_estimator_package_with_onnx(trained_run, tmp_path):
     out = tmp_path / "direct.zip"
-    result = package_run(trained_run, out, ExportOptions(estimator="direct"), say=lambda m: None)
+    result = package_run(trained_run, out, ExportOptions(estimator="direct"), say=lambda m: None, force=True)
     assert out.is_file()
     assert all(r.passed for r in result.validation), result.validation
     tested = {r.weight_format for r in result.validation}
@@ -192,7 +192,7 @@ def test_std_and_samples_outputs_validate(trained_run, tmp_path):
 
     out = tmp_path / "samples.zip"
     result = package_run(trained_run, out, ExportOptions(outputs=("mmse", "std", "samples"), samples=4),
-                         say=lambda m: None)
+                         say=lambda m: None, force=True)
     assert all(r.passed for r in result.validation), result.validation
     descr = read_package_descr(out)
     assert [str(o.id) for o in descr.outputs] == ["mmse", "std", "samples"]

@@ -50,7 +50,7 @@ def _weights(package, fmt, tmp_path):
 @pytest.mark.parametrize("method", list(CITATIONS))
 def test_package_validates_with_one_input_one_output_and_its_card(method, runs, tmp_path):
     out = tmp_path / f"{method}.zip"
-    result = package_run(runs / method, out, ExportOptions(), PackageMeta(name=f"tiny {method}"), say=lambda m: None)
+    result = package_run(runs / method, out, ExportOptions(), PackageMeta(name=f"tiny {method}"), say=lambda m: None, force=True)
     assert result.validation and all(r.passed for r in result.validation), result.validation
     assert {"torchscript", "pytorch_state_dict"} <= set(result.weight_formats)
     # Deterministic networks ship ONNX when it reproduces the test output (it does for these ops).
@@ -78,7 +78,7 @@ def test_package_validates_with_one_input_one_output_and_its_card(method, runs, 
 
 def test_psf_n2v_can_ship_its_deconvolution(runs, tmp_path):
     out = tmp_path / "deconv.zip"
-    result = package_run(runs / "psf-n2v", out, ExportOptions(estimator="deconvolved"), say=lambda m: None)
+    result = package_run(runs / "psf-n2v", out, ExportOptions(estimator="deconvolved"), say=lambda m: None, force=True)
     assert all(r.passed for r in result.validation)
     descr = read_package_descr(out)
     assert [str(o.id) for o in descr.outputs] == ["deconvolved"]
@@ -96,7 +96,7 @@ def test_psf_n2v_can_ship_its_deconvolution(runs, tmp_path):
 ])
 def test_bad_export_options_are_one_line(runs, tmp_path, options, words):
     with pytest.raises(UserError, match=words):
-        package_run(runs / "n2v", tmp_path / "x.zip", options, say=lambda m: None)
+        package_run(runs / "n2v", tmp_path / "x.zip", options, say=lambda m: None, force=True)
     assert not (tmp_path / "x.zip").exists()
 
 
@@ -106,7 +106,7 @@ def test_state_dict_weights_rebuild_without_bmz_cosdd(runs, tmp_path):
     import sys
 
     out = tmp_path / "n2v2.zip"
-    package_run(runs / "n2v2", out, validate=False, say=lambda m: None)
+    package_run(runs / "n2v2", out, validate=False, say=lambda m: None, force=True)
     descr = read_package_descr(out)
     sd = descr.weights.pytorch_state_dict
     source = _weights(out, "architecture", tmp_path)

@@ -49,7 +49,7 @@ def runs(tmp_path_factory):
 @pytest.mark.parametrize("method", list(CITATIONS))
 def test_package_validates_and_reproduces_the_framework(runs, tmp_path, method):
     out = tmp_path / f"{method}.zip"
-    result = package_run(runs / method, out, ExportOptions(samples=4, sample_batch=2, seed=3), say=lambda m: None)
+    result = package_run(runs / method, out, ExportOptions(samples=4, sample_batch=2, seed=3), say=lambda m: None, force=True)
     assert result.validation and all(r.passed for r in result.validation), result.validation
     descr = read_package_descr(out)
     assert len(descr.inputs) == 1 and [str(o.id) for o in descr.outputs] == ["mmse"]
@@ -70,5 +70,5 @@ def test_package_validates_and_reproduces_the_framework(runs, tmp_path, method):
 
 def test_map_is_not_packaged(runs, tmp_path):
     with pytest.raises(UserError, match="mmse"):
-        package_run(runs / "divnoising", tmp_path / "x.zip", ExportOptions(estimator="map"), say=lambda m: None)
+        package_run(runs / "divnoising", tmp_path / "x.zip", ExportOptions(estimator="map"), say=lambda m: None, force=True)
     assert not (tmp_path / "x.zip").exists()

@@ -86,3 +86,53 @@ def test_direction_y_model_runs():
     method, model = _tiny(direction="y")
     losses = method.training_losses(model, torch.randn(2, 1, 32, 32), torch.Generator().manual_seed(0))
     assert torch.isfinite(losses["loss"])
+
+
+def test_noise_decoder_field_follows_the_measured_correlation_length():
+    from bmz_cosdd.config import DataConfig
+    from bmz_cosdd.data.synthetic import make_dataset
+    from bmz_cosdd.methods.cosdd.config import ar_field_for
+    from bmz_cosdd.nn.ar_decoder import receptive_field
+
+    assert [ar_field_for(length, 16, 5) for length in (0, 1, 2, 4, 8, 10, 16)] == [1, 1, 2, 3, 6, 7, 8]
+    method = get_method("cosdd")
+    fields = {}
+    for blur in (0.7, 3.0):
+        data = make_dataset("blobs", "row_correlated", n=4, shape=(128, 128), seed=1, read_sigma=0.005,
+                            stripe_sigma=0.2, blur_sigma=blur)
+        config = method.config_from_dict({"preset": "tiny", "direction": "x"})
+        resolved, notes = method.resolve_config(config, DataConfig(paths=["x"]), [im[None] for im in data.noisy], None)
+        from bmz_cosdd.data.noise_correlation import estimate_noise_correlation
+
+        length = estimate_noise_correlation([im[None] for im in data.noisy]).length("x")
+        assert resolved.ar_layers == ar_field_for(length, 16, 5)
+        assert receptive_field(resolved.ar_layers, 5) >= min(4 * length, 49)
+        assert any("noise decoder field (auto)" in note and f"length of {length} px" in note for note in notes)
+        fields[blur] = (length, receptive_field(resolved.ar_layers, 5))
+    assert fields[3.0][0] > fields[0.7][0] and fields[3.0][1] > fields[0.7][1], fields
+    explicit = method.config_from_dict({"preset": "tiny", "direction": "x", "ar_layers": 3})
+    assert method.resolve_config(explicit, DataConfig(paths=["x"]), [data.noisy[0][None]], None)[0].ar_layers == 3
+
+
+def test_context_dropout_hides_the_earlier_pixels_of_some_crops():
+    method, model = _tiny(context_dropout=0.5, direct_denoiser=False)
+    batch = torch.randn(64, 1, 16, 16)
+    seen = []
+    first = model.ar_decoder.first
+    original = first.forward
+
+    def spy(x, cond, keep=None):
+        seen.append(keep)
+        return original(x, cond, keep)
+
+    first.forward = spy
+    method.training_losses(model, batch, torch.Generator().manual_seed(0))
+    keep = seen[-1]
+    assert keep is not None and keep.shape == (64,) and 0.3 < float(keep.float().mean()) < 0.7
+    _, model = _tiny(context_dropout=0.0, direct_denoiser=False)
+    first, original = model.ar_decoder.first, model.ar_decoder.first.forward
+    first.forward = spy
+    method.training_losses(model, batch, torch.Generator().manual_seed(0))
+    assert seen[-1] is None
+    with pytest.raises(UserError, match="context_dropout"):
+        method.config_from_dict({"preset": "tiny", "context_dropout": 1.0})

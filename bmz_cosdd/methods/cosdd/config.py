@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,7 +31,15 @@ class COSDDConfig:
         width and gated residual blocks per level.
     ar_layers, ar_kernel, ar_hidden
         1-D autoregressive noise decoder: layers, kernel length and width; the receptive
-        field grows with layers and kernel (8 layers of 5 give about 45 px).
+        field grows with layers and kernel (1 layer of 5 sees 5 px, 2 see 13, 6 see 37, 8 see
+        49). ``ar_layers`` None (the default) sizes the field from the noise's correlation
+        length measured on the training images when the run starts (see :func:`ar_field_for`).
+    context_dropout
+        Fraction of the training crops whose noise decoder sees none of the earlier pixels
+        of its row (or column): for those, only the latent can explain the image, so the
+        latent must carry the signal. Without it, the decoder predicts smooth signal from
+        the row's earlier pixels and the latent goes unused (posterior collapse; the remedy
+        is "word dropout", Bowman et al., CoNLL 2016). 0 switches it off.
     n_gaussians, min_scale
         Mixture components per pixel and the floor on their scale (normalised units).
     signal_layers, signal_hidden
@@ -48,11 +57,12 @@ class COSDDConfig:
     latent_channels: list[int] = field(default_factory=lambda: [32] * 5 + [64])
     features: int = 32
     blocks_per_level: int = 1
-    ar_layers: int = 8
+    ar_layers: int | None = None
     ar_kernel: int = 5
     ar_hidden: int = 32
     n_gaussians: int = 3
     min_scale: float = 1e-3
+    context_dropout: float = 0.75
     signal_layers: int = 4
     signal_hidden: int = 64
     direct_denoiser: bool = False
@@ -75,10 +85,40 @@ PRESETS: dict[str, dict[str, Any]] = {
     ),
     # For tests, the demo and quick CPU trials; not a quality setting.
     "tiny": dict(
-        n_levels=4, latent_channels=[8] * 4, features=16, ar_layers=6, ar_hidden=16,
+        n_levels=4, latent_channels=[8] * 4, features=16, ar_hidden=16,
         signal_layers=3, signal_hidden=32, direct_features=8, direct_depth=2, halo=16,
     ),
 }
+
+
+#: The noise decoder's field covers this many correlation lengths.
+FIELD_PER_LENGTH = 4
+#: Field when the correlation persists beyond the lags examined, or along z (not measured): the paper's.
+LONG_FIELD_LAYERS = 8
+
+
+def ar_field_for(length: int, max_lag: int, kernel: int) -> int:
+    """Layers of the noise decoder for noise correlated over ``length`` pixels along its direction.
+
+    The field must reach the correlated neighbours; a few correlation lengths of context
+    suffice (on real tiles with correlation lengths of 1-2 px, fields of 5 and 37 px gave
+    the same PSNR within the spread of seeds; ``scripts/benchmark_real.py``), and a shorter
+    field leaves the decoder less of the row's signal to model instead of the latent. So
+    the field is the smallest that reaches ``FIELD_PER_LENGTH`` correlation lengths (at least
+    one layer); a correlation that persists to the largest lag examined (``max_lag``) gets
+    the paper's ``LONG_FIELD_LAYERS`` layers (49 px with kernel 5: the paper found 40 px or
+    more necessary on its data).
+
+    Examples
+    --------
+    >>> ar_field_for(1, 16, 5), ar_field_for(2, 16, 5), ar_field_for(16, 16, 5)
+    (1, 2, 8)
+    """
+    from bmz_cosdd.nn.ar_decoder import layers_for_field
+
+    if length >= max_lag:
+        return LONG_FIELD_LAYERS
+    return layers_for_field(max(1, FIELD_PER_LENGTH * length), kernel)
 
 
 def cosdd_config(values: dict[str, Any]) -> COSDDConfig:
@@ -100,10 +140,12 @@ def cosdd_config(values: dict[str, Any]) -> COSDDConfig:
     if cfg.direct_loss not in DIRECT_LOSSES:
         raise UserError(f"unknown direct-denoiser loss {cfg.direct_loss!r} (choose mse or l1)")
     for name in ("n_levels", "features", "ar_layers", "ar_kernel", "ar_hidden", "n_gaussians", "signal_layers"):
-        if getattr(cfg, name) < 1:
+        if getattr(cfg, name) is not None and getattr(cfg, name) < 1:
             raise UserError(f"model.{name} must be at least 1, got {getattr(cfg, name)}")
-    if cfg.min_scale <= 0:
+    if not cfg.min_scale > 0 or not math.isfinite(cfg.min_scale):
         raise UserError(f"model.min_scale must be positive, got {cfg.min_scale}")
+    if not 0 <= cfg.context_dropout < 1:
+        raise UserError(f"model.context_dropout must be in [0, 1), got {cfg.context_dropout}")
     if cfg.halo < 0:
         raise UserError(f"model.halo must not be negative, got {cfg.halo}")
     return cfg

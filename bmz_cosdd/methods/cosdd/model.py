@@ -23,12 +23,14 @@ class COSDDModel(nn.Module):
 
     def __init__(self, config: COSDDConfig, n_channels: int, spatial_dims: int = 2) -> None:
         super().__init__()
-        if config.direction == "auto":
-            raise ValueError("direction 'auto' is resolved from the training data before the model is built")
+        if config.direction == "auto" or config.ar_layers is None:
+            raise ValueError("direction 'auto' and ar_layers None are resolved from the training data before the"
+                             " model is built")
         self.n_channels = n_channels
         self.spatial_dims = spatial_dims
         self.halo = config.halo
         self.direct_loss = config.direct_loss
+        self.context_dropout = float(config.context_dropout)
         self.vae = LadderVAE(
             in_channels=n_channels,
             n_levels=config.n_levels,

@@ -120,6 +120,9 @@ class BlindSpotMethod:
             return "suited (pixel-independent noise)"
         return f"not suited: its blind spot leaves the noise correlated along {noise.direction}"
 
+    def diagnostics(self, model: nn.Module, batch: Tensor) -> dict[str, Any]:
+        return {}  # deterministic: no latent to examine
+
     def check_validation(self, model: nn.Module, losses: dict[str, float], step: int) -> None:
         return None
 
