@@ -202,10 +202,6 @@ def predict(
         return
 
     trained = load_run(run, checkpoint=checkpoint, device=device)
-    if trained.quality is not None and trained.quality.flagged:
-        for line in trained.quality.lines(trained.method.name, run):
-            if not line.startswith("note:"):
-                _say(line)
     options = PredictOptions(
         estimator=estimator or trained.method.estimators[0],
         samples=samples, sample_batch=sample_batch, keep_samples=save_samples,
@@ -214,6 +210,7 @@ def predict(
     if large:
         _predict_large(trained, large, axes, out, options, tile, seed, quiet)
         if not inputs:
+            _say_quality(trained, run)
             return
     common = dict(pattern=pattern, tile=tile, seed=seed, on_image=lambda path, i, n: _say(f"[{i}/{n}] {path.name}"))
     if save_samples or target is not None:
@@ -235,6 +232,15 @@ def predict(
     check = residual.check()
     if check is not None:
         _say(check.describe())
+    _say_quality(trained, run)
+
+
+def _say_quality(trained: Any, run: Path) -> None:
+    """After a prediction: the run's quality flags (quality.json), if it has any."""
+    if trained.quality is not None and trained.quality.flagged:
+        for line in trained.quality.lines(trained.method.name, run):
+            if not line.startswith("note:"):
+                _say(line)
 
 
 @app.command()

@@ -87,6 +87,9 @@ def run_demo(
     run_dir = out / "run"
     result = train(config, run_dir, progress=progress)
     say(f"trained {result.steps} steps in {result.seconds:.0f} s ({result.steps_per_s:.2f} steps/s), run in {run_dir}")
+    if result.quality is not None:
+        for line in result.quality.lines("cosdd", run_dir):
+            say(line)
 
     trained = load_run(run_dir)
     options = PredictOptions(estimator="mmse", samples=samples, sample_batch=10)
@@ -107,6 +110,9 @@ def run_demo(
     _figure(test_noisy, mmse_arr, std_arr, test_clean, p_noisy, p_mmse, samples, figure)
     say(f"PSNR on held-out images (data range: each clean image's max - min): noisy {p_noisy:.2f} dB ->"
         f" COSDD MMSE ({samples} samples) {p_mmse:.2f} dB; SSIM {s_noisy:.3f} -> {s_mmse:.3f}")
+    if p_mmse <= p_noisy:
+        say(f"the COSDD output is NOT better than the noisy input ({p_mmse:.2f} <= {p_noisy:.2f} dB): the model is"
+            f" under-trained; give it more time (--budget) or fewer competing processes")
     say(f"figure: {figure}")
     return DemoResult(p_noisy, p_mmse, s_noisy, s_mmse, trained.config.model.direction, result.steps,
                       result.seconds, run_dir, figure, denoised, noise_report)

@@ -13,7 +13,7 @@ ground-truth-free quality flag and residual check, and wall and CPU time of trai
 
 Examples
 --------
-    python scripts/benchmark_real.py                                  # every case and method (hours)
+    python scripts/benchmark_real.py --threads 1 --jobs 2              # every case and method (hours)
     python scripts/benchmark_real.py --cases stripe,stripe-strong --methods cosdd-tiny,structn2v
     python scripts/benchmark_real.py --cases stripe --methods cosdd-tiny --steps cosdd-tiny=1500
 """
@@ -55,9 +55,9 @@ CASES: dict[str, tuple[str, dict, float, str]] = {
 # label -> (method, extra train options, default steps)
 METHODS: dict[str, tuple[str, list[str], int]] = {
     "cosdd-tiny": ("cosdd", ["--preset", "tiny"], 6000),
-    "cosdd-small": ("cosdd", ["--preset", "small"], 2000),
-    "n2v": ("n2v", [], 2000),
-    "structn2v": ("structn2v", ["--struct-mask", "auto"], 2000),
+    "cosdd-small": ("cosdd", ["--preset", "small"], 1500),
+    "n2v": ("n2v", [], 4000),
+    "structn2v": ("structn2v", ["--struct-mask", "auto"], 4000),
 }
 KS = (1, 10, 100)
 
@@ -74,6 +74,14 @@ def make_case(case: str, folder: Path, seed: int = 0) -> dict:
     write_tiff(folder / "test.tif", noisy_test, "SYX")
     return {"recipe": recipe, "params": params, "signal_level": level, "about": text,
             "clean": test, "noisy": noisy_test, "train_tiles": len(train), "test_tiles": len(test)}
+
+
+def read_case(case: str, folder: Path) -> dict:
+    """The clean and noisy test tiles of a case written by :func:`make_case`."""
+    import tifffile
+
+    _, _, level, _ = CASES[case]
+    return {"clean": level * real_tiles("test"), "noisy": tifffile.imread(folder / "test.tif"), "signal_level": level}
 
 
 def scores(estimate: np.ndarray, clean: np.ndarray, level: float) -> dict[str, float]:
@@ -118,6 +126,31 @@ def train(label: str, folder: Path, steps: int, threads: int) -> dict:
             "stderr": done.stderr.strip().splitlines(), "quality": quality}
 
 
+def run_one(case: str, label: str, steps: int, samples: int, threads: int, out: Path) -> dict:
+    """Train ``label`` on ``case`` through the CLI, predict the held-out tiles, score everything."""
+    import torch
+
+    torch.set_num_threads(threads)
+    folder = out / case
+    facts = read_case(case, folder)
+    clean, noisy, level = facts["clean"], facts["noisy"], facts["signal_level"]
+    trained = train(label, folder, steps, threads)
+    predictions = predict(trained["run"], noisy, samples)
+    quality = trained["quality"] or {}
+    result = {
+        "case": case, "method": label, "steps": steps, "threads": threads,
+        "train_wall_s": round(trained["wall_s"], 1), "train_cpu_s": round(trained["cpu_s"], 1),
+        "noisy": scores(noisy, clean, level),
+        **{name: scores(values, clean, level) for name, values in predictions.items()},
+        "flagged": quality.get("flagged"), "flags": quality.get("flags"),
+        "estimated_gain_db": quality.get("estimated_gain_db"), "residual_warnings": quality.get("warnings"),
+        "latent_kl": (quality.get("latent") or {}).get("kl"),
+        "chose": [line for line in trained["stderr"] if "(auto)" in line],
+    }
+    result["gain_db"] = result["output"]["psnr"] - result["noisy"]["psnr"]
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", default=",".join(CASES), help=f"comma-separated, of: {', '.join(CASES)}")
@@ -125,43 +158,53 @@ def main() -> None:
     parser.add_argument("--steps", default="", help="LABEL=N,... training steps (defaults: "
                         + ", ".join(f"{k} {v[2]}" for k, v in METHODS.items()) + ")")
     parser.add_argument("--samples", type=int, default=100, help="posterior samples of the MMSE")
-    parser.add_argument("--threads", type=int, default=2, help="OMP/torch threads of each training")
-    parser.add_argument("--skip-uncorrelated", action="store_true", default=True,
-                        help="StructN2V only on correlated noise (default)")
+    parser.add_argument("--threads", type=int, default=2, help="torch/OpenMP threads of each training and prediction")
+    parser.add_argument("--jobs", type=int, default=1, help="trainings run at once (e.g. 2 with --threads 1)")
     parser.add_argument("--out", type=Path, default=None, help="working folder (default: a temporary one)")
+    parser.add_argument("--one", nargs=2, metavar=("CASE", "METHOD"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     steps = {label: spec[2] for label, spec in METHODS.items()}
     for item in filter(None, args.steps.split(",")):
         label, value = item.split("=")
         steps[label] = int(value)
     out = args.out or Path(tempfile.mkdtemp(prefix="bmz-real-"))
+    if args.one:  # a worker: one (case, method), one JSON line on stdout
+        case, label = args.one
+        print(json.dumps(run_one(case, label, steps[label], args.samples, args.threads, out)))
+        return
+    work = [(case, label) for case in filter(None, args.cases.split(",")) for label in filter(None, args.methods.split(","))
+            if not (label == "structn2v" and CASES[case][0] == "poisson_gaussian")]  # StructN2V: correlated noise only
+    for case in {case for case, _ in work}:
+        make_case(case, out / case)  # written once, before the workers read them
+
+    def launch(item: tuple[str, str]) -> dict:
+        case, label = item
+        cmd = [sys.executable, __file__, "--one", case, label, "--steps", f"{label}={steps[label]}",
+               "--samples", str(args.samples), "--threads", str(args.threads), "--out", str(out)]
+        env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
+        done = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        if done.returncode != 0:
+            return {"case": case, "method": label, "error": done.stderr.strip().splitlines()[-3:]}
+        result = json.loads(done.stdout.strip().splitlines()[-1])
+        print(json.dumps(result), file=sys.stderr, flush=True)
+        return result
+
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        results = list(pool.map(launch, work))
     report: dict = {"tiles": "scikit-image micrographs and photographs, 128 x 128 (bmz_cosdd.data.real_images)",
-                    "data_range": "the signal level (1 or 0.3)", "threads": args.threads, "steps": steps,
-                    "samples": args.samples, "cases": {}}
-    for case in filter(None, args.cases.split(",")):
-        folder = out / case
-        facts = make_case(case, folder)
-        clean, noisy, level = facts.pop("clean"), facts.pop("noisy"), facts["signal_level"]
-        entry = {**facts, "noisy": scores(noisy, clean, level), "methods": {}}
-        for label in filter(None, args.methods.split(",")):
-            if label == "structn2v" and facts["recipe"] == "poisson_gaussian" and args.skip_uncorrelated:
-                continue
-            trained = train(label, folder, steps[label], args.threads)
-            predictions = predict(trained["run"], noisy, args.samples)
-            quality = trained["quality"] or {}
-            result = {
-                "steps": steps[label], "train_wall_s": round(trained["wall_s"], 1),
-                "train_cpu_s": round(trained["cpu_s"], 1),
-                **{name: scores(values, clean, level) for name, values in predictions.items()},
-                "flagged": quality.get("flagged"), "flags": quality.get("flags"),
-                "estimated_gain_db": quality.get("estimated_gain_db"), "residual_warnings": quality.get("warnings"),
-                "latent_kl": (quality.get("latent") or {}).get("kl"),
-                "chose": [line for line in trained["stderr"] if "auto" in line],
-            }
-            result["gain_db"] = result["output"]["psnr"] - entry["noisy"]["psnr"]
-            entry["methods"][label] = result
-            print(json.dumps({"case": case, "method": label, **result}), file=sys.stderr, flush=True)
-        report["cases"][case] = entry
+                    "data_range": "the signal level (1 or 0.3)", "threads": args.threads, "jobs": args.jobs,
+                    "steps": steps, "samples": args.samples, "cases": {}}
+    for result in results:
+        case = report["cases"].setdefault(result["case"], {"recipe": CASES[result["case"]][0],
+                                                           "params": CASES[result["case"]][1],
+                                                           "signal_level": CASES[result["case"]][2],
+                                                           "about": CASES[result["case"]][3], "methods": {}})
+        if "noisy" in result:
+            case["noisy"] = result.pop("noisy")
+        label = result.pop("method")
+        case["methods"][label] = {k: v for k, v in result.items() if k != "case"}
     print(json.dumps(report, indent=1))
 
 

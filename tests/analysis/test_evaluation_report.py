@@ -120,7 +120,7 @@ def test_cli_prints_the_table_and_writes_json_and_panel(stacks, tmp_path, capsys
     assert "target max - min" in lines[0]
     assert lines[1].split() == ["image", "PSNR", "dB", "SSIM", "data", "range", "noisy", "PSNR", "dB", "noisy", "SSIM"]
     assert [line.split()[0] for line in lines[3:6]] == [f"a_mmse.tif[{i}]" for i in range(3)]
-    assert lines[-1].startswith("mean of 3")
+    assert lines[-2].startswith("mean of 3") and lines[-1].startswith("residual check")
 
     report = json.loads(out_json.read_text())
     assert report["data_range_rule"] == "per image: target max - min"

@@ -137,5 +137,5 @@ def test_method_training_defaults_apply_unless_given(noisy_stack):
     assert config.train.lr == pytest.approx(4e-4)
     config = build_config(tiny_blind_spot_config("psf-n2v", noisy_stack, lr=3e-3))
     assert config.train.lr == pytest.approx(3e-3)
-    assert build_config({"method": "cosdd", "data": {"paths": ["x"]}, "train": {"max_steps": 1}}).train.lr == 2e-3
+    assert build_config({"method": "cosdd", "data": {"paths": ["x"]}, "train": {"max_steps": 1}}).train.lr == 1e-3
     assert dataclasses.is_dataclass(config.model)

@@ -14,7 +14,13 @@ from bmz_cosdd.data.noise_correlation import estimate_noise_correlation
 from bmz_cosdd.errors import UserError
 from bmz_cosdd.inference.posterior import PosteriorSampler
 from bmz_cosdd.methods.base import cli_option, ExportedModel, ExportOptions, OptimiserSpec, PredictOptions
-from bmz_cosdd.methods.cosdd.config import LONG_FIELD_LAYERS, PRESETS, ar_field_for, cosdd_config
+from bmz_cosdd.methods.cosdd.config import (
+    LONG_FIELD_LAYERS,
+    PRESETS,
+    ar_field_for,
+    context_dropout_for,
+    cosdd_config,
+)
 from bmz_cosdd.methods.cosdd.model import COSDDModel
 from bmz_cosdd.nn.ar_decoder import receptive_field
 from bmz_cosdd.methods.vae_diagnostics import latent_diagnostics
@@ -59,7 +65,8 @@ class COSDD:
             cli_option("ar_layers", int, "Layers of the autoregressive noise decoder (its receptive field; default:"
                        " sized from the measured noise correlation length).", "COSDD"),
             cli_option("context_dropout", float, "Fraction of training crops whose noise decoder sees no earlier "
-                       "pixel, so the latent must carry the signal (0: off).", "COSDD"),
+                       "pixel, so the latent must carry the signal (0: off; default: from the measured noise "
+                       "correlation).", "COSDD"),
             cli_option("n_gaussians", int, "Mixture components of the noise model per pixel.", "COSDD"),
             cli_option("direct_denoiser", bool, "Also train the deterministic direct denoiser.", "COSDD"),
             cli_option("direct_loss", str, "Direct denoiser loss: mse (mean) or l1 (median).", "COSDD"),
@@ -70,7 +77,8 @@ class COSDD:
             raise UserError("--direction z needs volumes: train with --spatial-dims 3 (and axes with Z)")
         notes = []
         noise = None
-        if config.direction == "auto" or (config.ar_layers is None and config.direction in ("x", "y")):
+        needs_noise = config.ar_layers is None or config.context_dropout is None
+        if config.direction == "auto" or (needs_noise and config.direction in ("x", "y")):
             noise = estimate_noise_correlation(list(train_images))
         if config.direction == "auto":
             config = replace(config, direction=noise.direction)
@@ -78,21 +86,29 @@ class COSDD:
             if data.spatial_dims == 3:
                 notes.append("auto measures x and y within the Z planes; for noise correlated along Z pass"
                              " --direction z")
+        if config.direction in ("none", "z") or noise is None:
+            # Blind decoder (none), or along z where the correlation is not measured: the paper's settings.
+            layers = 1 if config.direction == "none" else LONG_FIELD_LAYERS
+            config = replace(config, ar_layers=layers if config.ar_layers is None else config.ar_layers,
+                             context_dropout=(0.0 if config.direction == "none" else 0.5)
+                             if config.context_dropout is None else config.context_dropout)
+            if config.direction == "z" and needs_noise:
+                notes.append(f"noise decoder (auto): field {receptive_field(config.ar_layers, config.ar_kernel)} px"
+                             " along z, the paper's, and context dropout 0.5 (the correlation along z is not"
+                             " measured)")
+            return config, notes
+        length, score = noise.length(config.direction), noise.score(config.direction)
         if config.ar_layers is None:
-            if config.direction == "none":
-                config = replace(config, ar_layers=1)  # blind: the decoder sees no other pixel
-            elif config.direction == "z":
-                config = replace(config, ar_layers=LONG_FIELD_LAYERS)
-                notes.append(f"noise decoder field (auto): {receptive_field(LONG_FIELD_LAYERS, config.ar_kernel)}"
-                             " px along z, the paper's (the correlation along z is not measured)")
-            else:
-                length = noise.length(config.direction)
-                layers = ar_field_for(length, noise.max_lag, config.ar_kernel)
-                config = replace(config, ar_layers=layers)
-                notes.append(
-                    f"noise decoder field (auto): {receptive_field(layers, config.ar_kernel)} px along"
-                    f" {config.direction} ({layers} layer{'s' if layers > 1 else ''}) for a correlation length of"
-                    f" {length} px" + (" or more" if length >= noise.max_lag else ""))
+            layers = ar_field_for(length, noise.max_lag, config.ar_kernel)
+            config = replace(config, ar_layers=layers)
+            notes.append(
+                f"noise decoder field (auto): {receptive_field(layers, config.ar_kernel)} px along"
+                f" {config.direction} ({layers} layer{'s' if layers > 1 else ''}) for a correlation length of"
+                f" {length} px" + (" or more" if length >= noise.max_lag else ""))
+        if config.context_dropout is None:
+            config = replace(config, context_dropout=context_dropout_for(score))
+            notes.append(f"context dropout (auto): {config.context_dropout:g} for a noise correlation of {score:.2f}"
+                         f" along {config.direction}")
         return config, notes
 
     def advise(self, noise, crop_size: int) -> str:

@@ -30,7 +30,8 @@ class COSDDModel(nn.Module):
         self.spatial_dims = spatial_dims
         self.halo = config.halo
         self.direct_loss = config.direct_loss
-        self.context_dropout = float(config.context_dropout)
+        # Resolved from the data when a run starts (None: a model built outside a run trains without it).
+        self.context_dropout = float(config.context_dropout or 0.0)
         self.vae = LadderVAE(
             in_channels=n_channels,
             n_levels=config.n_levels,
