@@ -240,7 +240,8 @@ def package_run(
 
     options = options or ExportOptions()
     meta = meta or PackageMeta()
-    out = Path(out)
+    # Absolute from here on: bioimageio.spec resolves the package's file names against the build folder.
+    out = Path(out).expanduser().absolute()
     if out.suffix != ".zip":
         raise UserError(f"--out must name a .zip file, got {out}")
     trained = load_run(run_dir, device="cpu")
