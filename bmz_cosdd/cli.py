@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import shlex
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -30,6 +31,11 @@ app.add_typer(noise_app, name="noise-model")
 
 def _say(message: str) -> None:
     typer.echo(message, err=True)
+
+
+# A package's own Python (state-dict architecture, custom processing) runs only if bmz-cosdd wrote it, or with this.
+_TRUST_HELP = ("Run the package's own Python even though bmz-cosdd did not write it (pytorch_state_dict weights"
+               " whose architecture differs from ours, custom processing): only for packages whose author you trust.")
 
 
 # -- train ----------------------------------------------------------------------
@@ -116,7 +122,8 @@ def make_train_command(method: Method) -> Callable[..., None]:
         else:
             values, _ = _train_values(method, options)
             run_dir = options["out"] or Path("runs") / f"{method.name}_{datetime.now():%Y%m%d-%H%M%S}"
-            result = train(values, run_dir, progress=not options["quiet"], init_from=options["from_package"], say=_say)
+            result = train(values, run_dir, progress=not options["quiet"], init_from=options["from_package"], say=_say,
+                           trust_code=options["trust_code"])
         if not world.is_main:
             return
         processes = f" on {world.size} processes" if world.active else ""
@@ -129,7 +136,9 @@ def make_train_command(method: Method) -> Callable[..., None]:
             for line in result.quality.lines(method.name, run_dir):
                 _say(line)
         if result.stopped == "interrupted":
-            _say(f"interrupted: checkpoint saved; continue with: bmz-cosdd train {method.name} --resume --out {run_dir}")
+            _say(f"interrupted: checkpoint saved; continue with: bmz-cosdd train {method.name} --resume --out"
+                 f" {shlex.quote(str(run_dir))}")
+            raise typer.Exit(130)
 
     params = [
         inspect.Parameter(
@@ -143,6 +152,7 @@ def make_train_command(method: Method) -> Callable[..., None]:
         _opt("resume", bool, "Continue the run in --out exactly from its last checkpoint.", "Run", False),
         _opt("from_package", Optional[Path], "Start from a package's weights, architecture and statistics (fine-tune).",
              "Run", None, "--from"),
+        _opt("trust_code", bool, _TRUST_HELP, "Run", False, "--trust-code"),
         _opt("quiet", bool, "No progress bar.", "Run", False),
     ]
     params += [_opt(name, tp, help, panel) for name, tp, help, panel in _COMMON]
@@ -175,10 +185,11 @@ def predict(
     tile: Annotated[int, typer.Option(help="Largest tile side (halo included) fed to the network.")] = 512,
     seed: Annotated[int, typer.Option(help="Seed of the posterior sampling.")] = 0,
     out_of_core: Annotated[bool, typer.Option("--out-of-core", help="Predict TIFF inputs block by block from a memory map, resumably (always for Zarr / OME-Zarr inputs and TIFFs over 1 GiB).")] = False,
-    quiet: Annotated[bool, typer.Option(help="No progress bar for out-of-core inputs.")] = False,
+    quiet: Annotated[bool, typer.Option(help="No progress bars (the tiles of an image, shown on an interactive terminal for images of many tiles; out-of-core blocks).")] = False,
     checkpoint: Annotated[str, typer.Option(help="best or last.")] = "best",
     device: Annotated[str, typer.Option(help="auto, cpu or cuda[:i].")] = "auto",
-    weight_format: Annotated[Optional[str], typer.Option(help="Package only: torchscript, pytorch_state_dict or onnx.")] = None,
+    weight_format: Annotated[Optional[str], typer.Option(help="Package only: torchscript, pytorch_state_dict or onnx (pytorch_state_dict runs the package's Python: only if bmz-cosdd wrote it, or with --trust-code).")] = None,
+    trust_code: Annotated[bool, typer.Option("--trust-code", help="Package only: " + _TRUST_HELP)] = False,
 ) -> None:
     """Denoise images with a trained run (writes <name>_<output>.tif: e.g. _mmse and _std for COSDD,
     _denoised for the N2V family), or with any bioimage.io model package through bioimageio.core, block by block.
@@ -196,6 +207,7 @@ def predict(
         written = predict_files_with_package(
             run, inputs, axes, out, pattern=pattern, weight_format=weight_format, block=tile,
             device=None if device == "auto" else device, on_image=lambda path, i, n: _say(f"[{i}/{n}] {path.name}"),
+            trust_code=trust_code,
         )
         for path in written:
             typer.echo(str(path))
@@ -212,19 +224,24 @@ def predict(
         if not inputs:
             _say_quality(trained, run)
             return
-    common = dict(pattern=pattern, tile=tile, seed=seed, on_image=lambda path, i, n: _say(f"[{i}/{n}] {path.name}"))
-    if save_samples or target is not None:
-        from bmz_cosdd.analysis.sampling_view import format_psnr_table, predict_with_sampling_view
+    from bmz_cosdd.inference.tiling import TileProgress
 
-        report = predict_with_sampling_view(trained, inputs, axes or trained.config.data.axes, out, options,
-                                            target=target, save_samples=save_samples, residual=residual, **common)
-        for note in report.notes:
-            _say(note)
-        written, table = report.written, format_psnr_table(report)
-    else:
-        written = predict_files(trained, inputs, axes or trained.config.data.axes, out, options, residual=residual,
-                                **common)
-        table = ""
+    tiles = TileProgress(enabled=not quiet and sys.stderr.isatty())
+    common = dict(pattern=pattern, tile=tile, seed=seed, on_image=lambda path, i, n: _say(f"[{i}/{n}] {path.name}"),
+                  on_tile=tiles, say=_say)
+    with tiles:
+        if save_samples or target is not None:
+            from bmz_cosdd.analysis.sampling_view import format_psnr_table, predict_with_sampling_view
+
+            report = predict_with_sampling_view(trained, inputs, axes or trained.config.data.axes, out, options,
+                                                target=target, save_samples=save_samples, residual=residual, **common)
+            for note in report.notes:
+                _say(note)
+            written, table = report.written, format_psnr_table(report)
+        else:
+            written = predict_files(trained, inputs, axes or trained.config.data.axes, out, options,
+                                    residual=residual, **common)
+            table = ""
     for path in written:
         typer.echo(str(path))
     if table:
@@ -317,7 +334,7 @@ def _predict_large(trained: Any, paths: list[Path], axes: Optional[str], out: Pa
 
             try:
                 written = predict_out_of_core(trained, path, axes, out, options, tile=tile, seed=seed,
-                                              on_block=on_block)
+                                              on_block=on_block, say=_say)
             except KeyboardInterrupt:
                 _say(f"interrupted: {state['done']} of {state['total']} blocks of {path.name} are saved; run the"
                      " same command again to continue")
@@ -339,9 +356,10 @@ def package(
     name: Annotated[Optional[str], typer.Option(help="Model name shown on bioimage.io.")] = None,
     description: Annotated[Optional[str], typer.Option(help="One-sentence description.")] = None,
     author: Annotated[Optional[List[str]], typer.Option(help="'Name; Affiliation' (repeat for several).")] = None,
+    maintainer: Annotated[Optional[List[str]], typer.Option(help="GitHub user name of who maintains the package on bioimage.io (repeat for several; checked offline).", show_default=False)] = None,
     version: Annotated[Optional[str], typer.Option(help="The model's version (not the library's).")] = None,
     license: Annotated[Optional[str], typer.Option(help="SPDX licence of the weights.")] = None,
-    meta: Annotated[Optional[Path], typer.Option(help="YAML with name, description, authors, version, license, tags.")] = None,
+    meta: Annotated[Optional[Path], typer.Option(help="YAML with name, description, authors, maintainers, version, license, tags.")] = None,
     device: Annotated[Optional[str], typer.Option(help="Device for validation: cpu or cuda.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Package a run whose quality check flagged it (collapsed latent, or estimated worse than its input).")] = False,
 ) -> None:
@@ -351,6 +369,7 @@ def package(
     from bmz_cosdd.zoo.validate import format_table
 
     metadata = load_meta(meta, name=name, description=description, authors=author or [], version=version,
+                         maintainers=maintainer or [],
                          license=license)
     options = ExportOptions(
         estimator=estimator, outputs=tuple(o.strip() for o in outputs.split(",") if o.strip()) if outputs else None,
@@ -368,13 +387,14 @@ def package(
 def validate(
     package: Annotated[Path, typer.Argument(help="A bioimage.io model package (zip).")],
     device: Annotated[Optional[str], typer.Option(help="cpu or cuda (default: bioimageio.core's choice).")] = None,
+    trust_code: Annotated[bool, typer.Option("--trust-code", help=_TRUST_HELP)] = False,
 ) -> None:
     """Run bioimageio.core's test for every weight format at default tolerance (offline)."""
     from bmz_cosdd.export.rdf import read_package_descr
     from bmz_cosdd.zoo.validate import format_table, validate_package
 
     read_package_descr(package)
-    results = validate_package(package, device=device)
+    results = validate_package(package, device=device, trust_code=trust_code)
     typer.echo(format_table(results))
     if not all(r.passed for r in results):
         raise typer.Exit(1)
@@ -384,11 +404,12 @@ def validate(
 def check(
     package: Annotated[Path, typer.Argument(help="A bioimage.io model package (zip).")],
     device: Annotated[Optional[str], typer.Option(help="cpu or cuda for the tests (default: core's choice).")] = None,
+    trust_code: Annotated[bool, typer.Option("--trust-code", help=_TRUST_HELP)] = False,
 ) -> None:
     """Will the package run in bioimageio.core, deepImageJ, ilastik and BioEngine? Rule by rule (exit 1 if core fails)."""
     from bmz_cosdd.zoo.consumers import check_package, core_passed, format_checks
 
-    checks = check_package(package, device=device)
+    checks = check_package(package, device=device, trust_code=trust_code)
     typer.echo(format_checks(checks))
     if not core_passed(checks):
         raise typer.Exit(1)
@@ -401,23 +422,34 @@ def upload(
     resume: Annotated[Optional[str], typer.Option(help="Complete the staged draft ID left by a failed upload.", show_default=False)] = None,
     dry_run: Annotated[bool, typer.Option(help="Do every check and print what would be sent; send nothing.")] = False,
     skip_validation: Annotated[bool, typer.Option(help="Do not run bioimageio.core's test again (it passed already).")] = False,
+    maintainer: Annotated[Optional[str], typer.Option(help="Your GitHub user name, added as the model's maintainer to the uploaded rdf.yaml if the package names none (asked for on a terminal).", show_default=False)] = None,
+    trust_code: Annotated[bool, typer.Option("--trust-code", help="Let the validation run Python from the package that bmz-cosdd did not write.")] = False,
 ) -> None:
     """Stage the package in the BioImage Model Zoo's collection and request review (curators publish).
 
-    The token comes from BIOIMAGEIO_HYPHA_UPLOAD_TOKEN or a hidden prompt; it is never printed."""
+    The token comes from BIOIMAGEIO_HYPHA_UPLOAD_TOKEN or a hidden prompt; it is never printed.
+    A package that names no maintainer needs --maintainer (or an answer at the prompt on a terminal)."""
     import os
 
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
 
-    from bmz_cosdd.zoo.upload import TOKEN_ENV, plan_upload, upload_package
+    from bmz_cosdd.zoo.upload import TOKEN_ENV, no_maintainer_error, package_maintainers, plan_upload, upload_package
     from bmz_cosdd.zoo.validate import FormatResult
 
     if not package.is_file():
         raise UserError(f"no such package: {package}")
+    if maintainer is None and not package_maintainers(package):
+        if not sys.stdin.isatty():
+            raise no_maintainer_error(package)
+        maintainer = typer.prompt(f"{package.name} names no maintainer; your GitHub user name")
+    if maintainer is not None:
+        from bmz_cosdd.export.rdf import check_github_user
+
+        maintainer = check_github_user(maintainer, "--maintainer")
     validation = [FormatResult("skipped", True, [])] if skip_validation else None
     if validation is None:
         _say(f"validating {package.name} with bioimageio.core at default tolerance ...")
-    plan = plan_upload(package, server, validation=validation)
+    plan = plan_upload(package, server, validation=validation, maintainer=maintainer, trust_code=trust_code)
     if dry_run:
         typer.echo(plan.describe())
         typer.echo("dry run: nothing was sent")
@@ -474,16 +506,21 @@ def noise_model_fit(
 # -- demo -----------------------------------------------------------------------
 @app.command()
 def demo(
-    out: Annotated[Path, typer.Option(help="Folder for data, run, denoised images and figure.")] = Path("demo_output"),
-    budget: Annotated[float, typer.Option(help="Training time in seconds.")] = 180.0,
-    samples: Annotated[int, typer.Option(help="Posterior samples for the MMSE.")] = 50,
+    out: Annotated[Path, typer.Option(help="Folder for data, run, denoised images, figure and package.")] = Path("demo_output"),
+    steps: Annotated[int, typer.Option(help="Training steps.")] = 1000,
+    budget: Annotated[float, typer.Option(help="Time cap of the training in seconds (says so when it binds).")] = 600.0,
+    samples: Annotated[int, typer.Option(help="Posterior samples for the MMSE (in the package too).")] = 50,
     seed: Annotated[int, typer.Option(help="Seed of data, model and sampling.")] = 0,
+    package: Annotated[bool, typer.Option(help="Package the model and validate it with bioimageio.core.")] = True,
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
 ) -> None:
-    """Synthetic row-correlated noise -> train COSDD -> denoise -> print PSNR and write a side-by-side PNG."""
+    """Synthetic row-correlated noise -> train COSDD -> denoise (PSNR, figure) -> package -> validate."""
     from bmz_cosdd.demo import run_demo
 
-    run_demo(out, budget=budget, samples=samples, seed=seed, progress=not quiet, say=typer.echo)
+    result = run_demo(out, steps=steps, budget=budget, samples=samples, seed=seed, package=package,
+                      progress=not quiet, say=typer.echo)
+    if result.package_valid is False:
+        raise typer.Exit(1)
 
 
 @app.callback(invoke_without_command=True)
@@ -495,13 +532,36 @@ def _root(
         raise typer.Exit()
 
 
+def _expand_user_paths(callback: Callable[..., Any]) -> Callable[..., Any]:
+    """Wrap a command so that every path argument is taken as typed, ``~`` included (also when quoted)."""
+    import functools
+
+    @functools.wraps(callback)
+    def wrapper(**kwargs: Any) -> Any:
+        for name, value in kwargs.items():
+            if isinstance(value, Path):
+                kwargs[name] = value.expanduser()
+            elif isinstance(value, list) and value and all(isinstance(v, Path) for v in value):
+                kwargs[name] = [v.expanduser() for v in value]
+        return callback(**kwargs)
+
+    return wrapper
+
+
+for _typer_app in (app, train_app, noise_app):
+    for _command in _typer_app.registered_commands:
+        _command.callback = _expand_user_paths(_command.callback)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: user errors become one line on stderr and exit code 2 (said once under torchrun: by rank 0)."""
     import os
 
+    from typer._click.exceptions import ClickException  # typer vendors click
+
     speaks = os.environ.get("RANK", "0") == "0"
     try:
-        app(args=argv, standalone_mode=True)
+        code = app(args=argv, standalone_mode=False)
     except UserError as exc:
         if speaks:
             typer.echo(f"error: {exc}", err=True)
@@ -510,3 +570,13 @@ def main(argv: list[str] | None = None) -> None:
         if speaks:
             typer.echo(f"error: {exc}", err=True)
         sys.exit(1)
+    except (KeyboardInterrupt, typer.Abort):
+        if speaks:
+            typer.echo("interrupted", err=True)
+        sys.exit(130)  # 128 + SIGINT, as shells expect
+    except ClickException as exc:  # usage errors: click's own message, exit 2
+        exc.show()
+        sys.exit(exc.exit_code)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    sys.exit(code if isinstance(code, int) else 0)

@@ -8,6 +8,7 @@ to the run folder so every run records exactly what it did (seeds included).
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -204,20 +205,25 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, (int, float, str)):
             raise UserError(f"{where}: expected an integer, got {value!r}")
+        if isinstance(value, int):
+            return value
         try:
             as_float = float(value)
         except ValueError:
             raise UserError(f"{where}: expected an integer, got {value!r}") from None
-        if as_float != int(as_float):
+        if not math.isfinite(as_float) or as_float != int(as_float):
             raise UserError(f"{where}: expected an integer, got {value!r}")
         return int(as_float)
     if tp is float:
         if isinstance(value, bool):
             raise UserError(f"{where}: expected a number, got {value!r}")
         try:
-            return float(value)
-        except (TypeError, ValueError):
+            number = float(value)
+        except (TypeError, ValueError, OverflowError):
             raise UserError(f"{where}: expected a number, got {value!r}") from None
+        if not math.isfinite(number):
+            raise UserError(f"{where}: expected a finite number, got {value!r}")
+        return number
     if tp is str:
         if not isinstance(value, (str, int, float)):
             raise UserError(f"{where}: expected text, got {value!r}")

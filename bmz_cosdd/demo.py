@@ -1,5 +1,6 @@
-"""The demo: synthetic row-correlated data -> inspect the noise -> train COSDD for a fixed budget -> denoise ->
-PSNR/SSIM and a figure."""
+"""The demo, the main job end to end: synthetic row-correlated data -> inspect the noise -> train COSDD for a set
+number of steps (with a time cap) -> denoise -> PSNR/SSIM and a figure -> package for the BioImage Model Zoo ->
+validate it with bioimageio.core -> how to open it in deepImageJ, ilastik and Python."""
 
 from __future__ import annotations
 
@@ -39,32 +40,47 @@ class DemoResult:
     figure: Path
     denoised: Path
     noise_report: Path
+    package: Path | None = None
+    package_valid: bool | None = None
+    under_trained: bool = False
 
 
 def run_demo(
     out_dir: str | Path = "demo_output",
-    budget: float = 180.0,
+    steps: int = 1000,
+    budget: float = 600.0,
     samples: int = 50,
     seed: int = 0,
     preset: str = "tiny",
+    package: bool = True,
     progress: bool = True,
     say: Callable[[str], None] = print,
 ) -> DemoResult:
-    """Make synthetic images with row-correlated, signal-dependent noise, train COSDD, denoise held-out images.
+    """Make synthetic images with row-correlated, signal-dependent noise, train COSDD, denoise, package, validate.
 
     Parameters
     ----------
     out_dir
-        Folder for the data, the run, the denoised images and the figure (must not hold a demo run).
+        Folder for the data, the run, the denoised images, the figure and the package (must not hold a
+        demo run).
+    steps
+        Training steps (the work the demo's figures are for: 1000 steps of ``tiny`` take about 2 minutes on
+        2 idle CPU cores).
     budget
-        Training wall time in seconds.
+        Time cap of the training in seconds: on a busy machine it may bind first, and the demo then says
+        the model is under-trained and how to give it more time.
     samples
-        Posterior samples averaged for the MMSE estimate.
+        Posterior samples averaged for the MMSE estimate (in the package too).
     seed
         Seeds the data, the model and the sampling.
     preset
         COSDD architecture preset.
+    package
+        Also package the model (``demo.zip``) and validate it with bioimageio.core.
     """
+    from bmz_cosdd.export.package import PackageMeta, package_run
+    from bmz_cosdd.methods.base import ExportOptions
+
     out = Path(out_dir)
     data = make_dataset("mixed", "row_correlated", n=10, shape=(128, 128), seed=seed, **DEMO_NOISE)
     train_noisy, test_noisy, test_clean = data.noisy[:8], data.noisy[8:], data.clean[8:]
@@ -81,12 +97,17 @@ def run_demo(
         "model": {"preset": preset, "direction": "auto"},  # measured as inspect does
         "data": {"paths": [str(out / "data" / "train_noisy.tif")], "axes": "SYX", "crop_size": 64,
                  "val_fraction": 0.25, "val_crops": 8},
-        "train": {"batch_size": 4, "max_time": budget, "max_epochs": None, "steps_per_epoch": 50,
-                  "patience": 1000, "seed": seed},
+        "train": {"batch_size": 4, "max_steps": steps, "max_time": budget, "max_epochs": None,
+                  "steps_per_epoch": 50, "patience": 1000, "seed": seed},
     }
     run_dir = out / "run"
     result = train(config, run_dir, progress=progress)
     say(f"trained {result.steps} steps in {result.seconds:.0f} s ({result.steps_per_s:.2f} steps/s), run in {run_dir}")
+    under_trained = result.stopped == "time" and result.steps < steps
+    if under_trained:
+        say(f"the {budget:g} s time cap stopped training after {result.steps} of {steps} steps: the model is"
+            f" under-trained (a busy machine?). Give it more time: bmz-cosdd demo --budget {2 * budget:g}, or"
+            f" continue this run: bmz-cosdd train cosdd --resume --out {run_dir} --max-time {2 * budget:g}")
     if result.quality is not None:
         for line in result.quality.lines("cosdd", run_dir):
             say(line)
@@ -112,10 +133,35 @@ def run_demo(
         f" COSDD MMSE ({samples} samples) {p_mmse:.2f} dB; SSIM {s_noisy:.3f} -> {s_mmse:.3f}")
     if p_mmse <= p_noisy:
         say(f"the COSDD output is NOT better than the noisy input ({p_mmse:.2f} <= {p_noisy:.2f} dB): the model is"
-            f" under-trained; give it more time (--budget) or fewer competing processes")
+            " under-trained; give it more steps or time (--steps, --budget)")
     say(f"figure: {figure}")
-    return DemoResult(p_noisy, p_mmse, s_noisy, s_mmse, trained.config.model.direction, result.steps,
-                      result.seconds, run_dir, figure, denoised, noise_report)
+    demo = DemoResult(p_noisy, p_mmse, s_noisy, s_mmse, trained.config.model.direction, result.steps,
+                      result.seconds, run_dir, figure, denoised, noise_report, under_trained=under_trained)
+    if not package:
+        return demo
+    zip_path = out / "demo.zip"
+    say(f"packaging for the BioImage Model Zoo and validating with bioimageio.core ({samples} samples in the model)")
+    packaged = package_run(
+        run_dir, zip_path, ExportOptions(samples=samples), PackageMeta(name="bmz-cosdd demo COSDD"),
+        say=say, force=True,
+    )
+    demo.package = packaged.path
+    demo.package_valid = bool(packaged.validation) and all(r.passed for r in packaged.validation)
+    verdict = "passed" if demo.package_valid else "FAILED"
+    say(f"package: {packaged.path} ({', '.join(packaged.weight_formats)}); bioimageio.core's test {verdict}")
+    for line in _how_to_open(packaged.path):
+        say(line)
+    return demo
+
+
+def _how_to_open(package: Path) -> list[str]:
+    return [
+        "open it in:",
+        f"  deepImageJ: DeepImageJ Install Model -> choose {package}; open a 2-D image; DeepImageJ Run",
+        f"  ilastik:    Neural Network Classification -> load {package} (one input, one output)",
+        f"  Python:     bioimageio.core.predict(model=\"{package}\", inputs=image[None, None])",
+        f"  bmz-cosdd:  bmz-cosdd predict {package} image.tif --out denoised/",
+    ]
 
 
 def _figure(noisy, mmse, std, clean, p_noisy, p_mmse, samples, path: Path) -> None:

@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from bmz_cosdd.data.clipping import clipped_pixels
 from bmz_cosdd.data.noise_correlation import (
     RESIDUAL_GAIN,
     NoiseCorrelation,
@@ -213,6 +214,9 @@ class SignalDependence:
     dependent : bool or None
         Whether the variance changes with the signal by more than 25 %; None
         when only one signal level was seen (dark frames, one region).
+    clipped : list of str
+        Warnings, one per channel end whose pixels are clipped (the data's minimum or maximum, see
+        :mod:`bmz_cosdd.data.clipping`): those pixels are left out of the fit.
     """
 
     signal: list[float]
@@ -222,6 +226,7 @@ class SignalDependence:
     offset: float
     ratio: float
     dependent: bool | None
+    clipped: list[str] = field(default_factory=list)
 
     def describe(self) -> str:
         """One sentence for the user."""
@@ -247,23 +252,34 @@ def signal_dependence(source: NoiseSource, direction: str = "none", bins: int = 
     ``direction`` is the measured noise direction; for sources whose noise
     estimate still holds signal, the variance comes from the residual against a
     prediction along the other axis (along y for pixel-independent noise).
+    Clipped pixels (the data's minimum or maximum, see :mod:`bmz_cosdd.data.clipping`)
+    are left out, with every residual they enter, and named in ``clipped``.
     """
+    from scipy import ndimage
+
+    clipped, ends = clipped_pixels(source.noisy)
+    warnings = [f"{end.describe('examined pixels')}; they are left out of the variance fit" for end in ends]
     if source.holds_signal and source.signal is not None:
         axis = 1 if direction == "y" else 0  # predict across the correlation: 1 = along x, 0 = along y
         trim = (slice(None), slice(2, -2), slice(None)) if axis == 0 else (slice(None), slice(None), slice(2, -2))
         residuals = [np.stack([axis_residual(c, axis) for c in a]) for a in source.noisy]
-        noise = np.concatenate([r.ravel() for r in residuals])
-        signal_parts = [s[trim] for s in source.signal]
+        # a residual predicts each pixel from 2 neighbours either side along the axis: a clipped one spoils it
+        keep = [ndimage.maximum_filter1d(m.view(np.uint8), size=5, axis=axis + 1, mode="nearest")[trim] == 0
+                for m in clipped]
+        noise = np.concatenate([r[k] for r, k in zip(residuals, keep)])
+        signal_parts = [s[trim][k] for s, k in zip(source.signal, keep)]
         gain = RESIDUAL_GAIN
     else:
-        masks = [source.trusted(i) for i in range(len(source.noise))]
-        noise = np.concatenate([n[:, m].ravel() for n, m in zip(source.noise, masks)])
-        signal_parts = None if source.signal is None else [s[:, m] for s, m in zip(source.signal, masks)]
+        masks = [source.trusted(i)[None] & ~m for i, m in enumerate(clipped)]
+        noise = np.concatenate([n[m] for n, m in zip(source.noise, masks)])
+        signal_parts = None if source.signal is None else [s[m] for s, m in zip(source.signal, masks)]
         gain = 1.0
+    if noise.size == 0:
+        raise UserError("every examined pixel is clipped at the data's minimum or maximum; nothing to inspect")
     if signal_parts is None:
         level = float(np.mean([a.mean() for a in source.noisy]))
         variance = _robust_variance(noise) / gain
-        return SignalDependence([level], [variance], [int(noise.size)], 0.0, variance, float("nan"), None)
+        return SignalDependence([level], [variance], [int(noise.size)], 0.0, variance, float("nan"), None, warnings)
     signal = np.concatenate([s.ravel() for s in signal_parts])
     edges = np.unique(np.quantile(signal, np.linspace(0, 1, bins + 1)))
     index = np.clip(np.searchsorted(edges, signal, side="right") - 1, 0, len(edges) - 2)
@@ -276,7 +292,7 @@ def signal_dependence(source: NoiseSource, direction: str = "none", bins: int = 
         variances.append(_robust_variance(noise[chosen]) / gain)
         counts.append(int(chosen.sum()))
     if len(centres) < 2:
-        return SignalDependence(centres, variances, counts, 0.0, variances[0], float("nan"), None)
+        return SignalDependence(centres, variances, counts, 0.0, variances[0], float("nan"), None, warnings)
     x, y, w = np.array(centres), np.array(variances), np.array(counts, dtype=np.float64)
     design = np.stack([x, np.ones_like(x)], axis=1) * np.sqrt(w)[:, None]
     (gain, offset), *_ = np.linalg.lstsq(design, y * np.sqrt(w), rcond=None)
@@ -285,7 +301,7 @@ def signal_dependence(source: NoiseSource, direction: str = "none", bins: int = 
     at_lo, at_hi = max(gain * lo + offset, floor), max(gain * hi + offset, floor)
     ratio = float(at_hi / at_lo)
     dependent = not (1 / _DEPENDENCE_RATIO <= ratio <= _DEPENDENCE_RATIO)
-    return SignalDependence(centres, variances, counts, float(gain), float(offset), ratio, dependent)
+    return SignalDependence(centres, variances, counts, float(gain), float(offset), ratio, dependent, warnings)
 
 
 def _autocorrelation_map(source: NoiseSource, max_lag: int) -> np.ndarray:
@@ -377,7 +393,7 @@ class NoiseReport:
                 "signal": self.dependence.signal, "variance": self.dependence.variance,
                 "counts": self.dependence.counts, "gain": self.dependence.gain, "offset": self.dependence.offset,
                 "ratio_p90_p10": None if np.isnan(self.dependence.ratio) else self.dependence.ratio,
-                "dependent": self.dependence.dependent,
+                "dependent": self.dependence.dependent, "clipped": list(self.dependence.clipped),
             },
             "pixel_noise_model": self.pixel_noise_model,
             "recommendation": dict(self.advice),
@@ -581,7 +597,8 @@ def inspect_files(
     max_lag, threshold
         See :func:`inspect_noise`.
     say : callable, optional
-        Receives progress lines.
+        Receives progress lines and warnings (pixels clipped at the data's minimum or maximum, left out of the
+        variance fit).
 
     Returns
     -------
@@ -621,6 +638,9 @@ def inspect_files(
     else:
         source = noise_from_smoothing(images, smooth_sigma)
     report = inspect_noise(source, crop_size=crop_size, max_lag=max_lag, threshold=threshold)
+    if say is not None:
+        for line in report.dependence.clipped:
+            say(f"warning: {line}")
     write_noise_report(report, out)
     atomic_write_text(out.with_suffix(".json"), json.dumps(report.to_dict(), indent=2) + "\n")
     return report

@@ -237,6 +237,8 @@ def predict_with_sampling_view(
     crop: int | None = 256,
     on_image: Callable[[Path, int, int], None] | None = None,
     residual: ResidualPairs | None = None,
+    on_tile: Callable[[int, int], None] | None = None,
+    say: Callable[[str], None] | None = None,
 ) -> SamplingReport:
     """Denoise files, keep the posterior samples, and write a sampling view per file.
 
@@ -269,6 +271,8 @@ def predict_with_sampling_view(
         Called with (path, index, count) after each file.
     residual
         Keeps images for the residual check (see :class:`~bmz_cosdd.inference.predictor.ResidualPairs`).
+    on_tile, say
+        Tile progress and the wasteful-tile warning, as for :func:`~bmz_cosdd.inference.predictor.predict_inputs`.
 
     Returns
     -------
@@ -330,7 +334,7 @@ def predict_with_sampling_view(
 
     report.written = predict_inputs(
         trained, loaded, out, options, tile, seed, on_image, on_outputs,
-        skip_outputs=() if save_samples else ("samples",), residual=residual,
+        skip_outputs=() if save_samples else ("samples",), residual=residual, on_tile=on_tile, say=say,
     )
     return report
 

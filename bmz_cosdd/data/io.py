@@ -55,7 +55,7 @@ def find_files(path: str | Path, pattern: str = "*") -> list[Path]:
         If the path does not exist, a file has an unsupported suffix, or a
         folder holds no matching files.
     """
-    path = Path(path)
+    path = Path(path).expanduser()
     if not path.exists():
         raise UserError(f"no such file or folder: {path}")
     if path.is_file():

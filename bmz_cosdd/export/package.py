@@ -30,11 +30,11 @@ from bmz_cosdd.data.io import load_images
 from bmz_cosdd.data.normalisation import normalise
 from bmz_cosdd.data.splits import split_images
 from bmz_cosdd.errors import UserError
-from bmz_cosdd.export.source_bundle import bundle_sources
+from bmz_cosdd.export.source_bundle import architecture_source
 from bmz_cosdd.inference.predictor import TrainedModel, load_run
 from bmz_cosdd.methods.base import ExportedModel, ExportOptions
 from bmz_cosdd.plotting import figure_bytes, pyplot
-from bmz_cosdd.run_folder import RunFolder
+from bmz_cosdd.artifacts.run_folder import RunFolder, package_grid
 
 
 TRAINING_STATE = "training_state.pt"
@@ -56,6 +56,9 @@ class PackageMeta:
         The model's own version (not the library's).
     license
         SPDX identifier of the weights.
+    maintainers
+        ``[{"github_user": ..., "name": ...}]``: who maintains the package on bioimage.io (GitHub user names,
+        checked offline by :func:`bmz_cosdd.export.rdf.check_github_user`).
     """
 
     name: str = ""
@@ -65,6 +68,7 @@ class PackageMeta:
     license: str = "MIT"
     tags: list[str] = field(default_factory=list)
     git_repo: str | None = None
+    maintainers: list[dict[str, str]] = field(default_factory=list)
 
 
 def load_meta(path: str | Path | None, **overrides: Any) -> PackageMeta:
@@ -78,7 +82,26 @@ def load_meta(path: str | Path | None, **overrides: Any) -> PackageMeta:
     if isinstance(authors, str):
         authors = [authors]
     values["authors"] = [_author(a) for a in authors]
+    maintainers = values.get("maintainers") or []
+    if isinstance(maintainers, (str, dict)):
+        maintainers = [maintainers]
+    values["maintainers"] = [_maintainer(m) for m in maintainers]
     return PackageMeta(**values)
+
+
+def _maintainer(value: Any) -> dict[str, str]:
+    """``"user"`` or ``{"github_user": "user", "name": "Full Name"}``, the user name checked offline."""
+    from bmz_cosdd.export.rdf import check_github_user
+
+    if isinstance(value, dict):
+        unknown = sorted(set(value) - {"github_user", "name"})
+        if unknown:
+            raise UserError(f"a maintainer has github_user and name only, got {', '.join(map(str, unknown))}")
+        result = {"github_user": check_github_user(value.get("github_user"), "maintainer github_user")}
+        if value.get("name"):
+            result["name"] = str(value["name"])
+        return result
+    return {"github_user": check_github_user(value, "--maintainer")}
 
 
 def _author(value: Any) -> dict[str, str]:
@@ -105,38 +128,47 @@ class PackageResult:
     notes: list[str]
 
 
-def _round_up(value: int, step: int) -> int:
-    return int(math.ceil(value / step) * step)
+def _test_image(trained: TrainedModel, run: RunFolder, size_min: int, size_step: int) -> tuple[np.ndarray, str]:
+    """The raw (1, C, [Z,] Y, X) test image and a sentence on where it came from, for the model card.
+
+    It is the image the run stored when training started (a crop of a validation image), so a
+    run packages after it has moved and its training data are gone; it is cut to the model's
+    grid. Runs of older versions, which stored none, fall back to reading their training data.
+    """
+    sample = run.read_sample()
+    if sample is None:
+        return _test_image_from_data(trained, size_min, size_step)
+    image = sample.image
+    window = [slice(None)]
+    for extent in image.shape[1:]:
+        size = extent // size_step * size_step
+        if size < size_min:
+            raise UserError(f"the run's test image ({' x '.join(map(str, image.shape[1:]))}) is smaller than this"
+                            f" package's minimum size {size_min}; retrain with this version of bmz-cosdd")
+        start = (extent - size) // 2
+        window.append(slice(start, start + size))
+    raw = np.ascontiguousarray(image[tuple(window)][None], dtype=np.float32)
+    text = f"The test image is a crop of the validation image {sample.source}"
+    if sample.padded:
+        text += (", extended by reflection to the model's minimum size (the training images are smaller than the"
+                 " network's receptive field); the halo stays the full receptive field")
+    return raw, text + "."
 
 
-# Largest test-input side: 256 px for images; 64 for volumes, whose 100-sample validation
-# on a CPU would otherwise take minutes.
-_TEST_SIDE = {2: 256, 3: 64}
+def _test_image_from_data(trained: TrainedModel, size_min: int, size_step: int) -> tuple[np.ndarray, str]:
+    """A raw crop of the first validation image, read from the training data (runs without a stored sample)."""
+    from bmz_cosdd.training.session import package_sample
 
-
-def _test_image(trained: TrainedModel, size_min: int, size_step: int) -> np.ndarray:
-    """A raw (1, C, [Z,] Y, X) crop of the first validation image, sized to the model's grid."""
     data = trained.config.data
     try:
         images = load_images(data.paths, data.pattern, data.axes, data.spatial_dims)
     except UserError as exc:
-        raise UserError(f"cannot read the run's training data for a test image ({exc})") from None
+        raise UserError(f"this run stores no test image and its training data cannot be read ({exc})") from None
     split = split_images(images, data.val_fraction, trained.config.train.seed, data.crop_size)
-    image = split.val[0].data
-    limit = max(size_min, _TEST_SIDE[data.spatial_dims] // size_step * size_step)
-    window = [slice(None)]
-    for extent in image.shape[1:]:
-        usable = extent // size_step * size_step
-        if usable < size_min:
-            shape = " x ".join(str(n) for n in image.shape[1:])
-            raise UserError(
-                f"the validation image {split.val[0].source} ({shape}) is smaller than the model's minimum size"
-                f" {size_min}"
-            )
-        size = min(usable, limit)
-        start = (extent - size) // 2
-        window.append(slice(start, start + size))
-    return np.ascontiguousarray(image[tuple(window)][None], dtype=np.float32)
+    sample = package_sample(split.val[0], size_step, size_min, data.spatial_dims)
+    text = f"The test image is a crop of the validation image {sample.source}"
+    return sample.image[None], text + (", extended by reflection to the model's minimum size." if sample.padded
+                                       else ".")
 
 
 def _layout_fields(spatial_dims: int) -> dict[str, str]:
@@ -235,7 +267,7 @@ def package_run(
         Among others, when the run's quality assessment (``quality.json``, see
         :mod:`bmz_cosdd.training.quality`) flags it and ``force`` is False.
     """
-    from bmz_cosdd.export.rdf import Author, PackageContent, build_package
+    from bmz_cosdd.export.rdf import Author, Maintainer, PackageContent, build_package
     from bmz_cosdd.zoo.validate import validate_package
 
     options = options or ExportOptions()
@@ -259,10 +291,9 @@ def package_run(
     exported = method.export(model, trained.config.model, options)
     module = exported.module.eval()
     step = exported.size_step
-    halo = _round_up(exported.halo, step)
-    size_min = _round_up(2 * halo + 1, step)
-    raw = _test_image(trained, size_min, step)
+    halo, size_min = package_grid(exported.halo, step)
     notes: list[str] = []
+    raw, test_text = _test_image(trained, RunFolder(run_dir), size_min, step)
 
     out.parent.mkdir(parents=True, exist_ok=True)
     # Built beside the target so the final rename stays on one file system.
@@ -271,9 +302,8 @@ def package_run(
         scripted = torch.jit.script(module)
         scripted.save(str(work / "weights_torchscript.pt"))
         torch.save(module.state_dict(), work / "weights_state_dict.pt")
-        (work / "architecture.py").write_text(
-            bundle_sources(exported.source_modules, f"{method.name} architecture for bioimage.io state-dict weights")
-        )
+        # Bytes, not text: package_trust recognises this file by its SHA-256 on any platform.
+        (work / "architecture.py").write_bytes(architecture_source(method.name, exported.source_modules).encode("utf-8"))
         np.save(work / "test_input.npy", raw)
         onnx_path = work / "weights.onnx"
         normalised = normalise(raw, trained.stats, spatial_dims=exported.spatial_dims)
@@ -297,8 +327,7 @@ def package_run(
                                  meta.name or f"{method.name} denoiser"))
 
         config = trained.config
-        run = RunFolder(Path(run_dir))
-        split = load_yaml(run.split) if run.split.is_file() else {}
+        split = RunFolder(run_dir).read_split()
         formats = ["torchscript", "pytorch_state_dict"] + (["onnx"] if onnx_path else [])
         name = meta.name or f"{method.name} denoiser"
         fields = {
@@ -314,6 +343,7 @@ def package_run(
             "split_mode": split.get("mode", "images"), "seed": config.train.seed, "crop_size": config.data.crop_size,
             "lr": config.train.lr, "batch_size": config.train.batch_size, "steps": trained.step,
             "train_seconds": round(trained.training.get("elapsed", 0.0)), "monitor": method.monitor,
+            "test_image_text": test_text,
             "best_value": f"{trained.training.get('best', float('nan')):.5g}",
             "best_step": int(trained.training.get("best_step", trained.step)), "library_version": __version__,
             "torch_version": torch.__version__.split("+")[0], "weight_formats": ", ".join(formats),
@@ -341,7 +371,7 @@ def package_run(
                 },
                 "trained_steps": trained.step, "packaged": date.today().isoformat(),
             },
-            git_repo=meta.git_repo,
+            git_repo=meta.git_repo, maintainers=[Maintainer(**m) for m in meta.maintainers],
         )
         # Everything needed to continue training (the noise decoder is not in the inference weights).
         torch.save({"method": method.name, "model": model.state_dict(), "config": config.to_dict(),
@@ -372,13 +402,36 @@ def package_run(
     return PackageResult(path=out, weight_formats=formats, validation=results, notes=notes)
 
 
-def read_training_state(package: str | Path) -> dict[str, Any]:
-    """The training state a bmz-cosdd package carries (weights_only load; one-line errors)."""
+def read_training_state(package: str | Path, trust_code: bool = False) -> dict[str, Any]:
+    """The training state a bmz-cosdd package carries (weights_only load; one-line errors).
+
+    Parameters
+    ----------
+    package
+        A package zip written by ``bmz-cosdd package``.
+    trust_code
+        Accept a package whose Python is not this version's own (``--trust-code``). Only
+        ``training_state.pt`` is read (tensors, ``weights_only=True``) and no Python of the
+        package ever runs here; but a package whose architecture source differs from the one
+        bmz-cosdd writes for it, or that would run other Python, was not written by this
+        bmz-cosdd (or was altered since), so it is refused unless the user trusts it. Files
+        named outside the package are refused even then
+        (see :mod:`bmz_cosdd.export.package_trust`).
+
+    Raises
+    ------
+    bmz_cosdd.errors.UserError
+        One line: not a package, files outside it, foreign Python without ``trust_code``,
+        or no readable training state.
+    """
     import zipfile
 
+    from bmz_cosdd.export.package_trust import require_trusted_code
     from bmz_cosdd.export.rdf import read_package_descr
 
-    read_package_descr(package)  # not a zip / escaping paths / not a model: one clear line
+    read_package_descr(package)  # not a zip / escaping paths / files outside / not a model: one clear line
+    require_trusted_code(package, trust_code, "train --from takes only packages whose code this bmz-cosdd wrote (it"
+                         " would read just their training_state.pt and run none of their Python)")
     with zipfile.ZipFile(package) as zf:
         names = [n for n in zf.namelist() if n.split("/")[-1] == TRAINING_STATE]
         if not names:

@@ -64,6 +64,25 @@ _COVER_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif")
 _NAME_CHARS = re.compile(r"^[A-Za-z0-9_+\- ()]{5,128}$")
 _RELEASE = re.compile(r"^\d+(\.\d+){1,2}$")
 _VALIDATION_HEADING = re.compile(r"^\s{0,3}#+.*validation", re.IGNORECASE | re.MULTILINE)
+# GitHub's rule for user names: 1-39 letters, digits or single hyphens, not starting or ending with a hyphen.
+_GITHUB_USER = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9]|-(?=[A-Za-z0-9])){0,38}$")
+
+
+def check_github_user(name: Any, option: str = "--maintainer") -> str:
+    """``name`` stripped, if it is a well-formed GitHub user name; else a one-line UserError naming ``option``.
+
+    Checked here, offline: bioimageio.spec would look an unknown name up on the GitHub API (see
+    :func:`offline_bioimageio`, which lets the names that pass this check through as known).
+    """
+    text = str(name).strip() if name is not None else ""
+    if text.startswith("@"):
+        text = text[1:]
+    if not _GITHUB_USER.match(text):
+        raise UserError(
+            f"{option} {str(name)!r} is not a GitHub user name (1-39 letters, digits or single hyphens, not"
+            " starting or ending with a hyphen)"
+        )
+    return text
 
 
 @dataclass
@@ -74,6 +93,14 @@ class Author:
     affiliation: str | None = None
     github_user: str | None = None
     orcid: str | None = None
+
+
+@dataclass
+class Maintainer:
+    """Who answers for the package on bioimage.io: a GitHub user name (checked offline) and optionally a name."""
+
+    github_user: str
+    name: str | None = None
 
 
 @dataclass
@@ -136,6 +163,8 @@ class PackageContent:
         Extra files shipped in the package (e.g. the run's config), or none.
     spatial_dims
         2 (axes y, x) or 3 (axes z, y, x).
+    maintainers
+        Who maintains the package on bioimage.io (GitHub users); none: spec warns that it names no maintainer.
     """
 
     name: str
@@ -167,6 +196,7 @@ class PackageContent:
     git_repo: str | None = None
     attachments: list[Path] = field(default_factory=list)
     spatial_dims: int = 2
+    maintainers: list[Maintainer] = field(default_factory=list)
 
     @property
     def spatial_axes(self) -> tuple[str, ...]:
@@ -306,6 +336,14 @@ def check_content(content: PackageContent) -> None:
         opset = _onnx_opset(c.onnx)
         if opset > MAX_ONNX_OPSET:
             _fail(f"onnx opset must be <= {MAX_ONNX_OPSET} (deepImageJ), got {opset}")
+    for person in [*c.authors, *c.maintainers]:
+        if person.github_user is not None or isinstance(person, Maintainer):
+            try:
+                clean = check_github_user(person.github_user, "github_user")
+            except UserError as e:
+                _fail(str(e))
+            if clean != person.github_user:
+                _fail(f"github_user {person.github_user!r} must be given as {clean!r}")
     for text, doi in c.cite:
         if not text or not doi:
             _fail(f"cite entries need text and doi, got {(text, doi)!r}")
@@ -356,7 +394,13 @@ def offline_bioimageio(github_users: Sequence[str] = ()) -> Iterator[None]:
 
 
 def _github_users(content: PackageContent) -> list[str]:
-    return [a.github_user for a in content.authors if a.github_user]
+    return [a.github_user for a in [*content.authors, *content.maintainers] if a.github_user]
+
+
+def _maintainer(v0_5: Any, maintainer: Maintainer) -> Any:
+    """Only the fields given (spec writes explicit None values into the YAML)."""
+    extra = {"name": maintainer.name} if maintainer.name else {}
+    return v0_5.Maintainer(github_user=maintainer.github_user, **extra)
 
 
 def _author(v0_5: Any, author: Author) -> Any:
@@ -508,6 +552,8 @@ def _describe(content: PackageContent, files: dict[str, Path], with_test_outputs
         optional["git_repo"] = v0_5.HttpUrl(c.git_repo)
     if files["attachments"]:
         optional["attachments"] = [F(source=p) for p in files["attachments"]]
+    if c.maintainers:
+        optional["maintainers"] = [_maintainer(v0_5, m) for m in c.maintainers]
     return v0_5.ModelDescr(
         name=c.name,
         description=c.description,
@@ -734,15 +780,20 @@ def read_package_descr(path: Path) -> Any:
     ------
     bmz_cosdd.errors.UserError
         If ``path`` is not a file, not a zip, has members escaping its folder (absolute
-        paths or ``..``), or is not a valid bioimage.io model.
+        paths or ``..``), names a file outside itself (a URL, an absolute path, ``..``; checked
+        before spec reads anything, see :func:`bmz_cosdd.export.package_trust.check_files_inside`),
+        or is not a valid bioimage.io model.
     """
     from bioimageio.spec import InvalidDescr, ValidationContext, load_description
     from bioimageio.spec.model import v0_5
+
+    from bmz_cosdd.export.package_trust import check_files_inside
 
     path = Path(path)
     names = check_zip_members(path)
     if RDF_NAME not in names and "bioimageio.yaml" not in names:
         raise UserError(f"package {path.name} has no rdf.yaml: not a bioimage.io model package")
+    check_files_inside(path)
     try:
         with offline_bioimageio(), quiet_bioimageio(), ValidationContext(perform_io_checks=False, log_warnings=False):
             descr = load_description(path, perform_io_checks=False)

@@ -43,7 +43,7 @@ from bmz_cosdd.data.io import atomic_write_text
 from bmz_cosdd.data.normalisation import normalise
 from bmz_cosdd.errors import UserError
 from bmz_cosdd.inference.predictor import TrainedModel, prediction_context, resolve_options, tile_function, to_raw
-from bmz_cosdd.inference.tiling import pad_mode, spatial_sizes
+from bmz_cosdd.inference.tiling import check_tile, pad_mode, spatial_sizes, tile_warning
 from bmz_cosdd.methods.base import PredictOptions
 
 __all__ = ["Block", "block_grid", "block_progress", "is_out_of_core_input", "output_path", "predict_out_of_core"]
@@ -144,6 +144,7 @@ def predict_out_of_core(
     tile: int | Sequence[int] = 512,
     seed: int = 0,
     on_block: Optional[Callable[[int, int], None]] = None,
+    say: Optional[Callable[[str], None]] = None,
 ) -> list[Path]:
     """Denoise a Zarr / OME-Zarr array or a large TIFF block by block, resumably.
 
@@ -166,6 +167,9 @@ def predict_out_of_core(
         Block ``b`` of each plane (volume for 3-D models) is sampled with ``seed + b``.
     on_block
         Called as ``on_block(done, total)`` after every block (resumed blocks count as done).
+    say
+        Receives a one-line warning when ``tile`` keeps under half of each window's side
+        (see :func:`~bmz_cosdd.inference.tiling.tile_warning`).
 
     Returns
     -------
@@ -190,19 +194,21 @@ def predict_out_of_core(
     spatial = _spatial_axes(trained)
     if "Z" in spatial and "Z" not in source.axes:
         raise UserError(f"{source.path.name}: this model denoises volumes; its axes {source.axes} have no Z")
-    tiles = spatial_sizes(tile, len(spatial))
     step, halo = trained.method.size_step(trained.model), trained.method.halo(trained.model)
+    tiles = check_tile(tile, halo, step, len(spatial))
+    plane = [source.shape[source.axes.index(a)] for a in spatial]
+    warning = tile_warning(plane, tiles, halo, step)
     halo = -(-halo // step) * step
     block = tuple((t - 2 * halo) // step * step for t in tiles)
-    if min(block) < step:
-        raise UserError(f"--tile {tile} is too small for this model (at least {step + 2 * halo})")
     _check_chunks(source, spatial, tiles)
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} exists and is not a folder")
     out.mkdir(parents=True, exist_ok=True)
 
-    grid = block_grid([source.shape[source.axes.index(a)] for a in spatial], block)
+    if warning is not None and say is not None:
+        say(warning)
+    grid = block_grid(plane, block)
     loop_axes = [a for a in source.axes if a in LOOP_AXES and a not in spatial]
     loops = [dict(zip(loop_axes, p)) for p in itertools.product(*(range(source.shape[source.axes.index(a)])
                                                                   for a in loop_axes))]

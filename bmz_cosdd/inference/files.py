@@ -53,7 +53,9 @@ def read_inputs(
         non-finite pixels.
     """
     loaded = []
-    for path in [f for item in inputs for f in find_files(item, pattern)]:
+    files = [f for item in inputs for f in find_files(item, pattern)]
+    check_distinct_outputs(files)
+    for path in files:
         array, file_axes = read_with_axes(path, axes)
         samples = to_samples(array, file_axes, spatial_dims, source=path.name)
         if samples.shape[1] != n_channels:
@@ -66,6 +68,22 @@ def read_inputs(
             raise UserError(f"{path.name}: {bad} NaN or Inf pixels")
         loaded.append(InputFile(path, file_axes, tuple(array.shape), samples))
     return loaded
+
+
+def check_distinct_outputs(files: Sequence[Path]) -> None:
+    """Refuse inputs whose outputs would share a name (``<stem>_<output>.tif`` in one folder), before any work.
+
+    Raises
+    ------
+    UserError
+        Naming the two inputs (e.g. ``a/img.tif`` and ``b/img.tif``, or ``img.tif`` and ``img.npy``).
+    """
+    seen: dict[str, Path] = {}
+    for path in files:
+        first = seen.setdefault(path.stem, path)
+        if first != path:
+            raise UserError(f"{first} and {path} would write the same output names ({path.stem}_*.tif); predict them"
+                            " into different --out folders, or rename one")
 
 
 def write_outputs(out_dir: str | Path, item: InputFile, per_output: dict[str, list[np.ndarray]]) -> list[Path]:

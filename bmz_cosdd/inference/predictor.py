@@ -17,10 +17,10 @@ from bmz_cosdd.data.method_noise import ResidualCheck, check_residual
 from bmz_cosdd.data.normalisation import NormStats, denormalise, normalise
 from bmz_cosdd.errors import UserError
 from bmz_cosdd.inference.files import InputFile, read_inputs, write_outputs
-from bmz_cosdd.inference.tiling import predict_tiled
+from bmz_cosdd.inference.tiling import check_tile, predict_tiled, tile_warning
 from bmz_cosdd.methods.base import Method, PredictOptions
 from bmz_cosdd.methods.registry import get_method
-from bmz_cosdd.run_folder import RunFolder
+from bmz_cosdd.artifacts.run_folder import RunFolder
 from bmz_cosdd.training.checkpoints import load_checkpoint
 from bmz_cosdd.training.device import resolve_device
 
@@ -50,11 +50,8 @@ def load_run(run_dir: str | Path, checkpoint: str = "best", device: str = "auto"
     """
     from bmz_cosdd.training.session import build_config  # session imports the trainer; keep start-up light
 
-    run = RunFolder(Path(run_dir))
-    if not run.root.exists():
-        raise UserError(f"no such run folder: {run.root}")
-    if not run.config.is_file():
-        raise UserError(f"{run.root} is not a run folder (no config.yaml)")
+    run = RunFolder(run_dir)
+    run.check_exists()
     if checkpoint not in ("best", "last"):
         raise UserError(f"unknown checkpoint {checkpoint!r} (use best or last)")
     path = run.best if checkpoint == "best" else run.last
@@ -63,8 +60,7 @@ def load_run(run_dir: str | Path, checkpoint: str = "best", device: str = "auto"
         if fallback is None or not fallback.is_file():
             raise UserError(f"{run.root} has no checkpoint ({path.relative_to(run.root)} is missing); train it first")
         path = fallback
-    values = load_yaml(run.config)
-    values.pop("bmz_cosdd_version", None)
+    values = run.read_config()
     config = build_config(values)
     state = load_checkpoint(path)
     method = get_method(config.method)
@@ -87,14 +83,13 @@ def load_run(run_dir: str | Path, checkpoint: str = "best", device: str = "auto"
 
 def read_quality(run: RunFolder) -> Any:
     """The run's :class:`~bmz_cosdd.training.quality.QualityReport`, or None when it has none (older runs)."""
-    import json
-
     from bmz_cosdd.training.quality import QualityReport
 
-    if not run.quality.is_file():
+    values = run.read_quality()
+    if values is None:
         return None
     try:
-        return QualityReport.from_dict(json.loads(run.quality.read_text()))
+        return QualityReport.from_dict(values)
     except (ValueError, KeyError, TypeError) as exc:
         raise UserError(f"{run.quality} is damaged ({exc}); retrain or delete it") from None
 
@@ -106,6 +101,7 @@ def predict_image(
     tile: int = 512,
     seed: int = 0,
     on_tile: Optional[Callable[[int, int], None]] = None,
+    say: Optional[Callable[[str], None]] = None,
 ) -> dict[str, np.ndarray]:
     """Denoise one (C, Y, X) image (or (C, Z, Y, X) volume for a 3-D model) in raw intensities;
     outputs are float32 in raw intensities.
@@ -122,11 +118,22 @@ def predict_image(
         Largest tile side fed to the network, halo included (the same along Z for volumes).
     seed
         Seeds the posterior sampling, so a prediction is reproducible.
+    on_tile
+        Called as ``on_tile(done, total)`` after each tile (e.g. a :class:`~bmz_cosdd.inference.tiling.TileProgress`).
+    say
+        Receives a one-line warning when ``tile`` keeps under half of each tile's side for this image
+        (see :func:`~bmz_cosdd.inference.tiling.tile_warning`).
 
     Returns
     -------
     dict
         e.g. ``mmse`` and ``std`` (C, [Z,] Y, X), ``samples`` (N, C, [Z,] Y, X), or ``direct``.
+
+    Raises
+    ------
+    UserError
+        For a wrong shape, NaN or Inf pixels, or a tile too small to keep anything (the error suggests one that
+        keeps at least half of each tile's side).
     """
     options = resolve_options(trained, options)
     dims = trained.config.data.spatial_dims
@@ -138,8 +145,10 @@ def predict_image(
     if not np.isfinite(image).all():
         raise UserError(f"the image holds {int((~np.isfinite(image)).sum())} NaN or Inf pixels")
     step, halo = trained.method.size_step(trained.model), trained.method.halo(trained.model)
-    if tile < step + 2 * halo:
-        raise UserError(f"--tile {tile} is too small for this model (at least {step + 2 * halo})")
+    check_tile(tile, halo, step, dims)
+    warning = tile_warning(image.shape[1:], tile, halo, step)
+    if warning is not None and say is not None:
+        say(warning)
     normalised = normalise(image.astype(np.float64), trained.stats, spatial_dims=dims)
     run_tile = tile_function(trained, options, seed)
     tiles = {"done": 0}
@@ -249,16 +258,19 @@ def predict_files(
     seed: int = 0,
     on_image: Optional[Callable[[Path, int, int], None]] = None,
     residual: ResidualPairs | None = None,
+    on_tile: Optional[Callable[[int, int], None]] = None,
+    say: Optional[Callable[[str], None]] = None,
 ) -> list[Path]:
     """Denoise every image file in ``inputs`` and write ``<stem>_<output>.tif`` files to ``out_dir``.
 
     Outputs keep the input's axes; posterior samples get an extra leading ``Q`` axis.
     Each file is written atomically. Returns the written paths; ``residual`` (optional)
-    collects images for the residual check.
+    collects images for the residual check; ``on_tile`` and ``say`` as for :func:`predict_inputs`.
     """
     check_out_dir(out_dir)
     loaded = read_inputs(inputs, pattern, axes, trained.stats.n_channels, trained.config.data.spatial_dims)
-    return predict_inputs(trained, loaded, out_dir, options, tile, seed, on_image, residual=residual)
+    return predict_inputs(trained, loaded, out_dir, options, tile, seed, on_image, residual=residual, on_tile=on_tile,
+                          say=say)
 
 
 def check_out_dir(out_dir: str | Path) -> None:
@@ -283,18 +295,28 @@ def predict_inputs(
     on_outputs: Optional[OnOutputs] = None,
     skip_outputs: Collection[str] = (),
     residual: ResidualPairs | None = None,
+    on_tile: Optional[Callable[[int, int], None]] = None,
+    say: Optional[Callable[[str], None]] = None,
 ) -> list[Path]:
     """Denoise files already read by :func:`read_inputs`; write every output not in ``skip_outputs``.
 
     ``on_outputs`` sees each file's outputs (all of them, skipped ones included)
     after they are written, and returns the paths it wrote itself; ``residual``
-    keeps images for the residual check.
+    keeps images for the residual check; ``on_tile(done, total)`` follows the tiles
+    of each image; ``say`` gets the first wasteful-tile warning (once per call).
     """
+    warned: list[str] = []
+
+    def say_once(line: str) -> None:
+        if say is not None and not warned:
+            warned.append(line)
+            say(line)
+
     written = []
     for index, item in enumerate(loaded):
         per_output: dict[str, list[np.ndarray]] = {}
         for sample in item.samples:
-            outputs = predict_image(trained, sample, options, tile, seed)
+            outputs = predict_image(trained, sample, options, tile, seed, on_tile=on_tile, say=say_once)
             if residual is not None:
                 residual.add(sample, outputs)
             for name, value in outputs.items():

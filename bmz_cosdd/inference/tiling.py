@@ -19,7 +19,18 @@ from torch import Tensor
 
 from bmz_cosdd.errors import UserError
 
-__all__ = ["pad_mode", "predict_tiled", "spatial_sizes", "tile_layout"]
+__all__ = [
+    "TileProgress", "check_tile", "effective_halo", "pad_mode", "predict_tiled", "smallest_tile", "spatial_sizes",
+    "suggested_tile", "tile_layout", "tile_warning",
+]
+
+# Tiling rule: a tile should keep at least half of its side: its kept core (tile - 2 x halo) is at least half the
+# tile along every axis cut into tiles (a quarter of a square 2-D tile's pixels). The smallest such tile (4 x halo)
+# is suggested when --tile is too small, and a tile keeping less is warned about with the number of tiles it
+# makes: the network then computes more than 4 times the pixels it keeps.
+KEPT_SIDE = 0.5
+# A progress bar for the tiles of an image appears from this many tiles on.
+MANY_TILES = 8
 
 
 def _round_up(value: int, step: int) -> int:
@@ -49,6 +60,64 @@ def pad_mode(spatial_shape: Sequence[int]) -> str:
 
 def _pad(image: np.ndarray, pads: list[tuple[int, int]]) -> np.ndarray:
     return np.pad(image, [(0, 0)] * (image.ndim - len(pads)) + pads, mode=pad_mode(image.shape[-len(pads):]))
+
+
+def effective_halo(halo: int, step: int) -> int:
+    """The halo tiling really adds each side: ``halo`` rounded up to a multiple of ``step``."""
+    return _round_up(max(int(halo), 0), step)
+
+
+def smallest_tile(halo: int, step: int) -> int:
+    """The smallest tile side that works at all: one size step kept inside the (rounded) halo on each side."""
+    return step + 2 * effective_halo(halo, step)
+
+
+def suggested_tile(halo: int, step: int) -> int:
+    """The smallest tile side worth using: its kept core (tile - 2 x halo) is at least half the tile side.
+
+    With the halo ``h`` rounded up to the step, that is ``4 h`` (and never below :func:`smallest_tile`).
+    """
+    h = effective_halo(halo, step)
+    return max(_round_up(int(math.ceil(2 * h / (1 - KEPT_SIDE))), step), smallest_tile(halo, step))
+
+
+def _sizes_text(sizes: Sequence[int]) -> str:
+    return " x ".join(str(int(s)) for s in sizes)
+
+
+def check_tile(tile: int | Sequence[int], halo: int, step: int, n_spatial: int) -> tuple[int, ...]:
+    """``tile`` per spatial axis, refused in one line when it keeps no core (suggesting :func:`suggested_tile`)."""
+    sizes = spatial_sizes(tile, n_spatial)
+    if min(sizes) < smallest_tile(halo, step):
+        raise UserError(
+            f"--tile {_sizes_text(sizes) if len(set(sizes)) > 1 else sizes[0]} is too small for this model (halo"
+            f" {effective_halo(halo, step)} px each side): use --tile {suggested_tile(halo, step)} or more, which"
+            f" keeps at least half of each tile's side"
+        )
+    return sizes
+
+
+def tile_warning(shape: Sequence[int], tile: int | Sequence[int], halo: int, step: int) -> Optional[str]:
+    """One line when tiling an image of spatial ``shape`` wastes most of the work, else None.
+
+    Warns when, along an axis cut into more than one tile, a tile keeps under half of its side (for square 2-D
+    tiles: under a quarter of its pixels); the line gives the number of tiles and the suggested --tile.
+    """
+    sizes = spatial_sizes(tile, len(shape))
+    h = effective_halo(halo, step)
+    layout = [tile_layout(size, t, h, step) for size, t in zip(shape, sizes)]
+    cores = [max(step, (t - 2 * h) // step * step) for t in sizes]
+    wasteful = any(n > 1 and c < KEPT_SIDE * (c + 2 * h) for (_, n), c in zip(layout, cores))
+    if not wasteful:
+        return None
+    count = math.prod(n for _, n in layout)
+    tile_text = _sizes_text(sizes) if len(set(sizes)) > 1 else str(sizes[0])
+    return (
+        f"warning: --tile {tile_text} keeps only {_sizes_text(cores)} px of every"
+        f" {_sizes_text([c + 2 * h for c in cores])} px tile (halo {h} px each side): {count} tiles for this"
+        f" {_sizes_text(shape)} image; use --tile {suggested_tile(halo, step)} or more (keeps at least half of each"
+        f" tile's side)"
+    )
 
 
 def tile_layout(size: int, tile: int, halo: int, step: int) -> tuple[int, int]:
@@ -117,3 +186,56 @@ def predict_tiled(
             on_tile(done, len(origins))
     crop = (Ellipsis,) + tuple(slice(0, size) for size in shape)
     return {name: value[crop] for name, value in outputs.items()}
+
+
+class TileProgress:
+    """A progress bar on stderr over the tiles of one image at a time, shown for images of many tiles.
+
+    Pass it as ``on_tile`` (called as ``on_tile(done, total)`` after each tile): the bar appears with the first
+    image of at least ``many`` tiles, restarts with each image and is removed by :meth:`close` (or on leaving a
+    ``with`` block). Disabled, it does nothing.
+
+    Parameters
+    ----------
+    enabled
+        Show anything at all (the CLI: an interactive stderr and no ``--quiet``).
+    many
+        The fewest tiles an image needs for the bar to appear.
+    console
+        A ``rich.console.Console`` to draw on (default: stderr).
+    """
+
+    def __init__(self, enabled: bool = True, many: int = MANY_TILES, console: object = None) -> None:
+        self.enabled = enabled
+        self.many = many
+        self.console = console
+        self._progress = None
+        self._task = None
+
+    def __call__(self, done: int, total: int) -> None:
+        if not self.enabled or total < self.many:
+            return
+        if self._progress is None:
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self._progress = Progress(TextColumn("tiles"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                                      console=self.console or Console(stderr=True), transient=True)
+            self._progress.start()
+            self._task = self._progress.add_task("tiles", total=total)
+        if done <= 1:
+            self._progress.reset(self._task, total=total, completed=done)
+        else:
+            self._progress.update(self._task, total=total, completed=done)
+
+    def close(self) -> None:
+        """Remove the bar (if it was shown)."""
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+
+    def __enter__(self) -> "TileProgress":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -10,12 +10,13 @@ from typing import Sequence
 import numpy as np
 
 from bmz_cosdd.data.axes import parse_axes, to_samples_cyx
+from bmz_cosdd.data.clipping import CLIPPED_FRACTION, clipped_pixels
 from bmz_cosdd.data.io import find_files, read_array
 from bmz_cosdd.errors import UserError
 
-#: A calibration pixel counts as saturated at the stack's maximum value when that value is
-#: this common (a few pixels at the maximum happen in any image; a clipped detector makes many).
-SATURATION_FRACTION = 1e-4
+#: A calibration pixel counts as clipped (saturated at the stack's maximum, or cut at its minimum) when that
+#: value is this common: the one rule of :mod:`bmz_cosdd.data.clipping`.
+SATURATION_FRACTION = CLIPPED_FRACTION
 
 
 @dataclass
@@ -38,8 +39,10 @@ def calibration_pairs(path: str | Path, axes: str = "TYX") -> Pairs:
     axes
         Its axes; every axis but C, Y and X counts frames (e.g. ``TYX``, ``SYX``, ``TCYX``).
 
-    Saturated pixels (the stack's maximum value, where it occurs in more than
-    ``SATURATION_FRACTION`` of the pixels) are left out, with a warning giving their fraction.
+    Clipped pixels (the stack's minimum or maximum value, where it occurs in more than
+    ``SATURATION_FRACTION`` of a channel's pixels; see :mod:`bmz_cosdd.data.clipping`) are left out,
+    with a warning giving their fraction: every frame of a position where any frame is clipped, since
+    the average there is no longer the signal.
     """
     path = Path(path)
     if not path.is_file():
@@ -53,22 +56,24 @@ def calibration_pairs(path: str | Path, axes: str = "TYX") -> Pairs:
     if not np.isfinite(frames).all():
         raise UserError(f"{path.name}: the calibration stack holds NaN or Inf pixels")
     keep = np.ones(frames.shape[1:], dtype=bool)
+    left_out = {"minimum": np.zeros_like(keep), "maximum": np.zeros_like(keep)}
     warnings = []
-    for c in range(frames.shape[1]):
-        top = frames[:, c].max()
-        at_top = frames[:, c] == top
-        fraction = float(at_top.mean())
-        if fraction > SATURATION_FRACTION:
-            keep[c] &= ~at_top.any(axis=0)
-            warnings.append(
-                f"{path.name}: {fraction:.2%} of the calibration pixels of channel {c} are saturated (value {top:g});"
-                " those positions are left out of the fit"
-            )
+    _, ends = clipped_pixels(list(frames), SATURATION_FRACTION)
+    for end in ends:
+        c = end.channel
+        positions = (frames[:, c] == end.value).any(axis=0)
+        left_out[end.end][c] |= positions
+        keep[c] &= ~positions
+        warnings.append(
+            f"{path.name}: {end.describe('calibration pixels')}; those positions ({positions.mean():.2%} of them)"
+            " are left out of the fit"
+        )
     signal = frames.mean(axis=0, keepdims=True)
     signal = np.broadcast_to(signal, frames.shape)
     mask = np.broadcast_to(keep[None], frames.shape)
     info = {"source": "calibration", "calibration": path.name, "frames": int(frames.shape[0]),
-            "saturated_left_out": float(1.0 - keep.mean())}
+            "clipped_left_out": float(1.0 - keep.mean()), "saturated_left_out": float(left_out["maximum"].mean()),
+            "clipped_low_left_out": float(left_out["minimum"].mean())}
     return Pairs(_masked(signal, mask), _masked(frames, mask), info, warnings)
 
 
@@ -77,7 +82,7 @@ def _masked(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
     per_channel = [values[:, c][mask[:, c]] for c in range(values.shape[1])]
     count = min(len(v) for v in per_channel)
     if count == 0:
-        raise UserError("no usable calibration pixels are left (all saturated)")
+        raise UserError("no usable calibration pixels are left (all clipped at the data's minimum or maximum)")
     return np.stack([v[:count] for v in per_channel])[None, :, :, None]
 
 
@@ -120,5 +125,12 @@ def bootstrap_pairs(model: str | Path, inputs: Sequence[str | Path], axes: str, 
     signal = np.concatenate([s.reshape(s.shape[0], s.shape[1], -1) for s in signals], axis=2)[..., None]
     observation = np.concatenate([o.reshape(o.shape[0], o.shape[1], -1) for o in observations], axis=2)[..., None]
     info = {"source": "bootstrap", "model": model.name, "images": [p.name for p in noisy_files]}
-    return Pairs(signal, observation, info, [])
+    # Clipped noisy pixels (the data's minimum or maximum, by the rule of bmz_cosdd.data.clipping) are left out.
+    [clipped], ends = clipped_pixels([np.moveaxis(observation, 1, 0)], SATURATION_FRACTION)
+    warnings = [f"{end.describe('noisy pixels')}; they are left out of the fit" for end in ends]
+    if ends:
+        keep = ~np.moveaxis(clipped, 0, 1)
+        info["clipped_left_out"] = float(1.0 - keep.mean())
+        signal, observation = _masked(signal, keep), _masked(observation, keep)
+    return Pairs(signal, observation, info, warnings)
 

@@ -26,6 +26,7 @@ unless forced.
 from __future__ import annotations
 
 import math
+import shlex
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -105,7 +106,7 @@ class QualityReport:
         out = [self.summary()]
         out += [f"WARNING: {flag}" for flag in self.flags]
         if self.flags:
-            out.append("what to do: " + QUALITY_ADVICE.format(method=method, run=run))
+            out.append("what to do: " + QUALITY_ADVICE.format(method=method, run=shlex.quote(str(run))))
         out += [f"note: {warning}" for warning in self.warnings]
         return out
 

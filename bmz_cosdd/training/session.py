@@ -3,23 +3,23 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import torch
 
 from bmz_cosdd import __version__
-from bmz_cosdd.config import RunConfig, dump_yaml, from_dict, load_yaml, DataConfig, TrainConfig
+from bmz_cosdd.artifacts.run_folder import RunFolder, RunSample, package_grid
+from bmz_cosdd.config import RunConfig, from_dict, DataConfig, TrainConfig
 from bmz_cosdd.data.crops import RandomCrops, fixed_val_crops
-from bmz_cosdd.data.io import Image, atomic_write_text, load_images
+from bmz_cosdd.data.io import Image, load_images
 from bmz_cosdd.data.normalisation import NormStats, compute_stats, normalise
 from bmz_cosdd.data.splits import split_images
 from bmz_cosdd.errors import UserError
 from bmz_cosdd.methods.registry import get_method
-from bmz_cosdd.run_folder import RunFolder
 from bmz_cosdd.training.checkpoints import load_checkpoint
 from bmz_cosdd.training.device import resolve_device
 from bmz_cosdd.training.distributed import World, current_world, distributed_world
@@ -84,6 +84,7 @@ class PreparedData:
     val: list[Image]
     split: dict[str, Any]
     n_channels: int
+    sample_source: Image | None = None  # the first validation image, raw, for the package's test image
 
 
 def prepare_data(data: DataConfig, seed: int, stats: NormStats | None = None) -> PreparedData:
@@ -103,7 +104,8 @@ def prepare_data(data: DataConfig, seed: int, stats: NormStats | None = None) ->
     def norm(items: list[Image]) -> list[Image]:
         return [Image(data=normalise(im.data, stats, spatial_dims=data.spatial_dims), source=im.source) for im in items]
 
-    return PreparedData(stats, norm(split.train), norm(split.val), split.description, n_channels)
+    return PreparedData(stats, norm(split.train), norm(split.val), split.description, n_channels,
+                        split.val[0] if split.val else None)
 
 
 def train(
@@ -112,6 +114,7 @@ def train(
     progress: bool = True,
     init_from: str | Path | None = None,
     say: Callable[[str], None] | None = None,
+    trust_code: bool = False,
 ) -> TrainResult:
     """Train a new run in ``run_dir`` (which must not hold a run already).
 
@@ -129,6 +132,13 @@ def train(
     say
         Receives the lines in which the method tells what it chose from the data (e.g. an
         automatic blind mask); default: standard error. They are also kept in ``notes.txt``.
+    trust_code
+        With ``init_from``: accept a package whose Python bmz-cosdd did not write (``--trust-code``).
+        Only the package's ``training_state.pt`` is read (tensors, ``weights_only=True``) and
+        none of its Python runs, but a package whose architecture source is not byte-identical
+        to the one this version writes for it (or that would run other Python) is refused
+        without it; files named outside the package are refused always (see
+        :func:`bmz_cosdd.export.package.read_training_state`).
 
     Notes
     -----
@@ -139,7 +149,7 @@ def train(
     if init_from is not None:
         from bmz_cosdd.export.package import read_training_state
 
-        init_state = read_training_state(init_from)
+        init_state = read_training_state(init_from, trust_code=trust_code)
         values = config.to_dict() if isinstance(config, RunConfig) else dict(config)
         if values.get("method") != init_state["method"]:
             raise UserError(f"the package holds a {init_state['method']} model, not {values.get('method')}")
@@ -147,9 +157,8 @@ def train(
         config = values
     if not isinstance(config, RunConfig):
         config = build_config(config)
-    run = RunFolder(Path(run_dir))
-    if run.last.exists() or run.best.exists():
-        raise UserError(f"{run.root} already holds a trained run (resume it with --resume or choose another --out)")
+    run = RunFolder(run_dir)
+    run.check_new()
     stats = NormStats.from_dict(init_state["stats"]) if init_state is not None else None
     data = prepare_data(config.data, config.train.seed, stats=stats)
     method = get_method(config.method)
@@ -157,43 +166,44 @@ def train(
         config.model, config.data, [im.data for im in data.train], data.stats
     )
     config = dataclasses.replace(config, model=model_config)
-    if current_world().is_main:
-        say = say or (lambda line: print(line, file=sys.stderr))
+    say = say or (lambda line: print(line, file=sys.stderr))
+
+    def start() -> None:  # once every check has passed, in the process that writes the run
+        run.check_new()  # again, now that this process holds the folder
         for line in notes:
             say(line)
-        run.root.mkdir(parents=True, exist_ok=True)
-        if notes:
-            atomic_write_text(run.notes, "\n".join(notes) + "\n")
-        atomic_write_text(run.config, dump_yaml({**config.to_dict(), "bmz_cosdd_version": __version__}))
-        data.stats.save(run.stats)
-        atomic_write_text(run.split, json.dumps(data.split, indent=1))
-    return _fit(config, run, data, progress, resume_state=None, init_state=init_state)
+        run.write_notes(notes)
+        run.write_config(config.to_dict(), __version__)
+        run.write_stats(data.stats)
+        run.write_split(data.split)
+
+    return _fit(config, run, data, progress, resume_state=None, init_state=init_state, action="bmz-cosdd train",
+                start=start)
 
 
 def resume(run_dir: str | Path, overrides: dict[str, Any] | None = None, progress: bool = True) -> TrainResult:
     """Continue the run in ``run_dir`` from its last checkpoint, exactly as if never stopped.
 
     ``overrides`` may extend the limits (``max_steps``, ``max_epochs``, ``max_time``),
-    change ``patience`` or the ``device``.
+    change ``patience`` or the ``device``. The run may have moved since it started: its
+    training data are found where the paths were typed (relative to the current working
+    directory) or, failing that, where they were when the run started.
     """
-    run = RunFolder(Path(run_dir))
-    if not run.config.is_file():
-        raise UserError(f"{run.root} is not a run folder (no config.yaml)")
+    run = RunFolder(run_dir)
+    values = run.read_config()
+    run.check_not_in_use()
     if not run.last.is_file():
         raise UserError(f"{run.root} has no checkpoint to resume from ({run.last} is missing)")
-    values = load_yaml(run.config)
-    values.pop("bmz_cosdd_version", None)
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
     bad = sorted(set(overrides) - set(RESUMABLE))
     if bad:
         raise UserError(f"cannot change {', '.join(bad)} when resuming (only {', '.join(RESUMABLE)})")
     values.setdefault("train", {}).update(overrides)
     config = build_config(values)
-    data = prepare_data(config.data, config.train.seed, stats=NormStats.load(run.stats))
+    data = prepare_data(config.data, config.train.seed, stats=run.read_stats())
     state = load_checkpoint(run.last)
-    if current_world().is_main:
-        atomic_write_text(run.config, dump_yaml({**config.to_dict(), "bmz_cosdd_version": __version__}))
-    return _fit(config, run, data, progress, resume_state=state)
+    return _fit(config, run, data, progress, resume_state=state, action="bmz-cosdd train --resume",
+                start=lambda: run.write_config(config.to_dict(), __version__))
 
 
 def _fit(
@@ -203,22 +213,36 @@ def _fit(
     progress: bool,
     resume_state: dict[str, Any] | None,
     init_state: dict[str, Any] | None = None,
+    action: str = "bmz-cosdd train",
+    start: Callable[[], None] | None = None,
 ) -> TrainResult:
+    """Set up (every check that can fail on the user's settings), then hold the run folder, ``start()``
+    (write the run's settings) and train; under torchrun rank 0 alone holds and writes the folder."""
     device = resolve_device(config.train.device)
     with distributed_world(device) as world:
-        return _fit_in_world(config, run, data, progress, resume_state, init_state, world.device(device), world)
+        setup = _setup(config, data, init_state, world.device(device))
+        if not world.is_main:
+            return _train(config, run, data, progress, resume_state, setup, world)
+        with run.lock(action):
+            if start is not None:
+                start()
+            return _train(config, run, data, progress, resume_state, setup, world)
 
 
-def _fit_in_world(
-    config: RunConfig,
-    run: RunFolder,
-    data: PreparedData,
-    progress: bool,
-    resume_state: dict[str, Any] | None,
-    init_state: dict[str, Any] | None,
-    device: torch.device,
-    world: World,
-) -> TrainResult:
+@dataclass
+class _Setup:
+    """A model ready to train and its data, built before anything is written."""
+
+    method: Any
+    model: torch.nn.Module
+    step: int
+    crops: RandomCrops
+    val_crops: torch.Tensor
+    device: torch.device
+
+
+def _setup(config: RunConfig, data: PreparedData, init_state: dict[str, Any] | None,
+           device: torch.device) -> _Setup:
     method = get_method(config.method)
     torch.manual_seed(config.train.seed)
     model = method.build(config.model, data.n_channels, data.stats, config.data.spatial_dims)
@@ -239,6 +263,12 @@ def _fit_in_world(
     generator = torch.Generator().manual_seed(config.train.seed + 1)
     crops = RandomCrops(data.train, shape, generator)
     val_crops = fixed_val_crops(data.val, shape, config.data.val_crops)
+    return _Setup(method, model, step, crops, val_crops, device)
+
+
+def _train(config: RunConfig, run: RunFolder, data: PreparedData, progress: bool,
+           resume_state: dict[str, Any] | None, setup: _Setup, world: World) -> TrainResult:
+    method, model, device = setup.method, setup.model, setup.device
     extra = {
         "method": config.method,
         "config": config.to_dict(),
@@ -246,10 +276,13 @@ def _fit_in_world(
         "n_channels": data.n_channels,
         "bmz_cosdd_version": __version__,
     }
-    trainer = Trainer(method, model, config.train, run, crops, val_crops, device, extra, progress, world)
+    if world.is_main and data.sample_source is not None:
+        size_min = package_grid(method.halo(model), setup.step)[1]
+        run.write_sample(package_sample(data.sample_source, setup.step, size_min, config.data.spatial_dims))
+    trainer = Trainer(method, model, config.train, run, setup.crops, setup.val_crops, device, extra, progress, world)
     result = trainer.fit(resume_state)
     if world.is_main and result.stopped != "interrupted":
-        result.quality = assess_run(method, model, run, val_crops, device, config.train.seed)
+        result.quality = assess_run(method, model, run, setup.val_crops, device, config.train.seed)
     return result
 
 
@@ -264,5 +297,38 @@ def assess_run(
     state = load_checkpoint(path)
     model.load_state_dict(state["model"])
     report = assess(method, model, val_crops, None, device, step=int(state["step"]), seed=seed)
-    atomic_write_text(run.quality, json.dumps(report.to_dict(), indent=1) + "\n")
+    run.write_quality(report.to_dict())
     return report
+
+
+#: Largest side of the package's test image: 256 px for images; 64 for volumes, whose 100-sample
+#: validation on a CPU would otherwise take minutes.
+SAMPLE_SIDE = {2: 256, 3: 64}
+
+
+def package_sample(image: Image, size_step: int, size_min: int, spatial_dims: int) -> RunSample:
+    """The image a package of this model is tested with: a centred crop of a raw validation image.
+
+    Every side is a multiple of ``size_step``, at least the package's minimum size ``size_min``
+    (:func:`~bmz_cosdd.artifacts.run_folder.package_grid`) and at most :data:`SAMPLE_SIDE`. A
+    validation image smaller than the minimum is extended by reflection (``numpy.pad`` mode
+    ``symmetric``) and the sample says so.
+    """
+    limit = max(size_min, SAMPLE_SIDE[spatial_dims] // size_step * size_step)
+    window, pads = [slice(None)], [(0, 0)]
+    for extent in image.data.shape[1:]:
+        usable = extent // size_step * size_step
+        size = min(max(usable, size_min), limit)
+        if extent >= size:
+            start = (extent - size) // 2
+            window.append(slice(start, start + size))
+            pads.append((0, 0))
+        else:
+            window.append(slice(None))
+            pads.append(((size - extent) // 2, size - extent - (size - extent) // 2))
+    crop = np.asarray(image.data[tuple(window)], dtype=np.float32)
+    padded = any(p != (0, 0) for p in pads)
+    if padded:
+        crop = np.pad(crop, pads, mode="symmetric")
+    return RunSample(image=np.ascontiguousarray(crop), source=image.source, axes="CYX" if spatial_dims == 2 else "CZYX",
+                     padded=padded)

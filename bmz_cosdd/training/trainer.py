@@ -26,7 +26,7 @@ from bmz_cosdd.config import TrainConfig
 from bmz_cosdd.data.crops import RandomCrops
 from bmz_cosdd.errors import TrainingDiverged, UserError
 from bmz_cosdd.methods.base import Method
-from bmz_cosdd.run_folder import RunFolder
+from bmz_cosdd.artifacts.run_folder import RunFolder
 from bmz_cosdd.training.checkpoints import save_checkpoint
 from bmz_cosdd.training.device import autocast_for
 from bmz_cosdd.training.distributed import LossModule, World, check_world, micro_seed
@@ -62,6 +62,13 @@ def check_limits(cfg: TrainConfig) -> None:
         )
     if cfg.lr <= 0:
         raise UserError(f"train.lr must be positive, got {cfg.lr}")
+    if not 0 < cfg.lr_factor < 1:
+        raise UserError(f"train.lr_factor must be between 0 and 1 (exclusive), got {cfg.lr_factor}")
+    if cfg.lr_patience < 0 or cfg.patience < 1:
+        raise UserError(f"train.lr_patience must be >= 0 and train.patience >= 1, got {cfg.lr_patience} and"
+                        f" {cfg.patience}")
+    if not 0 <= cfg.seed < 2**63:
+        raise UserError(f"train.seed must be between 0 and 2^63 - 1, got {cfg.seed}")
 
 
 @contextmanager

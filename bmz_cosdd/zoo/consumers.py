@@ -31,6 +31,7 @@ from bmz_cosdd.export.rdf import (
     quiet_bioimageio,
     read_package_descr,
 )
+from bmz_cosdd.export.package_trust import PackageRefused, require_trusted_code
 from bmz_cosdd.zoo.validate import FormatResult, validate_package
 
 PASS, FAIL, UNKNOWN = "pass", "fail", "unknown"
@@ -558,9 +559,16 @@ def _first_problem(check: ConsumerCheck) -> str:
 
 
 def check_package(
-    path: Path, device: str | None = None, validation: list[FormatResult] | None = None
+    path: Path, device: str | None = None, validation: list[FormatResult] | None = None, trust_code: bool = False
 ) -> list[ConsumerCheck]:
     """Check a package against bioimageio.core, deepImageJ, ilastik and the BioEngine.
+
+    Checking runs the package, so it is held to the rules of
+    :mod:`bmz_cosdd.export.package_trust` first, as :func:`~bmz_cosdd.zoo.validate.validate_package`
+    is: files named outside it are refused before anything is loaded (and nothing touches the
+    network), and a package that would run Python bmz-cosdd did not write (e.g.
+    ``pytorch_state_dict`` weights whose architecture source is not byte-identical to ours) is
+    refused unless ``trust_code``.
 
     bioimageio.core's test runs here (every weight format, default tolerance, offline);
     deepImageJ's zoo check is emulated by predicting the sample input with core and
@@ -576,6 +584,9 @@ def check_package(
     validation
         Results of :func:`bmz_cosdd.zoo.validate.validate_package` for this package if
         already computed; otherwise it is run.
+    trust_code
+        Run weights whose Python bmz-cosdd did not write (the ``--trust-code`` option): only
+        for packages whose author you trust.
 
     Returns
     -------
@@ -585,20 +596,25 @@ def check_package(
     Raises
     ------
     bmz_cosdd.errors.UserError
-        If ``path`` is missing, not a zip, or has members escaping its folder. A zip that
-        is not a valid model fails the ``format validation`` rule instead.
+        If ``path`` is missing, not a zip, has members escaping its folder, names a file
+        outside itself, or (without ``trust_code``) would run Python bmz-cosdd did not write.
+        A zip that is not a valid model fails the ``format validation`` rule instead.
     """
     path = Path(path)
     check_zip_members(path)
     try:
         descr = read_package_descr(path)
+    except PackageRefused:
+        raise  # a file outside the package: refused, not a finding
     except UserError as e:
         failed = _rule("format validation", FAIL, str(e))
         reason = _rule("format validation", FAIL, f"the package does not load: {e}")
         return [_consumer(CORE, [failed])] + [_consumer(name, [reason]) for name in CONSUMERS[1:]]
+    require_trusted_code(path, trust_code, "checking {what} would run the package's own Python: nothing was"
+                         " checked", "bmz-cosdd predict --weight-format torchscript runs a package without its Python")
 
     if validation is None:
-        validation = validate_package(path, device=device)
+        validation = validate_package(path, device=device, trust_code=trust_code)
     weights = _weights(descr)
     core = _consumer(CORE, _core_rules(descr, validation))
     return [

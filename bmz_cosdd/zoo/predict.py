@@ -35,8 +35,14 @@ def predict_files_with_package(
     block: int = 512,
     device: Optional[str] = None,
     on_image: Optional[Callable[[Path, int, int], None]] = None,
+    trust_code: bool = False,
 ) -> list[Path]:
     """Denoise image files with a model package; writes ``<stem>_<output id>.tif`` to ``out_dir``.
+
+    A package is untrusted input (see :mod:`bmz_cosdd.export.package_trust`): every file it
+    names must lie inside it (URLs, absolute paths and ``..`` are refused before anything is
+    loaded, and nothing is fetched from the network), and its Python never runs unless it is
+    bmz-cosdd's own or ``trust_code`` is set.
 
     Parameters
     ----------
@@ -46,15 +52,29 @@ def predict_files_with_package(
         Image files or folders and the axes of their arrays (``None``: ``YX``, or ``ZYX``
         for a 3-D model).
     weight_format
-        ``torchscript``, ``pytorch_state_dict`` or ``onnx`` (default: core's choice).
+        ``torchscript``, ``pytorch_state_dict`` or ``onnx``. Default: core's choice for a
+        package whose code is bmz-cosdd's own, else its TorchScript (then ONNX) weights.
+        ``pytorch_state_dict`` runs the package's architecture source: it is refused unless
+        that source is byte-identical to the one this version of bmz-cosdd writes for the
+        package (and its callable is ours, with no ``import_from``), or ``trust_code``.
     block
         Largest block side; larger images are predicted in blocks with the model's halo.
     device
         ``cpu`` or ``cuda`` (default: core's choice).
+    trust_code
+        Run the package's Python even if bmz-cosdd did not write it (the ``--trust-code``
+        option): only for packages whose author you trust.
+
+    Raises
+    ------
+    bmz_cosdd.errors.UserError
+        One line, e.g. for files named outside the package, or for weights that would run
+        foreign Python without ``trust_code`` (naming TorchScript weights or ``--trust-code``).
     """
     from bioimageio.core import Tensor, create_prediction_pipeline, predict
 
-    from bmz_cosdd.export.rdf import read_package_descr
+    from bmz_cosdd.export.package_trust import choose_weight_format
+    from bmz_cosdd.export.rdf import offline_bioimageio, read_package_descr
 
     descr = read_package_descr(package)
     if weight_format is not None:
@@ -63,6 +83,7 @@ def predict_files_with_package(
         if getattr(descr.weights, weight_format, None) is None:
             present = [f for f in WEIGHT_FORMATS if getattr(descr.weights, f, None) is not None]
             raise UserError(f"the package has no {weight_format} weights (it has {', '.join(present)})")
+    weight_format = choose_weight_format(package, weight_format, trust_code)
     if len(descr.inputs) != 1:
         raise UserError(f"the package has {len(descr.inputs)} inputs; only single-input models are supported")
     tensor = descr.inputs[0]
@@ -84,7 +105,8 @@ def predict_files_with_package(
                 f"{item.path.name}: the image ({' x '.join(map(str, sizes))}) is smaller than the model's minimum"
                 f" size ({' x '.join(map(str, mins))})"
             )
-    pipeline = create_prediction_pipeline(descr, weight_format=weight_format, devices=[device] if device else None)
+    with offline_bioimageio():  # everything is inside the package: no request leaves this process
+        pipeline = create_prediction_pipeline(descr, weight_format=weight_format, devices=[device] if device else None)
     written: list[Path] = []
     # Not used as a context manager: core 0.11's predict() unloads the model itself and
     # an outer `with pipeline:` then blocks forever on exit.
@@ -92,11 +114,12 @@ def predict_files_with_package(
         per_output: dict[str, list[np.ndarray]] = {}
         for sample in item.samples.astype(np.float32):
             data = _fit_to_grid(sample, mins, steps)
-            result = predict(
-                model=pipeline,
-                inputs={tensor.id: Tensor.from_numpy(data[None], dims=tuple(axis_ids))},
-                blocksize_parameter=_blocksize(data.shape[-dims:], block, mins, steps),
-            )
+            with offline_bioimageio():
+                result = predict(
+                    model=pipeline,
+                    inputs={tensor.id: Tensor.from_numpy(data[None], dims=tuple(axis_ids))},
+                    blocksize_parameter=_blocksize(data.shape[-dims:], block, mins, steps),
+                )
             crop = (Ellipsis, *[slice(0, size) for size in sample.shape[-dims:]])
             for member_id, member in result.members.items():
                 value = np.asarray(member.data)[0][crop]

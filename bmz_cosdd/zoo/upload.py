@@ -46,12 +46,16 @@ class UploadPlan:
     files: list[PackageFile]
     server: str
     collection: str = COLLECTION
+    replaced: dict[str, bytes] = field(default_factory=dict)  # members sent instead of the zip's (rdf.yaml)
 
     def describe(self) -> str:
         total = sum(f.size for f in self.files)
+        users = ", ".join(str(m.get("github_user")) for m in self.manifest.get("maintainers") or [])
+        added = " (added to the uploaded rdf.yaml; the local package is unchanged)" if self.replaced else ""
         lines = [
             f"server {self.server}, collection {self.collection}: a staged model (manifest = rdf.yaml of"
             f" {self.manifest.get('name', '?')!r}), status {REVIEW_STATUS!r} (curators publish)",
+            f"maintained by {users}{added}",
             f"{len(self.files)} files, {total / 1e6:.2f} MB, each by raw PUT and then read back and compared:",
         ]
         lines += [f"  {f.name}  {f.size} bytes  sha256 {f.sha256[:16]}..." for f in self.files]
@@ -70,27 +74,59 @@ class UploadResult:
     kept: list[str] = field(default_factory=list)
 
 
-def plan_upload(package: str | Path, server: str = DEFAULT_SERVER, validation: list | None = None) -> UploadPlan:
-    """Check the package (loads, passes bioimageio.core's test) and list what an upload sends."""
+def package_maintainers(package: str | Path) -> list[str]:
+    """The GitHub users a package names as its maintainers (none: an empty list); one-line errors for a bad zip."""
     from bmz_cosdd.export.rdf import read_package_descr
+
+    descr = read_package_descr(Path(package))
+    return [str(m.github_user) for m in getattr(descr, "maintainers", None) or [] if m.github_user]
+
+
+def no_maintainer_error(package: Path) -> UserError:
+    """The one-line refusal of a package that names no maintainer and was given none."""
+    return UserError(
+        f"{Path(package).name} names no maintainer, which bioimage.io needs: give --maintainer GITHUB_USER (yours),"
+        " or repackage with bmz-cosdd package --maintainer"
+    )
+
+
+def plan_upload(package: str | Path, server: str = DEFAULT_SERVER, validation: list | None = None,
+                maintainer: str | None = None, trust_code: bool = False) -> UploadPlan:
+    """Check the package (loads, names a maintainer, passes bioimageio.core's test) and list what an upload sends.
+
+    ``trust_code`` lets the test run Python from the package that bmz-cosdd did not write
+    (see :func:`~bmz_cosdd.zoo.validate.validate_package`).
+
+    ``maintainer`` (a GitHub user name, checked offline) is added to the uploaded ``rdf.yaml`` and manifest
+    when the package does not name it already; the local package is not changed. A package that names no
+    maintainer and is given none is refused in one line naming ``--maintainer``: bioimage.io needs one.
+    """
+    from bmz_cosdd.export.rdf import check_github_user
     from bmz_cosdd.zoo.validate import validate_package
 
     package = Path(package)
-    read_package_descr(package)
-    results = validation if validation is not None else validate_package(package)
+    named = package_maintainers(package)  # also: the package loads
+    user = None if maintainer is None else check_github_user(maintainer, "--maintainer")
+    if not named and user is None:
+        raise no_maintainer_error(package)
+    results = validation if validation is not None else validate_package(package, trust_code=trust_code)
     failed = [r for r in results if not r.passed]
     if failed:
         details = "; ".join(f"{r.weight_format}: {r.details[0] if r.details else 'failed'}" for r in failed)
         raise UserError(f"{package.name} fails bioimageio.core's test ({details}); it is not uploaded")
     files = []
+    replaced: dict[str, bytes] = {}
     with zipfile.ZipFile(package) as zf:
         manifest = yaml.safe_load(zf.read("rdf.yaml"))
+        if user is not None and user.lower() not in {n.lower() for n in named}:
+            manifest["maintainers"] = list(manifest.get("maintainers") or []) + [{"github_user": user}]
+            replaced["rdf.yaml"] = yaml.safe_dump(manifest, sort_keys=False, allow_unicode=True).encode()
         for info in zf.infolist():
             if info.is_dir():
                 continue
-            data = zf.read(info.filename)
+            data = replaced.get(info.filename) or zf.read(info.filename)
             files.append(PackageFile(info.filename, len(data), hashlib.sha256(data).hexdigest()))
-    return UploadPlan(package, manifest, files, server.rstrip("/"))
+    return UploadPlan(package, manifest, files, server.rstrip("/"), replaced=replaced)
 
 
 def upload_package(
@@ -191,7 +227,7 @@ async def _upload(
                     url = await manager.put_file(draft, file_path=member.name)
                 except Exception as exc:
                     raise _remote_error(exc, f"asking where to put {member.name}", draft) from None
-                data = zf.read(member.name)
+                data = plan.replaced.get(member.name) or zf.read(member.name)
                 try:
                     reply = client.put(url, content=data)  # the raw bytes, no multipart envelope
                 except httpx.HTTPError as exc:

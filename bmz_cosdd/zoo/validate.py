@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from bmz_cosdd.errors import UserError
+from bmz_cosdd.export.package_trust import require_trusted_code
 from bmz_cosdd.export.rdf import offline_bioimageio, quiet_bioimageio, read_package_descr
 
 #: Weight formats in the order they are tested and reported.
@@ -102,8 +103,16 @@ def _summarise(weight_format: str, summary: Any, seconds: float) -> FormatResult
     )
 
 
-def validate_package(path: Path, device: str | None = None) -> list[FormatResult]:
+def validate_package(path: Path, device: str | None = None, trust_code: bool = False) -> list[FormatResult]:
     """Run bioimageio.core's model test once per weight format in the package.
+
+    Testing a weight format runs it, so a package is held to the rules of
+    :mod:`bmz_cosdd.export.package_trust` first: every file it names must lie inside it (else
+    refused before anything is loaded; the test itself never touches the network), and if
+    any of its weights would run Python that bmz-cosdd did not write (``pytorch_state_dict``
+    weights whose architecture source is not byte-identical to the one this version writes
+    for the package, an ``import_from`` architecture, Keras/TensorFlow weights, ``custom``
+    processing), nothing is tested unless ``trust_code``.
 
     Parameters
     ----------
@@ -111,6 +120,9 @@ def validate_package(path: Path, device: str | None = None) -> list[FormatResult
         A package zip.
     device
         ``"cpu"`` or ``"cuda"`` (``"cuda:1"``...); default: core's choice (CUDA if available).
+    trust_code
+        Test (run) weights whose Python bmz-cosdd did not write (the ``--trust-code`` option):
+        only for packages whose author you trust.
 
     Returns
     -------
@@ -121,7 +133,8 @@ def validate_package(path: Path, device: str | None = None) -> list[FormatResult
     Raises
     ------
     bmz_cosdd.errors.UserError
-        If the file is not a readable bioimage.io model package.
+        If the file is not a readable bioimage.io model package, names a file outside itself,
+        or (without ``trust_code``) would run Python bmz-cosdd did not write (one line).
     """
     import time
 
@@ -129,12 +142,15 @@ def validate_package(path: Path, device: str | None = None) -> list[FormatResult
 
     path = Path(path).absolute()
     descr = read_package_descr(path)
+    require_trusted_code(path, trust_code, "testing {what} would run the package's own Python: nothing was tested",
+                         "bmz-cosdd predict --weight-format torchscript runs a package without its Python")
     present = [wf for wf, entry in descr.weights if entry is not None]
     formats = [wf for wf in WEIGHT_FORMATS if wf in present] + [wf for wf in present if wf not in WEIGHT_FORMATS]
     if device is not None and not str(device).strip():
         raise UserError("device must be 'cpu' or 'cuda' (or e.g. 'cuda:1')")
     devices = None if device is None else [str(device)]
-    github_users = [a.github_user for a in descr.authors if a.github_user]
+    people = [*descr.authors, *(getattr(descr, "maintainers", None) or [])]
+    github_users = [a.github_user for a in people if a.github_user]
 
     results: list[FormatResult] = []
     with _validation_settings(github_users), quiet_bioimageio():

@@ -157,7 +157,7 @@ def test_bad_packages_and_formats(package, tmp_path, noisy_stack, capsys):
 
 def test_train_from_package_starts_from_its_weights(package, noisy_stack, tmp_path):
     from bmz_cosdd.export.package import read_training_state
-    from bmz_cosdd.run_folder import RunFolder
+    from bmz_cosdd.artifacts.run_folder import RunFolder
     from bmz_cosdd.training.checkpoints import load_checkpoint
     from bmz_cosdd.training.session import train
     from helpers import tiny_config

@@ -124,3 +124,22 @@ def test_state_dict_weights_rebuild_without_bmz_cosdd(runs, tmp_path):
     x = torch.from_numpy(np.random.default_rng(0).normal(size=(1, 1, 32, 32)).astype(np.float32))
     with torch.no_grad():
         torch.testing.assert_close(net.eval()(x), trained.model.net(x))
+
+
+def test_images_smaller_than_the_receptive_field_still_package(tmp_path):
+    """PSF-N2V's depth-3 U-Net needs 136 px; trained on 48 x 48 images, its stored test image is padded."""
+    data = make_dataset("blobs", "poisson_gaussian", n=4, shape=(48, 48), seed=2)
+    write_tiff(tmp_path / "small.tif", data.noisy, "SYX")
+    config = tiny_blind_spot_config("psf-n2v", tmp_path / "small.tif", {"depth": 3}, max_steps=2)
+    config["data"]["crop_size"] = 48
+    train(config, tmp_path / "run", progress=False)
+    (tmp_path / "small.tif").unlink()  # the run keeps its own test image
+    out = tmp_path / "psf.zip"
+    result = package_run(tmp_path / "run", out, ExportOptions(), say=lambda m: None, force=True)
+    assert all(r.passed for r in result.validation), result.validation
+    descr = read_package_descr(out)
+    size_min = descr.inputs[0].axes[2].size.min
+    assert size_min > 48
+    with zipfile.ZipFile(out) as zf:
+        card = next(zf.read(n).decode() for n in zf.namelist() if n.endswith(".md"))
+    assert "extended by reflection to the model's minimum size" in card

@@ -16,7 +16,7 @@ from bmz_cosdd.evaluation import psnr
 from bmz_cosdd.inference.predictor import load_run, predict_image
 from bmz_cosdd.methods.base import PredictOptions
 from bmz_cosdd.methods.registry import get_method
-from bmz_cosdd.run_folder import RunFolder
+from bmz_cosdd.artifacts.run_folder import RunFolder
 from bmz_cosdd.training.checkpoints import load_checkpoint
 from bmz_cosdd.training.session import build_config, resume, train
 from helpers import tiny_blind_spot_config

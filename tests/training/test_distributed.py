@@ -12,7 +12,7 @@ import pytest
 import torch
 import yaml
 
-from bmz_cosdd.run_folder import RunFolder
+from bmz_cosdd.artifacts.run_folder import RunFolder
 from bmz_cosdd.training.checkpoints import load_checkpoint
 from bmz_cosdd.training.distributed import World, check_world, micro_seed
 from bmz_cosdd.errors import UserError

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from bmz_cosdd.errors import TrainingDiverged, UserError
-from bmz_cosdd.run_folder import RunFolder
+from bmz_cosdd.artifacts.run_folder import RunFolder
 from bmz_cosdd.training.checkpoints import load_checkpoint, save_checkpoint
 from bmz_cosdd.training.session import resume, train
 from helpers import tiny_config

@@ -28,6 +28,8 @@ from bmz_cosdd.zoo.consumers import (  # noqa: E402
 from bmz_cosdd.zoo.validate import FormatResult  # noqa: E402
 
 helpers = export_helpers()
+# The stand-in packages carry the tests' own architecture source, not one bmz-cosdd writes: checking them runs
+# foreign Python, which bmz-cosdd refuses without trust_code=True (see tests/zoo/test_untrusted_packages.py).
 PASSED = [FormatResult("torchscript", True, []), FormatResult("pytorch_state_dict", True, [])]
 
 
@@ -83,7 +85,7 @@ def default_package(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def default_checks(default_package) -> list[ConsumerCheck]:
-    checks = check_package(default_package, device="cpu")
+    checks = check_package(default_package, device="cpu", trust_code=True)
     print(format_checks(checks))
     return checks
 
@@ -130,7 +132,7 @@ def test_format_checks_lists_every_consumer(default_checks):
 
 def test_mmse_std_samples_package(tmp_path):
     content = helpers.make_content(tmp_path / "src", "StandInFull", outputs=("mmse", "std", "samples"), n_samples=3)
-    checks = _by_name(check_package(build_package(content, tmp_path / "full.zip"), device="cpu"))
+    checks = _by_name(check_package(build_package(content, tmp_path / "full.zip"), device="cpu", trust_code=True))
     assert checks["bioimageio.core"].status == "pass"
     ilastik = _rules(checks["ilastik"])
     assert ilastik["one input and one output"].status == "fail"
@@ -149,7 +151,7 @@ def test_tampered_test_output_fails_core_and_reproduction(default_package, tmp_p
     tampered = expected.copy()
     tampered[..., 0, :] += 1.0  # one row of 64 elements, far beyond both tolerances
     package = _rewrite(default_package, tmp_path / "tampered.zip", {"test_output_mmse.npy": _npy_bytes(tampered)})
-    checks = check_package(package, device="cpu")
+    checks = check_package(package, device="cpu", trust_code=True)
     by = _by_name(checks)
     assert not core_passed(checks)
     assert by["bioimageio.core"].status == "fail"
@@ -178,7 +180,7 @@ def test_sample_differing_from_test_input(default_package, tmp_path, monkeypatch
         raise AssertionError("validate_package must not run when results are given")
 
     monkeypatch.setattr(consumers, "validate_package", no_validation)
-    by = _by_name(check_package(package, device="cpu", validation=PASSED))
+    by = _by_name(check_package(package, device="cpu", validation=PASSED, trust_code=True))
     assert by["bioimageio.core"].status == "pass"
     dij = _rules(by["deepImageJ"])
     assert dij["sample equals test input"].status == "fail"
@@ -197,7 +199,7 @@ def test_weights_by_declared_pytorch_version(default_package, tmp_path, version,
     current = helpers.torch.__version__.split("+")[0]
     package = _rewrite(default_package, tmp_path / "v.zip", {},
                        {f"pytorch_version: {current}": f"pytorch_version: {version}"})
-    by = _by_name(check_package(package, device="cpu", validation=PASSED))
+    by = _by_name(check_package(package, device="cpu", validation=PASSED, trust_code=True))
     got = [_rules(by[name])["weights"].status for name in ("deepImageJ", "ilastik", "BioEngine")]
     assert got == [deepimagej, ilastik, bioengine], [_rules(by[n])["weights"].detail for n in by if n != "bioimageio.core"]
     if deepimagej == "unknown":
@@ -234,7 +236,7 @@ def test_onnx_package_weights_and_reproduction(tmp_path):
     content = helpers.make_content(tmp_path / "src", "StandInBuffer", onnx=True)
     package = build_package(content, tmp_path / "onnx.zip")
     validation = PASSED + [FormatResult("onnx", True, [])]
-    by = _by_name(check_package(package, device="cpu", validation=validation))
+    by = _by_name(check_package(package, device="cpu", validation=validation, trust_code=True))
     assert [r.name for r in by["bioimageio.core"].rules][-1] == "test onnx"
     dij = _rules(by["deepImageJ"])
     assert dij["weights"].status == "pass" and "ONNX opset 17 read from the file (deepImageJ runs <= 18)" in dij["weights"].detail

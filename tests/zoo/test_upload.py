@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import io
+import sys
 import zipfile
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
 import pytest
-from helpers import export_helpers, run_cli
+import yaml
+from helpers import assert_one_line_error, export_helpers, run_cli
 
 from bmz_cosdd.errors import UserError
-from bmz_cosdd.export.rdf import build_package
+from bmz_cosdd.export.rdf import Maintainer, build_package
 from bmz_cosdd.zoo.upload import REVIEW_STATUS, plan_upload, upload_package
 from bmz_cosdd.zoo.validate import FormatResult
 
@@ -20,7 +24,18 @@ from bmz_cosdd.zoo.validate import FormatResult
 @pytest.fixture(scope="module")
 def package(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("upload")
-    return build_package(export_helpers().make_content(folder / "src"), folder / "standin.zip")
+    # TorchScript only: upload validates, and the stand-in's state-dict architecture is the tests' own Python (not
+    # bmz-cosdd's), which validation refuses to run (see tests/zoo/test_untrusted_packages.py)
+    content = replace(export_helpers().make_content(folder / "src", state_dict=False),
+                      maintainers=[Maintainer("bmz-cosdd-tester")])
+    return build_package(content, folder / "standin.zip")
+
+
+@pytest.fixture(scope="module")
+def unmaintained(tmp_path_factory) -> Path:
+    """A package that names no maintainer (as every package did before --maintainer)."""
+    folder = tmp_path_factory.mktemp("unmaintained")
+    return build_package(export_helpers().make_content(folder / "src"), folder / "nobody.zip")
 
 
 PASSED = [FormatResult("torchscript", True, []), FormatResult("pytorch_state_dict", True, [])]
@@ -145,3 +160,53 @@ def test_permission_denied_is_one_line(hypha_server, package):
     with pytest.raises(UserError, match="permission denied") as failure:
         upload_package(plan, hypha_server.user_token("mallory"), resume=mine.artifact_id)
     assert len(str(failure.value).splitlines()) == 1
+
+
+def test_no_maintainer_and_no_terminal_is_one_line_naming_the_option(unmaintained, capsys, monkeypatch):
+    monkeypatch.setattr(sys, "stdin", io.StringIO(""))  # not a terminal: nobody to ask
+    code, out, err = run_cli(["upload", unmaintained, "--dry-run", "--server", "http://127.0.0.1:1"], capsys)
+    assert_one_line_error(code, out, err, "--maintainer")
+    assert "no maintainer" in err and "validating" not in err  # refused before the long validation
+    with pytest.raises(UserError, match="--maintainer"):
+        plan_upload(unmaintained, "http://127.0.0.1:1", validation=PASSED)
+    code, out, err = run_cli(["upload", unmaintained, "--dry-run", "--maintainer", "bad--name"], capsys)
+    assert_one_line_error(code, out, err, "--maintainer")
+
+
+def test_a_maintainer_is_asked_for_on_a_terminal_and_added_to_the_uploaded_rdf(unmaintained, capsys, monkeypatch):
+    import typer
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    asked = []
+    monkeypatch.setattr(sys, "stdin", Terminal(""))
+    monkeypatch.setattr(typer, "prompt", lambda text, **kwargs: asked.append(text) or "octo-cat")
+    code, out, err = run_cli(["upload", unmaintained, "--dry-run", "--skip-validation", "--server",
+                              "http://127.0.0.1:1"], capsys)
+    assert code == 0, err
+    assert len(asked) == 1 and "maintainer" in asked[0]
+    assert "maintained by octo-cat" in out and "local package is unchanged" in out
+    plan = plan_upload(unmaintained, "http://127.0.0.1:1", validation=PASSED, maintainer="octo-cat")
+    assert plan.manifest["maintainers"] == [{"github_user": "octo-cat"}]
+    sent = plan.replaced["rdf.yaml"]
+    assert yaml.safe_load(sent) == plan.manifest
+    [rdf] = [f for f in plan.files if f.name == "rdf.yaml"]
+    assert rdf.sha256 == hashlib.sha256(sent).hexdigest()
+    with zipfile.ZipFile(unmaintained) as zf:
+        assert "maintainers" not in yaml.safe_load(zf.read("rdf.yaml"))  # the local package is unchanged
+
+
+def test_a_package_with_a_maintainer_needs_no_option(package):
+    plan = plan_upload(package, "http://127.0.0.1:1", validation=PASSED)
+    assert plan.manifest["maintainers"] == [{"github_user": "bmz-cosdd-tester"}] and not plan.replaced
+
+
+def test_the_added_maintainer_is_stored_with_the_draft(hypha_server, unmaintained):
+    token = hypha_server.user_token("frank")
+    plan = plan_upload(unmaintained, hypha_server.url, validation=PASSED, maintainer="octo-cat")
+    result = upload_package(plan, token)
+    back = asyncio.run(_read_back(hypha_server, token, result.artifact_id, ["rdf.yaml"]))
+    assert back["files"]["rdf.yaml"] == plan.replaced["rdf.yaml"]
+    assert back["manifest"]["maintainers"] == [{"github_user": "octo-cat"}]

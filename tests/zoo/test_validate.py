@@ -30,7 +30,8 @@ def _offline(monkeypatch):
 
 def _validate(package: Path, label: str) -> list[FormatResult]:
     start = time.perf_counter()
-    results = validate_package(package, device="cpu")
+    # the stand-ins' architecture source is the tests' own, not bmz-cosdd's: testing it needs trust_code
+    results = validate_package(package, device="cpu", trust_code=True)
     TIMINGS[label] = time.perf_counter() - start
     print(f"validate_package({label}): {TIMINGS[label]:.1f} s")
     print(format_table(results))

@@ -157,6 +157,10 @@ def cosdd_config(values: dict[str, Any]) -> COSDDConfig:
     cfg = from_dict(COSDDConfig, resolved, "model.")
     if isinstance(cfg.latent_channels, list) and len(cfg.latent_channels) == 1:
         cfg.latent_channels = cfg.latent_channels * cfg.n_levels
+    elif values.get("latent_channels") is None and len(cfg.latent_channels) != cfg.n_levels and cfg.n_levels >= 1:
+        # --n-levels over a preset: the preset's widths, its top level's last (e.g. small's 5 x 32 + 64).
+        preset_widths = cfg.latent_channels
+        cfg.latent_channels = [preset_widths[0]] * (cfg.n_levels - 1) + [preset_widths[-1]]
     if len(cfg.latent_channels) != cfg.n_levels:
         raise UserError(
             f"model.latent_channels has {len(cfg.latent_channels)} entries but model.n_levels is {cfg.n_levels}"

@@ -1,0 +1,470 @@
+"""What a package may make bmz-cosdd read and run: its own files only, and Python only if it is ours.
+
+A package zip from elsewhere is untrusted input. Every verb that opens one (``predict``,
+``validate``, ``check``, ``train --from``, ``upload``) holds it to two rules:
+
+1. **Files stay inside.** Every file the rdf names (weights, architecture source, test and
+   sample tensors, covers, documentation, attachments, ...) must be a member of the zip: a
+   URL (any scheme), an absolute path, a ``..`` component or a name the zip does not hold is
+   refused in one line before anything is loaded, so nothing is read from elsewhere on the
+   disk and nothing is fetched from the network.
+2. **Python runs only if it is ours.** ``pytorch_state_dict`` weights make bioimageio.core
+   import the package's architecture (a source file in the package, or ``import_from`` any
+   installed module) and call it; ``custom`` pre/postprocessing does the same, and Keras or
+   TensorFlow weights run code the package brings. TorchScript and ONNX weights run no
+   Python from the package (``torch.jit.load`` and onnxruntime execute a graph), so they are
+   always allowed. State-dict weights run only if the rdf's architecture is
+   ``source: FILE, callable: NAME`` (no ``import_from``), ``NAME`` is the builder this version
+   of bmz-cosdd writes for the package's method and settings (``config.bmz_cosdd``), and
+   the SHA-256 of ``FILE`` equals that of the source this version writes for them
+   (recomputed, see :func:`bmz_cosdd.export.source_bundle.architecture_source`), or the
+   user passes ``--trust-code`` (``trust_code=True``).
+
+Examples
+--------
+>>> check_files_inside(Path("model.zip"))                      # doctest: +SKIP
+>>> require_trusted_code(Path("model.zip"), False, "testing")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import re
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from bmz_cosdd.errors import UserError
+
+#: Weight formats whose loading runs no Python from the package: always allowed.
+CODE_FREE_FORMATS = ("torchscript", "onnx")
+#: What to tell a user who trusts the package's author.
+TRUST_HINT = "pass --trust-code if you trust the package's author"
+#: Keys whose values name files of the package (anywhere in the rdf, outside the skipped sections).
+_FILE_KEYS = frozenset({
+    "source", "documentation", "covers", "test_tensor", "sample_tensor", "attachments", "files", "icon",
+    "test_inputs", "test_outputs", "sample_inputs", "sample_outputs", "dependencies",
+})
+#: Sections that name no package files bioimageio.core loads (free-form config, links, people, badges).
+_SKIPPED_KEYS = frozenset({
+    "config", "badges", "cite", "links", "git_repo", "authors", "maintainers", "uploader", "training_data", "id",
+})
+_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*:")
+_ARCHITECTURE_KEYS = frozenset({"source", "sha256", "callable", "kwargs"})
+#: Name of the custom-processing "weight format" key in :attr:`PackageCode.untrusted`.
+CUSTOM_PROCESSING = "custom processing"
+
+
+class PackageRefused(UserError):
+    """A package breaks a rule of this module (a file outside it, or Python that is not ours).
+
+    A :class:`~bmz_cosdd.errors.UserError` (one line, exit code 2); its own type lets a
+    verb that reports other problems of a package as findings (``check``) still refuse.
+    """
+
+
+# --------------------------------------------------------------------------- files
+
+
+def _rdf_member(names: list[str]) -> str:
+    """The member bioimageio.spec reads as the description (spec's own rule when available)."""
+    try:
+        from bioimageio.spec._internal.io import identify_bioimageio_yaml_file_name
+
+        return str(identify_bioimageio_yaml_file_name(names))
+    except ImportError:  # pragma: no cover - other spec versions
+        for name in ("rdf.yaml", "bioimageio.yaml", "model.yaml"):
+            if name in names:
+                return name
+    except ValueError:
+        pass
+    raise UserError("no rdf.yaml: not a bioimage.io model package")
+
+
+def _load_yaml(data: bytes) -> Any:
+    """Parse YAML as bioimageio.spec does (its ruamel loader), so both see the same rdf."""
+    try:
+        from bioimageio.spec._internal.io_utils import read_yaml
+    except ImportError:  # pragma: no cover - other spec versions
+        import yaml
+
+        return yaml.safe_load(data)
+    import io
+
+    return read_yaml(io.StringIO(data.decode("utf-8")))
+
+
+def _read_rdf(package: Path) -> tuple[dict[str, Any], PurePosixPath, list[str]]:
+    """The raw rdf mapping, the folder it sits in inside the zip and the zip's member names."""
+    from bmz_cosdd.export.rdf import check_zip_members
+
+    names = check_zip_members(package)
+    duplicated = sorted({n for n in names if names.count(n) > 1})
+    if duplicated:
+        raise PackageRefused(f"package {package.name} holds two members named {duplicated[0]!r}: refused")
+    try:
+        member = _rdf_member(names)
+    except UserError as exc:
+        raise UserError(f"package {package.name} has {exc}") from None
+    try:
+        with zipfile.ZipFile(package) as zf:
+            rdf = _load_yaml(zf.read(member))
+    except Exception as exc:  # noqa: BLE001 - YAML and decoding errors of many kinds
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise UserError(f"package {package.name} is not a bioimage.io model: {member} is not YAML ({first})") from None
+    if not isinstance(rdf, dict):
+        raise UserError(f"package {package.name} is not a bioimage.io model: {member} holds no mapping")
+    return rdf, _folder(member), names
+
+
+def _folder(member: str) -> PurePosixPath:
+    return PurePosixPath(*[p for p in PurePosixPath(member).parent.parts if p != "."])
+
+
+def _member(base: PurePosixPath, value: str) -> str:
+    """The zip member a relative file name in the rdf resolves to."""
+    parts = [p for p in PurePosixPath(value.strip().replace("\\", "/")).parts if p != "."]
+    return str(PurePosixPath(*base.parts, *parts)) if parts or base.parts else ""
+
+
+def _file_refs(node: Any, where: str, key: str | None = None) -> list[tuple[str, str]]:
+    """``(location, value)`` of every file name in ``node``; ``key`` is the key ``node`` sits under."""
+    found: list[tuple[str, str]] = []
+    if isinstance(node, dict):
+        for k, v in node.items():
+            k = str(k)
+            if k in _SKIPPED_KEYS:
+                continue
+            found += _file_refs(v, f"{where}.{k}" if where else k, k)
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            found += _file_refs(v, f"{where}[{i}]", key)
+    elif isinstance(node, (str, int, float)) and not isinstance(node, bool) and key in _FILE_KEYS:
+        if not (key == "icon" and isinstance(node, str) and len(node) <= 2):  # an icon may be an emoji
+            found.append((where, str(node)))
+    return found
+
+
+def _outside(value: str, base: PurePosixPath, names: set[str]) -> str | None:
+    """Why ``value`` (a file name in the rdf) is not a member of the package, or None."""
+    text = value.strip()
+    if re.match(r"^[A-Za-z]:[\\/]", text) or text.startswith(("/", "\\", "~")):
+        return "an absolute path"
+    if _SCHEME.match(text):
+        return "a URL"
+    if ".." in PurePosixPath(text.replace("\\", "/")).parts:
+        return "a path that leaves the package (..)"
+    if _member(base, text) not in names:
+        return "a file the package does not hold"
+    return None
+
+
+def _checked_rdf(package: Path) -> tuple[dict[str, Any], PurePosixPath]:
+    rdf, base, names = _read_rdf(package)
+    held = set(names)
+    for where, value in _file_refs(rdf, ""):
+        why = _outside(value, base, held)
+        if why is not None:
+            raise PackageRefused(
+                f"package {package.name} names a file outside the package, refused before loading anything:"
+                f" {where} is {why} ({value!r})"
+            )
+    return rdf, base
+
+
+def check_files_inside(package: str | Path) -> dict[str, Any]:
+    """Refuse a package that names any file outside itself; return its raw rdf mapping.
+
+    Runs before anything of the package is loaded: it reads the zip's member list and its
+    rdf as plain YAML only.
+
+    Parameters
+    ----------
+    package
+        A package zip.
+
+    Returns
+    -------
+    dict
+        The rdf as parsed YAML.
+
+    Raises
+    ------
+    bmz_cosdd.errors.UserError
+        One line, if the zip is unreadable, has members escaping its folder, or has no rdf
+        or one that is not YAML.
+    PackageRefused
+        One line, if the zip has two members of the same name, or its rdf names a file
+        (weights, architecture source, test and sample tensors, covers, documentation,
+        attachments, ...) by a URL, an absolute path, a path with ``..`` or a name the zip
+        does not hold.
+    """
+    return _checked_rdf(Path(package))[0]
+
+
+# --------------------------------------------------------------------------- code
+
+
+@dataclass(frozen=True)
+class PackageCode:
+    """The Python a package would run, and which of it is not bmz-cosdd's own.
+
+    Attributes
+    ----------
+    formats
+        Weight formats the package has, in the rdf's order.
+    untrusted
+        Weight format (or :data:`CUSTOM_PROCESSING`) -> one line saying why running it would
+        execute code bmz-cosdd did not write. Empty when the package runs only our code.
+    """
+
+    formats: tuple[str, ...]
+    untrusted: dict[str, str] = field(default_factory=dict)
+
+    def allowed(self, weight_format: str) -> bool:
+        """True if ``weight_format`` runs no Python from the package but ours."""
+        return weight_format not in self.untrusted
+
+
+def _weights(rdf: dict[str, Any]) -> dict[str, Any]:
+    weights = rdf.get("weights")
+    return {str(k): v for k, v in weights.items() if v is not None} if isinstance(weights, dict) else {}
+
+
+def _custom_processing(rdf: dict[str, Any]) -> str | None:
+    """Where the rdf has a pre/postprocessing step that imports Python, or None."""
+    for kind in ("inputs", "outputs"):
+        for i, tensor in enumerate(rdf.get(kind) or []):
+            if not isinstance(tensor, dict):
+                continue
+            for step_kind in ("preprocessing", "postprocessing"):
+                for j, step in enumerate(tensor.get(step_kind) or []):
+                    if isinstance(step, dict) and (
+                        step.get("id") == "custom" or {"source", "callable", "import_from"} & set(step)
+                    ):
+                        return f"{kind}[{i}].{step_kind}[{j}] runs Python from the package ({step.get('source')!r})"
+    return None
+
+
+@functools.lru_cache(maxsize=32)
+def _our_architecture(settings: str) -> tuple[str, str]:
+    """SHA-256 and callable of the architecture this bmz-cosdd writes for ``settings`` (JSON of
+    method, model config, channels, spatial dims and estimator); ValueError says why there is none."""
+    import torch
+
+    from bmz_cosdd.export.source_bundle import architecture_source
+    from bmz_cosdd.methods.base import ExportOptions
+    from bmz_cosdd.methods.registry import get_method
+
+    values = json.loads(settings)
+    method = get_method(values["method"])
+    config = method.config_from_dict(values["model"])
+    errors = []
+    # The model is built only to ask the method what it exports: on the meta device (no memory,
+    # no random numbers) where the method allows it, else on the CPU.
+    for device in ("meta", "cpu"):
+        try:
+            with torch.random.fork_rng(devices=[]), torch.device(device):
+                model = method.build(config, values["n_channels"], None, values["spatial_dims"])
+                exported = method.export(model, config, ExportOptions(estimator=values["estimator"]))
+            break
+        except Exception as exc:  # noqa: BLE001 - any failure means "not rebuildable"
+            errors.append(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+    else:
+        raise ValueError(errors[-1])
+    source = architecture_source(method.name, exported.source_modules)
+    return hashlib.sha256(source.encode("utf-8")).hexdigest(), exported.builder.__name__
+
+
+def _expected_architecture(rdf: dict[str, Any]) -> tuple[str, str]:
+    """What this bmz-cosdd writes for the package's own settings; ValueError says why nothing."""
+    from bmz_cosdd import __version__
+
+    config = rdf.get("config")
+    ours = config.get("bmz_cosdd") if isinstance(config, dict) else None
+    if not isinstance(ours, dict):
+        raise ValueError("it was not written by bmz-cosdd (no config.bmz_cosdd)")
+    try:
+        training = ours["training"]
+        stats = ours["normalisation"]
+        settings = json.dumps({
+            "method": str(ours["method"]),
+            "model": training["model"] or {},
+            "n_channels": len(stats["mean"]),
+            "spatial_dims": int((training.get("data") or {}).get("spatial_dims") or 2),
+            "estimator": (ours.get("export") or {}).get("estimator"),
+        }, sort_keys=True)
+    except KeyError as exc:
+        raise ValueError(f"its config.bmz_cosdd has no {exc.args[0]!r}: not a package bmz-cosdd writes") from None
+    except (TypeError, ValueError, AttributeError) as exc:
+        raise ValueError(f"its config.bmz_cosdd is not what bmz-cosdd writes ({type(exc).__name__}: {exc})") from None
+    try:
+        return _our_architecture(settings)
+    except Exception as exc:  # noqa: BLE001 - whatever fails, the source is not recognised as ours
+        raise ValueError(
+            f"bmz-cosdd {__version__} cannot rebuild its architecture from its config.bmz_cosdd"
+            f" ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
+        ) from None
+
+
+def _state_dict_reason(package: Path, rdf: dict[str, Any], entry: Any, base: PurePosixPath) -> str | None:
+    """Why the package's state-dict architecture is not bmz-cosdd's own, or None if it is."""
+    from bmz_cosdd import __version__
+
+    arch = entry.get("architecture") if isinstance(entry, dict) else None
+    if not isinstance(arch, dict):
+        return "its pytorch_state_dict weights name no architecture source file"
+    if "import_from" in arch:
+        return (f"its architecture is imported from the module {arch.get('import_from')!r}"
+                f" (callable {arch.get('callable')!r}), not from a source file bmz-cosdd writes")
+    extra = sorted(set(arch) - _ARCHITECTURE_KEYS)
+    if extra:
+        return f"its architecture has fields bmz-cosdd does not write ({', '.join(map(str, extra))})"
+    source = arch.get("source")
+    if not isinstance(source, str):
+        return "its architecture names no source file"
+    try:
+        expected_sha, expected_callable = _expected_architecture(rdf)
+    except ValueError as exc:
+        return str(exc)
+    if arch.get("callable") != expected_callable:
+        return f"its architecture callable is {arch.get('callable')!r}, not {expected_callable!r} as bmz-cosdd writes"
+    with zipfile.ZipFile(package) as zf:
+        got = hashlib.sha256(zf.read(_member(base, source))).hexdigest()
+    if got != expected_sha:
+        return (f"its {source} is not the architecture source bmz-cosdd {__version__} writes for it"
+                f" (sha256 {got[:12]}..., expected {expected_sha[:12]}...)")
+    return None
+
+
+def package_code(package: str | Path) -> PackageCode:
+    """Which of a package's weight formats (and processing) would run Python bmz-cosdd did not write.
+
+    Checks :func:`check_files_inside` first. Loads nothing of the package but its rdf and,
+    for ``pytorch_state_dict`` weights, the bytes of the architecture source (hashed, never run).
+
+    Parameters
+    ----------
+    package
+        A package zip.
+
+    Returns
+    -------
+    PackageCode
+        TorchScript and ONNX weights are always allowed; ``pytorch_state_dict`` weights only
+        when their architecture is byte-identical to the one this version of bmz-cosdd writes
+        for the package's method and settings, with the same callable and no ``import_from``;
+        Keras and TensorFlow weights and ``custom`` processing never.
+    """
+    package = Path(package)
+    rdf, base = _checked_rdf(package)
+    weights = _weights(rdf)
+    untrusted: dict[str, str] = {}
+    for wf, entry in weights.items():
+        if wf in CODE_FREE_FORMATS:
+            continue
+        if wf == "pytorch_state_dict":
+            reason = _state_dict_reason(package, rdf, entry, base)
+            if reason is not None:
+                untrusted[wf] = reason
+        else:
+            untrusted[wf] = f"its {wf} weights run code the package brings, never written by bmz-cosdd"
+    custom = _custom_processing(rdf)
+    if custom is not None:
+        untrusted[CUSTOM_PROCESSING] = custom
+    return PackageCode(formats=tuple(weights), untrusted=untrusted)
+
+
+def _what(key: str) -> str:
+    return "its custom processing" if key == CUSTOM_PROCESSING else f"its {key} weights"
+
+
+def _refusal(package: Path, key: str, reason: str, consequence: str, alternative: str) -> PackageRefused:
+    alt = f"; {alternative}" if alternative else ""
+    return PackageRefused(f"{package.name}: {reason}; {consequence.format(what=_what(key))}{alt}; {TRUST_HINT}")
+
+
+def require_trusted_code(package: str | Path, trust_code: bool, consequence: str, alternative: str = "") -> PackageCode:
+    """Refuse (one line) a package that would run Python bmz-cosdd did not write, unless trusted.
+
+    Used by the verbs that may run every weight format (``validate``, ``check``) or that
+    take a package as bmz-cosdd's own (``train --from``). The files rule
+    (:func:`check_files_inside`) holds even with ``trust_code``.
+
+    Parameters
+    ----------
+    package
+        A package zip.
+    trust_code
+        The user's ``--trust-code``: run the package's Python anyway.
+    consequence
+        What refusing means, for the message, e.g. ``"testing {what} would run the package's
+        own Python: nothing was tested"`` (``{what}`` becomes e.g. ``its pytorch_state_dict weights``).
+    alternative
+        What else the user can do, for the message (may be empty).
+
+    Returns
+    -------
+    PackageCode
+        What the package would run.
+
+    Raises
+    ------
+    PackageRefused
+        When a file lies outside the package, or when ``trust_code`` is False and any weight
+        format or processing step would run Python that is not bmz-cosdd's own.
+    """
+    package = Path(package)
+    code = package_code(package)
+    if code.untrusted and not trust_code:
+        key, reason = next(iter(code.untrusted.items()))
+        raise _refusal(package, key, reason, consequence, alternative)
+    return code
+
+
+def choose_weight_format(package: str | Path, weight_format: str | None, trust_code: bool) -> str | None:
+    """The weight format to predict with, refusing (one line) one that would run foreign Python.
+
+    Parameters
+    ----------
+    package
+        A package zip.
+    weight_format
+        The user's choice, or None: bioimageio.core's choice if the package runs only our
+        code (or with ``trust_code``), else its TorchScript weights, else its ONNX weights.
+    trust_code
+        The user's ``--trust-code``: any weight format may run.
+
+    Returns
+    -------
+    str or None
+        The format to pass to bioimageio.core (None: core's choice).
+
+    Raises
+    ------
+    PackageRefused
+        When a file lies outside the package, or without ``trust_code`` when the chosen
+        weights (or the package's processing) would run Python that is not bmz-cosdd's own,
+        naming the alternative (its TorchScript or ONNX weights, or ``--trust-code``).
+    """
+    package = Path(package)
+    code = package_code(package)
+    if trust_code:
+        return weight_format
+    consequence = "predicting with {what} would run the package's own Python: refused"
+    if CUSTOM_PROCESSING in code.untrusted:
+        raise _refusal(package, CUSTOM_PROCESSING, code.untrusted[CUSTOM_PROCESSING], consequence, "")
+    safe = [wf for wf in CODE_FREE_FORMATS if wf in code.formats]
+    if weight_format is None and not code.untrusted:
+        return None
+    if weight_format is None and safe:
+        return safe[0]
+    key = weight_format or next(iter(code.untrusted))
+    if key not in code.untrusted:
+        return weight_format
+    alternative = (f"use its {'TorchScript' if safe[0] == 'torchscript' else 'ONNX'} weights"
+                   f" (--weight-format {safe[0]})") if safe else "it has no TorchScript or ONNX weights"
+    raise _refusal(package, key, code.untrusted[key], consequence, alternative)
