@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import io
-import math
 import os
 import string
 import tempfile

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from bmz_cosdd.config import RunConfig, load_yaml
+from bmz_cosdd.config import RunConfig
 from bmz_cosdd.data.method_noise import ResidualCheck, check_residual
 from bmz_cosdd.data.normalisation import NormStats, denormalise, normalise
 from bmz_cosdd.errors import UserError

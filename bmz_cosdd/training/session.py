@@ -22,7 +22,7 @@ from bmz_cosdd.errors import UserError
 from bmz_cosdd.methods.registry import get_method
 from bmz_cosdd.training.checkpoints import load_checkpoint
 from bmz_cosdd.training.device import resolve_device
-from bmz_cosdd.training.distributed import World, current_world, distributed_world
+from bmz_cosdd.training.distributed import World, distributed_world
 from bmz_cosdd.training.quality import QualityReport, assess
 from bmz_cosdd.training.trainer import TrainResult, Trainer, check_limits
 

@@ -98,13 +98,6 @@ def predict_files_with_package(
     dims = len(spatial)
 
     loaded = read_inputs(inputs, pattern, axes or "ZYX"[3 - dims:], n_channels, dims)
-    for item in loaded:
-        sizes = item.samples.shape[-dims:]
-        if any(size < low for size, low in zip(sizes, mins)):
-            raise UserError(
-                f"{item.path.name}: the image ({' x '.join(map(str, sizes))}) is smaller than the model's minimum"
-                f" size ({' x '.join(map(str, mins))})"
-            )
     with offline_bioimageio():  # everything is inside the package: no request leaves this process
         pipeline = create_prediction_pipeline(descr, weight_format=weight_format, devices=[device] if device else None)
     written: list[Path] = []
@@ -139,10 +132,17 @@ def _blocksize(shape: Sequence[int], block: int, mins: Sequence[int], steps: Seq
 
 
 def _fit_to_grid(image: np.ndarray, mins: Sequence[int], steps: Sequence[int]) -> np.ndarray:
-    """Reflect-pad (C, [Z,] Y, X) at the far end of each spatial axis to the next size the model accepts."""
+    """Reflect-pad (C, [Z,] Y, X) at the far end of each spatial axis to the next size the model accepts.
+
+    An image smaller than the model's minimum size is extended by (repeated) reflection to that
+    size, as prediction from a run folder does; the caller crops the output back.
+    """
     pads = []
     for size, low, step in zip(image.shape[-len(mins):], mins, steps):
-        target = size if step == 0 or (size - low) % step == 0 else low + ((size - low) // step + 1) * step
+        if size <= low or step == 0:
+            target = max(size, low)
+        else:
+            target = size if (size - low) % step == 0 else low + ((size - low) // step + 1) * step
         pads.append((0, target - size))
     if not any(p[1] for p in pads):
         return image
