@@ -91,6 +91,19 @@ def test_moved_run_with_deleted_data_packages_and_predicts_from_elsewhere(tmp_pa
     one_line_error(done, "no such file or folder")
 
 
+def test_a_quoted_tilde_is_the_home_folder(folder, tmp_path):
+    """``"~/data/x.tif"`` reaches the program unexpanded when quoted: every path option expands it."""
+    home = tmp_path / "home with space"
+    shutil.copytree(folder / "data", home / "data")
+    env = {**os.environ, "HOME": str(home), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "bmz_cosdd", "inspect", "~/data/noisy.tif", "--axes", "SYX",
+                           "--out", "~/reports/noise.png"], cwd=folder, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert (home / "reports" / "noise.png").is_file() and (home / "reports" / "noise.json").is_file()
+    assert not (folder / "~").exists()
+
+
 def test_same_stem_inputs_are_refused_before_any_work(folder, trained_run):
     (folder / "a").mkdir()
     (folder / "b").mkdir()
