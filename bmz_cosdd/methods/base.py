@@ -91,8 +91,12 @@ class Method(Protocol):
     estimators: tuple[str, ...]
     train_defaults: dict[str, Any]
 
-    def config_from_dict(self, values: dict[str, Any]) -> Any:
-        """Build the method's settings (a dataclass) from a mapping, presets resolved."""
+    def config_from_dict(self, values: dict[str, Any], device: str = "cpu") -> Any:
+        """Build the method's settings (a dataclass) from a mapping, presets resolved.
+
+        ``device`` (``cpu`` or ``cuda``) is where the run trains, for settings chosen by
+        hardware (COSDD's ``--preset auto``).
+        """
 
     def cli_options(self) -> list[inspect.Parameter]:
         """Extra typer options of ``bmz-cosdd train NAME``; ``None`` defaults mean "not given"."""

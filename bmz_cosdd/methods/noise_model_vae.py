@@ -199,7 +199,7 @@ class NoiseModelVAEMethod:
     # What this method offers against correlated noise, for ``advise`` (e.g. HDN_3-6).
     structured_noise_hint: str = ""
 
-    def config_from_dict(self, values: dict[str, Any]) -> Any:
+    def config_from_dict(self, values: dict[str, Any], device: str = "cpu") -> Any:
         cfg = self.make_config(values)
         check_noise_model_settings(cfg)
         return cfg

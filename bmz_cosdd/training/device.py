@@ -25,6 +25,17 @@ def resolve_device(name: str = "auto") -> torch.device:
     return device
 
 
+def device_type(name: str = "auto") -> str:
+    """``cuda`` or ``cpu``: where a run asking for device ``name`` would train (never raises).
+
+    For settings chosen by hardware (COSDD's ``--preset auto``); :func:`resolve_device`
+    checks the name.
+    """
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return "cuda" if str(name).startswith("cuda") else "cpu"
+
+
 def autocast_for(device: torch.device, precision: str = "auto") -> ContextManager:
     """bf16 autocast where it pays (CUDA); full precision elsewhere."""
     if precision not in ("auto", "fp32", "bf16"):

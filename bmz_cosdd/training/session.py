@@ -21,13 +21,14 @@ from bmz_cosdd.data.splits import split_images
 from bmz_cosdd.errors import UserError
 from bmz_cosdd.methods.registry import get_method
 from bmz_cosdd.training.checkpoints import load_checkpoint
-from bmz_cosdd.training.device import resolve_device
+from bmz_cosdd.training.device import device_type, resolve_device
 from bmz_cosdd.training.distributed import World, distributed_world
 from bmz_cosdd.training.quality import QualityReport, assess
 from bmz_cosdd.training.trainer import TrainResult, Trainer, check_limits
 
 # Settings that may change when a run is resumed (they do not alter what was learnt so far).
-RESUMABLE = ("max_steps", "max_epochs", "max_time", "patience", "device")
+LIMITS = ("max_steps", "max_epochs", "max_time")
+RESUMABLE = (*LIMITS, "patience", "device")
 
 
 def build_config(values: dict[str, Any]) -> RunConfig:
@@ -38,11 +39,17 @@ def build_config(values: dict[str, Any]) -> RunConfig:
     if not values.get("method"):
         raise UserError("no method given (e.g. method: cosdd)")
     method = get_method(values["method"])
+    user_train = values.get("train") or {}
+    defaults = dict(method.train_defaults)
+    if any(user_train.get(name) is not None for name in LIMITS):
+        defaults.update(dict.fromkeys(LIMITS))  # the user's limits replace the default training length
+    train_values = {**defaults, **user_train}
     config = RunConfig(
         method=method.name,
-        model=method.config_from_dict(values.get("model") or {}),
+        model=method.config_from_dict(values.get("model") or {},
+                                      device=device_type(str(train_values.get("device") or "auto"))),
         data=from_dict(DataConfig, values.get("data"), "data."),
-        train=from_dict(TrainConfig, {**method.train_defaults, **(values.get("train") or {})}, "train."),
+        train=from_dict(TrainConfig, train_values, "train."),
     )
     check_data(config.data)
     check_limits(config.train)

@@ -15,6 +15,8 @@ from bmz_cosdd.errors import UserError
 from bmz_cosdd.inference.posterior import PosteriorSampler
 from bmz_cosdd.methods.base import cli_option, ExportedModel, ExportOptions, OptimiserSpec, PredictOptions
 from bmz_cosdd.methods.cosdd.config import (
+    AUTO_PRESET_REASON,
+    AUTO_PRESETS,
     LONG_FIELD_LAYERS,
     PRESETS,
     ar_field_for,
@@ -48,18 +50,20 @@ class COSDD:
     monitor = "elbo"
     estimators = ("mmse", "direct")
     # Adam at 1e-3, not the paper's Adamax at 2e-3: +1.1 dB on average over 3 seeds of a tiny run on real
-    # tiles (scripts/benchmark_real.py; see the README's COSDD section).
-    train_defaults: dict[str, Any] = {"lr": 1e-3}
+    # tiles (scripts/benchmark_real.py; see the README's COSDD section). 60 epochs of 100 steps: the length
+    # scripts/benchmark_real.py measures tiny at (about 10 CPU-minutes on one thread).
+    train_defaults: dict[str, Any] = {"lr": 1e-3, "max_epochs": 60}
 
-    def config_from_dict(self, values: dict[str, Any]):
-        return cosdd_config(values)
+    def config_from_dict(self, values: dict[str, Any], device: str = "cpu"):
+        return cosdd_config(values, device)
 
     def cli_options(self) -> list[inspect.Parameter]:
         return [
             cli_option("direction", str, "Axis along which the noise is correlated: x (rows), y (columns), z "
                        "(3-D only), none (pixel-independent) or auto (measured from the data, as `bmz-cosdd "
                        "inspect` does; default).", "COSDD"),
-            cli_option("preset", str, f"Architecture preset: {', '.join(PRESETS)}.", "COSDD"),
+            cli_option("preset", str, f"Architecture preset: auto (default: {AUTO_PRESETS['cpu']} on CPU, "
+                       f"{AUTO_PRESETS['cuda']} on CUDA), {', '.join(PRESETS)}.", "COSDD"),
             cli_option("n_levels", int, "Hierarchy levels of the ladder VAE (overrides the preset).", "COSDD"),
             cli_option("features", int, "Feature width of the ladder VAE (overrides the preset).", "COSDD"),
             cli_option("ar_layers", int, "Layers of the autoregressive noise decoder (its receptive field; default:"
@@ -75,7 +79,7 @@ class COSDD:
     def resolve_config(self, config, data, train_images, stats) -> tuple[Any, list[str]]:
         if config.direction == "z" and data.spatial_dims != 3:
             raise UserError("--direction z needs volumes: train with --spatial-dims 3 (and axes with Z)")
-        notes = []
+        notes = [f"preset (auto): {config.preset}. {AUTO_PRESET_REASON}"] if config.preset_auto else []
         noise = None
         needs_noise = config.ar_layers is None or config.context_dropout is None
         if config.direction == "auto" or (needs_noise and config.direction in ("x", "y")):
