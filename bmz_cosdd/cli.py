@@ -12,6 +12,7 @@ from typing import Annotated, Any, Callable, List, Optional
 import typer
 
 from bmz_cosdd import __version__
+from bmz_cosdd import threads as _threads  # before torch loads: idle OpenMP threads sleep instead of spinning
 from bmz_cosdd.errors import TrainingDiverged, UserError
 from bmz_cosdd.methods.base import Method
 from bmz_cosdd.methods.registry import all_methods
@@ -532,12 +533,21 @@ def _root(
         raise typer.Exit()
 
 
-def _expand_user_paths(callback: Callable[..., Any]) -> Callable[..., Any]:
-    """Wrap a command so that every path argument is taken as typed, ``~`` included (also when quoted)."""
+_THREADS = inspect.Parameter(
+    "threads", inspect.Parameter.KEYWORD_ONLY, default=None,
+    annotation=Annotated[Optional[int], typer.Option(
+        "--threads", help="CPU threads for torch (default: OMP_NUM_THREADS if set, else the CPUs this process may "
+        "use: affinity mask, cgroup quota, SLURM_CPUS_PER_TASK).", rich_help_panel="Machine")],
+)
+
+
+def _as_typed(callback: Callable[..., Any]) -> Callable[..., Any]:
+    """Wrap a command: every path argument taken as typed (``~`` too, also when quoted), and ``--threads``."""
     import functools
 
     @functools.wraps(callback)
     def wrapper(**kwargs: Any) -> Any:
+        _threads.configure_threads(kwargs.pop("threads", None))
         for name, value in kwargs.items():
             if isinstance(value, Path):
                 kwargs[name] = value.expanduser()
@@ -545,12 +555,14 @@ def _expand_user_paths(callback: Callable[..., Any]) -> Callable[..., Any]:
                 kwargs[name] = [v.expanduser() for v in value]
         return callback(**kwargs)
 
+    signature = inspect.signature(callback)
+    wrapper.__signature__ = signature.replace(parameters=[*signature.parameters.values(), _THREADS])
     return wrapper
 
 
 for _typer_app in (app, train_app, noise_app):
     for _command in _typer_app.registered_commands:
-        _command.callback = _expand_user_paths(_command.callback)
+        _command.callback = _as_typed(_command.callback)
 
 
 def main(argv: list[str] | None = None) -> None:
