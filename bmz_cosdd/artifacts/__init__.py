@@ -1,1 +1,1 @@
-"""The files a user moves between machines, each with one owner: the run folder (and, later, packages)."""
+"""The files a user moves between machines, each with one owner: the run folder and bioimage.io packages (read)."""

@@ -10,7 +10,6 @@ bioimageio.core at default tolerance, and only then moves the zip into place.
 from __future__ import annotations
 
 import dataclasses
-import io
 import os
 import string
 import tempfile
@@ -29,14 +28,15 @@ from bmz_cosdd.data.io import load_images
 from bmz_cosdd.data.normalisation import normalise
 from bmz_cosdd.data.splits import split_images
 from bmz_cosdd.errors import UserError
+from bmz_cosdd.artifacts.package_reader import TRAINING_STATE
+from bmz_cosdd.artifacts.run_folder import RunFolder, package_grid
+from bmz_cosdd.export.package_content import Author, Maintainer, PackageContent, check_github_user
+from bmz_cosdd.export.package_zip import build_package
 from bmz_cosdd.export.source_bundle import architecture_source
 from bmz_cosdd.inference.predictor import TrainedModel, load_run
 from bmz_cosdd.methods.base import ExportedModel, ExportOptions
 from bmz_cosdd.plotting import figure_bytes, pyplot
-from bmz_cosdd.artifacts.run_folder import RunFolder, package_grid
 
-
-TRAINING_STATE = "training_state.pt"
 #: Appended to every method's model card: how to run the package and how it was validated.
 USAGE_CARD = "usage.md"
 
@@ -57,7 +57,7 @@ class PackageMeta:
         SPDX identifier of the weights.
     maintainers
         ``[{"github_user": ..., "name": ...}]``: who maintains the package on bioimage.io (GitHub user names,
-        checked offline by :func:`bmz_cosdd.export.rdf.check_github_user`).
+        checked offline by :func:`bmz_cosdd.export.package_content.check_github_user`).
     """
 
     name: str = ""
@@ -90,8 +90,6 @@ def load_meta(path: str | Path | None, **overrides: Any) -> PackageMeta:
 
 def _maintainer(value: Any) -> dict[str, str]:
     """``"user"`` or ``{"github_user": "user", "name": "Full Name"}``, the user name checked offline."""
-    from bmz_cosdd.export.rdf import check_github_user
-
     if isinstance(value, dict):
         unknown = sorted(set(value) - {"github_user", "name"})
         if unknown:
@@ -244,6 +242,26 @@ def _onnx(exported: ExportedModel, module: torch.nn.Module, example: torch.Tenso
     return None
 
 
+@dataclass
+class _Plan:
+    """What packaging a run settles before it writes a file: the model, its grid and its test image."""
+
+    run: RunFolder
+    trained: TrainedModel
+    options: ExportOptions
+    exported: ExportedModel
+    module: torch.nn.Module
+    halo: int
+    size_min: int
+    size_step: int
+    raw: np.ndarray
+    test_text: str
+
+    @property
+    def method(self) -> Any:
+        return self.trained.method
+
+
 def package_run(
     run_dir: str | Path,
     out: str | Path,
@@ -260,23 +278,74 @@ def package_run(
     default tolerance, and only then renamed to ``out``; on any failure nothing is
     left at ``out`` (an existing file there stays untouched).
 
+    Parameters
+    ----------
+    run_dir
+        A run folder written by ``bmz-cosdd train``.
+    out
+        The package to write, a ``.zip`` file (conventionally ``*.bioimageio.zip``).
+    options
+        What the package computes (estimator, samples, seed); default: the method's defaults.
+    meta
+        Who and what the package is (name, authors, maintainers, ...).
+    validate
+        Test every weight format with bioimageio.core before the zip is moved into place.
+    device
+        Device for that test (default: bioimageio.core's choice).
+    say
+        Receives the progress lines.
+    force
+        Package a run its quality assessment flags.
+
+    Returns
+    -------
+    PackageResult
+        Where the package went, its weight formats, the test results and notes.
+
     Raises
     ------
     UserError
         Among others, when the run's quality assessment (``quality.json``, see
         :mod:`bmz_cosdd.training.quality`) flags it and ``force`` is False.
     """
-    from bmz_cosdd.export.rdf import Author, Maintainer, PackageContent, build_package
-    from bmz_cosdd.zoo.validate import validate_package
-
     options = options or ExportOptions()
     meta = meta or PackageMeta()
-    # Absolute from here on: bioimageio.spec resolves the package's file names against the build folder.
+    out = _zip_target(out)
+    trained = _packable_run(run_dir, force, say)
+    plan = _plan(RunFolder(run_dir), trained, _checked_options(options, trained.method))
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # Built beside the target so the final rename stays on one file system.
+    with tempfile.TemporaryDirectory(prefix=".bmz-cosdd-package-", dir=out.parent) as tmp:
+        work = Path(tmp)
+        notes: list[str] = []
+        _write_weights(plan, work)
+        onnx_path = _write_onnx(plan, work, notes)
+        cover = _write_cover(plan, meta, work)
+        formats = ["torchscript", "pytorch_state_dict"] + (["onnx"] if onnx_path else [])
+        fields = _card_fields(plan, meta, out, formats)
+        docs = work / "README.md"
+        docs.write_text(_render_card(plan.exported.card, fields))
+        content = _package_content(plan, meta, fields, work, docs, cover, onnx_path)
+        content.attachments = [_write_training_state(plan, work)]
+        staged = work / out.name
+        results = _build_and_validate(content, staged, formats, notes, validate, device, say)
+        os.replace(staged, out)
+    return PackageResult(path=out, weight_formats=formats, validation=results, notes=notes)
+
+
+def _zip_target(out: str | Path) -> Path:
+    """``out`` as an absolute ``.zip`` path (bioimageio.spec resolves the package's file names against the
+    build folder, so absolute from here on)."""
     out = Path(out).expanduser().absolute()
     if out.suffix != ".zip":
         raise UserError(f"--out must name a .zip file, got {out}")
+    return out
+
+
+def _packable_run(run_dir: str | Path, force: bool, say: Any) -> TrainedModel:
+    """The run's best model on the CPU; refused when its quality assessment flags it, unless ``force``."""
     trained = load_run(run_dir, device="cpu")
-    method, model = trained.method, trained.model
     if trained.quality is not None and trained.quality.flagged:
         if not force:
             raise UserError(
@@ -284,165 +353,160 @@ def package_run(
                 " (package it anyway with --force)"
             )
         say(f"packaging a flagged run (--force): {trained.quality.flags[0]}")
+    return trained
+
+
+def _checked_options(options: ExportOptions, method: Any) -> ExportOptions:
+    """``options`` with the method's first estimator when none is given; one-line errors for bad counts."""
     if options.samples < 1 or options.sample_batch < 1:
         raise UserError("--samples and --sample-batch must be at least 1")
-    options = dataclasses.replace(options, estimator=options.estimator or method.estimators[0])
-    exported = method.export(model, trained.config.model, options)
+    return dataclasses.replace(options, estimator=options.estimator or method.estimators[0])
+
+
+def _plan(run: RunFolder, trained: TrainedModel, options: ExportOptions) -> _Plan:
+    """Ask the method for its inference module, fit the package's grid to it and cut the test image."""
+    exported = trained.method.export(trained.model, trained.config.model, options)
     module = exported.module.eval()
     step = exported.size_step
     halo, size_min = package_grid(exported.halo, step)
-    notes: list[str] = []
-    raw, test_text = _test_image(trained, RunFolder(run_dir), size_min, step)
+    raw, test_text = _test_image(trained, run, size_min, step)
+    return _Plan(run=run, trained=trained, options=options, exported=exported, module=module, halo=halo,
+                 size_min=size_min, size_step=step, raw=raw, test_text=test_text)
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    # Built beside the target so the final rename stays on one file system.
-    with tempfile.TemporaryDirectory(prefix=".bmz-cosdd-package-", dir=out.parent) as tmp:
-        work = Path(tmp)
-        scripted = torch.jit.script(module)
-        scripted.save(str(work / "weights_torchscript.pt"))
-        torch.save(module.state_dict(), work / "weights_state_dict.pt")
-        # Bytes, not text: package_trust recognises this file by its SHA-256 on any platform.
-        (work / "architecture.py").write_bytes(architecture_source(method.name, exported.source_modules).encode("utf-8"))
-        np.save(work / "test_input.npy", raw)
-        onnx_path = work / "weights.onnx"
-        normalised = normalise(raw, trained.stats, spatial_dims=exported.spatial_dims)
-        reason = _onnx(exported, module, torch.from_numpy(normalised), onnx_path)
-        if reason:
-            notes.append(reason)
-            onnx_path = None
 
-        # The cover shows input | denoised | std (std from an in-framework run when not packaged).
-        from bmz_cosdd.inference.predictor import predict_image
-        from bmz_cosdd.methods.base import PredictOptions
+def _write_weights(plan: _Plan, work: Path) -> None:
+    """TorchScript weights, the state dict, its architecture source and the test input, into ``work``."""
+    scripted = torch.jit.script(plan.module)
+    scripted.save(str(work / "weights_torchscript.pt"))
+    torch.save(plan.module.state_dict(), work / "weights_state_dict.pt")
+    # Bytes, not text: package_trust recognises this file by its SHA-256 on any platform.
+    source = architecture_source(plan.method.name, plan.exported.source_modules)
+    (work / "architecture.py").write_bytes(source.encode("utf-8"))
+    np.save(work / "test_input.npy", plan.raw)
 
-        cover_options = PredictOptions(
-            estimator=options.estimator, samples=options.samples, sample_batch=options.sample_batch, seed=options.seed
-        )
-        preview = predict_image(trained, raw[0], cover_options, tile=4096, seed=options.seed)
-        denoised = preview.get(exported.outputs[0], next(iter(preview.values())))
-        cover = work / "cover.png"
-        std = _middle_plane(preview["std"][0]) if "std" in preview else None
-        cover.write_bytes(_cover(_middle_plane(raw[0, 0]), _middle_plane(denoised[0]), std,
-                                 meta.name or f"{method.name} denoiser"))
 
-        config = trained.config
-        split = RunFolder(run_dir).read_split()
-        formats = ["torchscript", "pytorch_state_dict"] + (["onnx"] if onnx_path else [])
-        name = meta.name or f"{method.name} denoiser"
-        fields = {
-            "name": name,
-            "description": meta.description or method.summary,
-            "package_name": out.name, "method_name": method.name,
-            "outputs_text": ", ".join(exported.outputs),
-            "n_channels": trained.stats.n_channels,
-            "size_min": size_min, "size_step": step, "halo": halo, **_layout_fields(exported.spatial_dims),
-            "mean": [round(v, 6) for v in trained.stats.mean], "std": [round(v, 6) for v in trained.stats.std],
-            "data_text": ", ".join(Path(p).name for p in config.data.paths),
-            "axes": config.data.axes, "n_train": len(split.get("train", [])), "n_val": len(split.get("val", [])),
-            "split_mode": split.get("mode", "images"), "seed": config.train.seed, "crop_size": config.data.crop_size,
-            "lr": config.train.lr, "batch_size": config.train.batch_size, "steps": trained.step,
-            "train_seconds": round(trained.training.get("elapsed", 0.0)), "monitor": method.monitor,
-            "test_image_text": test_text,
-            "best_value": f"{trained.training.get('best', float('nan')):.5g}",
-            "best_step": int(trained.training.get("best_step", trained.step)), "library_version": __version__,
-            "torch_version": torch.__version__.split("+")[0], "weight_formats": ", ".join(formats),
-            **exported.card_fields,
-        }
-        docs = work / "README.md"
-        docs.write_text(_render_card(exported.card, fields))
-        authors = [Author(**a) for a in meta.authors] or [Author(name="bmz-cosdd user")]
-        content = PackageContent(
-            name=name, description=fields["description"], authors=authors, version=meta.version,
-            license=meta.license, tags=sorted(set(exported.tags) | set(meta.tags)), cite=exported.cite,
-            documentation=docs, covers=[cover], n_channels=trained.stats.n_channels,
-            size_min=size_min, size_step=step, halo=halo,
-            mean=list(trained.stats.mean), std=list(trained.stats.std), outputs=exported.outputs,
-            n_samples=exported.n_samples, test_input=work / "test_input.npy",
-            torchscript=work / "weights_torchscript.pt", state_dict=work / "weights_state_dict.pt",
-            architecture_source=work / "architecture.py", architecture_callable=exported.builder.__name__,
-            architecture_kwargs=exported.builder_kwargs, onnx=onnx_path, spatial_dims=exported.spatial_dims,
-            pytorch_version=torch.__version__.split("+")[0],
-            config={
-                "library_version": __version__, "method": method.name, "training": config.to_dict(),
-                "normalisation": trained.stats.to_dict(), "export": {
-                    "estimator": options.estimator, "outputs": exported.outputs, "samples": exported.n_samples,
-                    "sample_batch": options.sample_batch, "seed": options.seed,
-                },
-                "trained_steps": trained.step, "packaged": date.today().isoformat(),
+def _write_onnx(plan: _Plan, work: Path, notes: list[str]) -> Path | None:
+    """The ONNX weights' path, or None with the reason added to ``notes``."""
+    onnx_path = work / "weights.onnx"
+    normalised = normalise(plan.raw, plan.trained.stats, spatial_dims=plan.exported.spatial_dims)
+    reason = _onnx(plan.exported, plan.module, torch.from_numpy(normalised), onnx_path)
+    if reason:
+        notes.append(reason)
+        return None
+    return onnx_path
+
+
+def _write_cover(plan: _Plan, meta: PackageMeta, work: Path) -> Path:
+    """The cover: input | denoised | std (std from an in-framework run when not packaged)."""
+    from bmz_cosdd.inference.predictor import predict_image
+    from bmz_cosdd.methods.base import PredictOptions
+
+    options = plan.options
+    cover_options = PredictOptions(
+        estimator=options.estimator, samples=options.samples, sample_batch=options.sample_batch, seed=options.seed
+    )
+    preview = predict_image(plan.trained, plan.raw[0], cover_options, tile=4096, seed=options.seed)
+    denoised = preview.get(plan.exported.outputs[0], next(iter(preview.values())))
+    cover = work / "cover.png"
+    std = _middle_plane(preview["std"][0]) if "std" in preview else None
+    cover.write_bytes(_cover(_middle_plane(plan.raw[0, 0]), _middle_plane(denoised[0]), std,
+                             _package_name(meta, plan.method)))
+    return cover
+
+
+def _package_name(meta: PackageMeta, method: Any) -> str:
+    return meta.name or f"{method.name} denoiser"
+
+
+def _card_fields(plan: _Plan, meta: PackageMeta, out: Path, formats: list[str]) -> dict[str, Any]:
+    """The values the model card templates are filled with."""
+    trained, exported, method = plan.trained, plan.exported, plan.method
+    config = trained.config
+    split = plan.run.read_split()
+    return {
+        "name": _package_name(meta, method),
+        "description": meta.description or method.summary,
+        "package_name": out.name, "method_name": method.name,
+        "outputs_text": ", ".join(exported.outputs),
+        "n_channels": trained.stats.n_channels,
+        "size_min": plan.size_min, "size_step": plan.size_step, "halo": plan.halo,
+        **_layout_fields(exported.spatial_dims),
+        "mean": [round(v, 6) for v in trained.stats.mean], "std": [round(v, 6) for v in trained.stats.std],
+        "data_text": ", ".join(Path(p).name for p in config.data.paths),
+        "axes": config.data.axes, "n_train": len(split.get("train", [])), "n_val": len(split.get("val", [])),
+        "split_mode": split.get("mode", "images"), "seed": config.train.seed, "crop_size": config.data.crop_size,
+        "lr": config.train.lr, "batch_size": config.train.batch_size, "steps": trained.step,
+        "train_seconds": round(trained.training.get("elapsed", 0.0)), "monitor": method.monitor,
+        "test_image_text": plan.test_text,
+        "best_value": f"{trained.training.get('best', float('nan')):.5g}",
+        "best_step": int(trained.training.get("best_step", trained.step)), "library_version": __version__,
+        "torch_version": torch.__version__.split("+")[0], "weight_formats": ", ".join(formats),
+        **exported.card_fields,
+    }
+
+
+def _package_content(plan: _Plan, meta: PackageMeta, fields: dict[str, Any], work: Path, docs: Path, cover: Path,
+                     onnx_path: Path | None) -> PackageContent:
+    """Everything the package holds, from the files written into ``work`` and the run's numbers."""
+    trained, exported, method, options = plan.trained, plan.exported, plan.method, plan.options
+    authors = [Author(**a) for a in meta.authors] or [Author(name="bmz-cosdd user")]
+    return PackageContent(
+        name=fields["name"], description=fields["description"], authors=authors, version=meta.version,
+        license=meta.license, tags=sorted(set(exported.tags) | set(meta.tags)), cite=exported.cite,
+        documentation=docs, covers=[cover], n_channels=trained.stats.n_channels,
+        size_min=plan.size_min, size_step=plan.size_step, halo=plan.halo,
+        mean=list(trained.stats.mean), std=list(trained.stats.std), outputs=exported.outputs,
+        n_samples=exported.n_samples, test_input=work / "test_input.npy",
+        torchscript=work / "weights_torchscript.pt", state_dict=work / "weights_state_dict.pt",
+        architecture_source=work / "architecture.py", architecture_callable=exported.builder.__name__,
+        architecture_kwargs=exported.builder_kwargs, onnx=onnx_path, spatial_dims=exported.spatial_dims,
+        pytorch_version=torch.__version__.split("+")[0],
+        config={
+            "library_version": __version__, "method": method.name, "training": trained.config.to_dict(),
+            "normalisation": trained.stats.to_dict(), "export": {
+                "estimator": options.estimator, "outputs": exported.outputs, "samples": exported.n_samples,
+                "sample_batch": options.sample_batch, "seed": options.seed,
             },
-            git_repo=meta.git_repo, maintainers=[Maintainer(**m) for m in meta.maintainers],
-        )
-        # Everything needed to continue training (the noise decoder is not in the inference weights).
-        torch.save({"method": method.name, "model": model.state_dict(), "config": config.to_dict(),
-                    "stats": trained.stats.to_dict(), "n_channels": trained.stats.n_channels, "step": trained.step},
-                   work / TRAINING_STATE)
-        content.attachments = [work / TRAINING_STATE]
-        staged = work / out.name
-        build_package(content, staged, work_dir=work / "build")
-        results = []
-        if validate:
-            say(f"validating {len(formats)} weight format(s) with bioimageio.core at default tolerance ...")
+            "trained_steps": trained.step, "packaged": date.today().isoformat(),
+        },
+        git_repo=meta.git_repo, maintainers=[Maintainer(**m) for m in meta.maintainers],
+    )
+
+
+def _write_training_state(plan: _Plan, work: Path) -> Path:
+    """Everything needed to continue training (the noise decoder is not in the inference weights)."""
+    trained = plan.trained
+    path = work / TRAINING_STATE
+    torch.save({"method": plan.method.name, "model": trained.model.state_dict(), "config": trained.config.to_dict(),
+                "stats": trained.stats.to_dict(), "n_channels": trained.stats.n_channels, "step": trained.step},
+               path)
+    return path
+
+
+def _build_and_validate(content: PackageContent, staged: Path, formats: list[str], notes: list[str],
+                        validate: bool, device: str | None, say: Any) -> list[Any]:
+    """Build the zip at ``staged`` and test every weight format; ONNX that does not reproduce the test
+    output is left out (``content``, ``formats`` and ``notes`` say so) and the zip rebuilt without it."""
+    from bmz_cosdd.zoo.validate import validate_package
+
+    work = staged.parent
+    build_package(content, staged, work_dir=work / "build")
+    results: list[Any] = []
+    if validate:
+        say(f"validating {len(formats)} weight format(s) with bioimageio.core at default tolerance ...")
+        results = validate_package(staged, device=device)
+        if content.onnx is not None and [r.weight_format for r in results if not r.passed] == ["onnx"]:
+            # ONNX only ships when it reproduces the test output; otherwise leave it out and say why.
+            failure = next(r for r in results if r.weight_format == "onnx")
+            notes.append("ONNX left out: it does not reproduce the test output at default tolerance"
+                         f" ({failure.details[0] if failure.details else 'failed'})")
+            content.onnx = None
+            formats.remove("onnx")
+            staged.unlink()
+            build_package(content, staged, work_dir=work / "build2")
             results = validate_package(staged, device=device)
-            if content.onnx is not None and [r.weight_format for r in results if not r.passed] == ["onnx"]:
-                # ONNX only ships when it reproduces the test output; otherwise leave it out and say why.
-                failure = next(r for r in results if r.weight_format == "onnx")
-                notes.append("ONNX left out: it does not reproduce the test output at default tolerance"
-                             f" ({failure.details[0] if failure.details else 'failed'})")
-                content.onnx = None
-                formats.remove("onnx")
-                staged.unlink()
-                build_package(content, staged, work_dir=work / "build2")
-                results = validate_package(staged, device=device)
-            failed = [r for r in results if not r.passed]
-            if failed:
-                details = "; ".join(f"{r.weight_format}: {r.details[0] if r.details else 'failed'}" for r in failed)
-                raise UserError(f"the package failed bioimageio.core's test ({details}); nothing was written")
-        os.replace(staged, out)
-    return PackageResult(path=out, weight_formats=formats, validation=results, notes=notes)
-
-
-def read_training_state(package: str | Path, trust_code: bool = False) -> dict[str, Any]:
-    """The training state a bmz-cosdd package carries (weights_only load; one-line errors).
-
-    Parameters
-    ----------
-    package
-        A package zip written by ``bmz-cosdd package``.
-    trust_code
-        Accept a package whose Python is not this version's own (``--trust-code``). Only
-        ``training_state.pt`` is read (tensors, ``weights_only=True``) and no Python of the
-        package ever runs here; but a package whose architecture source differs from the one
-        bmz-cosdd writes for it, or that would run other Python, was not written by this
-        bmz-cosdd (or was altered since), so it is refused unless the user trusts it. Files
-        named outside the package are refused even then
-        (see :mod:`bmz_cosdd.export.package_trust`).
-
-    Raises
-    ------
-    bmz_cosdd.errors.UserError
-        One line: not a package, files outside it, foreign Python without ``trust_code``,
-        or no readable training state.
-    """
-    import zipfile
-
-    from bmz_cosdd.export.package_trust import require_trusted_code
-    from bmz_cosdd.export.rdf import read_package_descr
-
-    read_package_descr(package)  # not a zip / escaping paths / files outside / not a model: one clear line
-    require_trusted_code(package, trust_code, "train --from takes only packages whose code this bmz-cosdd wrote (it"
-                         " would read just their training_state.pt and run none of their Python)")
-    with zipfile.ZipFile(package) as zf:
-        names = [n for n in zf.namelist() if n.split("/")[-1] == TRAINING_STATE]
-        if not names:
-            raise UserError(f"{package} holds no {TRAINING_STATE}: it was not made by bmz-cosdd package")
-        data = zf.read(names[0])
-    try:
-        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except Exception as exc:  # corrupt or foreign content: one line
-        raise UserError(f"{package}: {TRAINING_STATE} is not readable ({str(exc).splitlines()[0][:120]})") from None
-    if not isinstance(state, dict) or not {"method", "model", "config", "stats"} <= set(state):
-        raise UserError(f"{package}: {TRAINING_STATE} is not a bmz-cosdd training state")
-    return state
-
-
-
+        failed = [r for r in results if not r.passed]
+        if failed:
+            details = "; ".join(f"{r.weight_format}: {r.details[0] if r.details else 'failed'}" for r in failed)
+            raise UserError(f"the package failed bioimageio.core's test ({details}); nothing was written")
+    return results

@@ -1,13 +1,9 @@
-"""What a package may make bmz-cosdd read and run: its own files only, and Python only if it is ours.
+"""What a package may make bmz-cosdd run: Python only if it is ours.
 
 A package zip from elsewhere is untrusted input. Every verb that opens one (``predict``,
 ``validate``, ``check``, ``train --from``, ``upload``) holds it to two rules:
 
-1. **Files stay inside.** Every file the rdf names (weights, architecture source, test and
-   sample tensors, covers, documentation, attachments, ...) must be a member of the zip: a
-   URL (any scheme), an absolute path, a ``..`` component or a name the zip does not hold is
-   refused in one line before anything is loaded, so nothing is read from elsewhere on the
-   disk and nothing is fetched from the network.
+1. **Files stay inside** (:mod:`bmz_cosdd.artifacts.package_files`, checked first here too).
 2. **Python runs only if it is ours.** ``pytorch_state_dict`` weights make bioimageio.core
    import the package's architecture (a source file in the package, or ``import_from`` any
    installed module) and call it; ``custom`` pre/postprocessing does the same, and Keras or
@@ -22,7 +18,6 @@ A package zip from elsewhere is untrusted input. Every verb that opens one (``pr
 
 Examples
 --------
->>> check_files_inside(Path("model.zip"))                      # doctest: +SKIP
 >>> require_trusted_code(Path("model.zip"), False, "testing")  # doctest: +SKIP
 """
 
@@ -31,181 +26,20 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import re
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from bmz_cosdd.errors import UserError
+from bmz_cosdd.artifacts.package_files import PackageRefused, checked_rdf, zip_member
 
 #: Weight formats whose loading runs no Python from the package: always allowed.
 CODE_FREE_FORMATS = ("torchscript", "onnx")
 #: What to tell a user who trusts the package's author.
 TRUST_HINT = "pass --trust-code if you trust the package's author"
-#: Keys whose values name files of the package (anywhere in the rdf, outside the skipped sections).
-_FILE_KEYS = frozenset({
-    "source", "documentation", "covers", "test_tensor", "sample_tensor", "attachments", "files", "icon",
-    "test_inputs", "test_outputs", "sample_inputs", "sample_outputs", "dependencies",
-})
-#: Sections that name no package files bioimageio.core loads (free-form config, links, people, badges).
-_SKIPPED_KEYS = frozenset({
-    "config", "badges", "cite", "links", "git_repo", "authors", "maintainers", "uploader", "training_data", "id",
-})
-_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*:")
 _ARCHITECTURE_KEYS = frozenset({"source", "sha256", "callable", "kwargs"})
 #: Name of the custom-processing "weight format" key in :attr:`PackageCode.untrusted`.
 CUSTOM_PROCESSING = "custom processing"
-
-
-class PackageRefused(UserError):
-    """A package breaks a rule of this module (a file outside it, or Python that is not ours).
-
-    A :class:`~bmz_cosdd.errors.UserError` (one line, exit code 2); its own type lets a
-    verb that reports other problems of a package as findings (``check``) still refuse.
-    """
-
-
-# --------------------------------------------------------------------------- files
-
-
-def _rdf_member(names: list[str]) -> str:
-    """The member bioimageio.spec reads as the description (spec's own rule when available)."""
-    try:
-        from bioimageio.spec._internal.io import identify_bioimageio_yaml_file_name
-
-        return str(identify_bioimageio_yaml_file_name(names))
-    except ImportError:  # pragma: no cover - other spec versions
-        for name in ("rdf.yaml", "bioimageio.yaml", "model.yaml"):
-            if name in names:
-                return name
-    except ValueError:
-        pass
-    raise UserError("no rdf.yaml: not a bioimage.io model package")
-
-
-def _load_yaml(data: bytes) -> Any:
-    """Parse YAML as bioimageio.spec does (its ruamel loader), so both see the same rdf."""
-    try:
-        from bioimageio.spec._internal.io_utils import read_yaml
-    except ImportError:  # pragma: no cover - other spec versions
-        import yaml
-
-        return yaml.safe_load(data)
-    import io
-
-    return read_yaml(io.StringIO(data.decode("utf-8")))
-
-
-def _read_rdf(package: Path) -> tuple[dict[str, Any], PurePosixPath, list[str]]:
-    """The raw rdf mapping, the folder it sits in inside the zip and the zip's member names."""
-    from bmz_cosdd.export.rdf import check_zip_members
-
-    names = check_zip_members(package)
-    duplicated = sorted({n for n in names if names.count(n) > 1})
-    if duplicated:
-        raise PackageRefused(f"package {package.name} holds two members named {duplicated[0]!r}: refused")
-    try:
-        member = _rdf_member(names)
-    except UserError as exc:
-        raise UserError(f"package {package.name} has {exc}") from None
-    try:
-        with zipfile.ZipFile(package) as zf:
-            rdf = _load_yaml(zf.read(member))
-    except Exception as exc:  # noqa: BLE001 - YAML and decoding errors of many kinds
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise UserError(f"package {package.name} is not a bioimage.io model: {member} is not YAML ({first})") from None
-    if not isinstance(rdf, dict):
-        raise UserError(f"package {package.name} is not a bioimage.io model: {member} holds no mapping")
-    return rdf, _folder(member), names
-
-
-def _folder(member: str) -> PurePosixPath:
-    return PurePosixPath(*[p for p in PurePosixPath(member).parent.parts if p != "."])
-
-
-def _member(base: PurePosixPath, value: str) -> str:
-    """The zip member a relative file name in the rdf resolves to."""
-    parts = [p for p in PurePosixPath(value.strip().replace("\\", "/")).parts if p != "."]
-    return str(PurePosixPath(*base.parts, *parts)) if parts or base.parts else ""
-
-
-def _file_refs(node: Any, where: str, key: str | None = None) -> list[tuple[str, str]]:
-    """``(location, value)`` of every file name in ``node``; ``key`` is the key ``node`` sits under."""
-    found: list[tuple[str, str]] = []
-    if isinstance(node, dict):
-        for k, v in node.items():
-            k = str(k)
-            if k in _SKIPPED_KEYS:
-                continue
-            found += _file_refs(v, f"{where}.{k}" if where else k, k)
-    elif isinstance(node, list):
-        for i, v in enumerate(node):
-            found += _file_refs(v, f"{where}[{i}]", key)
-    elif isinstance(node, (str, int, float)) and not isinstance(node, bool) and key in _FILE_KEYS:
-        if not (key == "icon" and isinstance(node, str) and len(node) <= 2):  # an icon may be an emoji
-            found.append((where, str(node)))
-    return found
-
-
-def _outside(value: str, base: PurePosixPath, names: set[str]) -> str | None:
-    """Why ``value`` (a file name in the rdf) is not a member of the package, or None."""
-    text = value.strip()
-    if re.match(r"^[A-Za-z]:[\\/]", text) or text.startswith(("/", "\\", "~")):
-        return "an absolute path"
-    if _SCHEME.match(text):
-        return "a URL"
-    if ".." in PurePosixPath(text.replace("\\", "/")).parts:
-        return "a path that leaves the package (..)"
-    if _member(base, text) not in names:
-        return "a file the package does not hold"
-    return None
-
-
-def _checked_rdf(package: Path) -> tuple[dict[str, Any], PurePosixPath]:
-    rdf, base, names = _read_rdf(package)
-    held = set(names)
-    for where, value in _file_refs(rdf, ""):
-        why = _outside(value, base, held)
-        if why is not None:
-            raise PackageRefused(
-                f"package {package.name} names a file outside the package, refused before loading anything:"
-                f" {where} is {why} ({value!r})"
-            )
-    return rdf, base
-
-
-def check_files_inside(package: str | Path) -> dict[str, Any]:
-    """Refuse a package that names any file outside itself; return its raw rdf mapping.
-
-    Runs before anything of the package is loaded: it reads the zip's member list and its
-    rdf as plain YAML only.
-
-    Parameters
-    ----------
-    package
-        A package zip.
-
-    Returns
-    -------
-    dict
-        The rdf as parsed YAML.
-
-    Raises
-    ------
-    bmz_cosdd.errors.UserError
-        One line, if the zip is unreadable, has members escaping its folder, or has no rdf
-        or one that is not YAML.
-    PackageRefused
-        One line, if the zip has two members of the same name, or its rdf names a file
-        (weights, architecture source, test and sample tensors, covers, documentation,
-        attachments, ...) by a URL, an absolute path, a path with ``..`` or a name the zip
-        does not hold.
-    """
-    return _checked_rdf(Path(package))[0]
-
-
-# --------------------------------------------------------------------------- code
 
 
 @dataclass(frozen=True)
@@ -333,7 +167,7 @@ def _state_dict_reason(package: Path, rdf: dict[str, Any], entry: Any, base: Pur
     if arch.get("callable") != expected_callable:
         return f"its architecture callable is {arch.get('callable')!r}, not {expected_callable!r} as bmz-cosdd writes"
     with zipfile.ZipFile(package) as zf:
-        got = hashlib.sha256(zf.read(_member(base, source))).hexdigest()
+        got = hashlib.sha256(zf.read(zip_member(base, source))).hexdigest()
     if got != expected_sha:
         return (f"its {source} is not the architecture source bmz-cosdd {__version__} writes for it"
                 f" (sha256 {got[:12]}..., expected {expected_sha[:12]}...)")
@@ -343,8 +177,9 @@ def _state_dict_reason(package: Path, rdf: dict[str, Any], entry: Any, base: Pur
 def package_code(package: str | Path) -> PackageCode:
     """Which of a package's weight formats (and processing) would run Python bmz-cosdd did not write.
 
-    Checks :func:`check_files_inside` first. Loads nothing of the package but its rdf and,
-    for ``pytorch_state_dict`` weights, the bytes of the architecture source (hashed, never run).
+    Checks :func:`~bmz_cosdd.artifacts.package_files.check_files_inside` first. Loads nothing of
+    the package but its rdf and, for ``pytorch_state_dict`` weights, the bytes of the
+    architecture source (hashed, never run).
 
     Parameters
     ----------
@@ -360,7 +195,7 @@ def package_code(package: str | Path) -> PackageCode:
         Keras and TensorFlow weights and ``custom`` processing never.
     """
     package = Path(package)
-    rdf, base = _checked_rdf(package)
+    rdf, base = checked_rdf(package)
     weights = _weights(rdf)
     untrusted: dict[str, str] = {}
     for wf, entry in weights.items():
@@ -392,7 +227,7 @@ def require_trusted_code(package: str | Path, trust_code: bool, consequence: str
 
     Used by the verbs that may run every weight format (``validate``, ``check``) or that
     take a package as bmz-cosdd's own (``train --from``). The files rule
-    (:func:`check_files_inside`) holds even with ``trust_code``.
+    (:func:`~bmz_cosdd.artifacts.package_files.check_files_inside`) holds even with ``trust_code``.
 
     Parameters
     ----------

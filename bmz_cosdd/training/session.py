@@ -145,7 +145,8 @@ def train(
         none of its Python runs, but a package whose architecture source is not byte-identical
         to the one this version writes for it (or that would run other Python) is refused
         without it; files named outside the package are refused always (see
-        :func:`bmz_cosdd.export.package.read_training_state`).
+        :func:`bmz_cosdd.artifacts.package_reader.read_training_state` and
+        :func:`bmz_cosdd.export.package_trust.require_trusted_code`).
 
     Notes
     -----
@@ -154,9 +155,14 @@ def train(
     """
     init_state = None
     if init_from is not None:
-        from bmz_cosdd.export.package import read_training_state
+        from bmz_cosdd.artifacts.package_reader import read_training_state
+        from bmz_cosdd.export.package_trust import require_trusted_code
 
-        init_state = read_training_state(init_from, trust_code=trust_code)
+        def check_code(package: str | Path) -> None:
+            require_trusted_code(package, trust_code, "train --from takes only packages whose code this bmz-cosdd"
+                                 " wrote (it would read just their training_state.pt and run none of their Python)")
+
+        init_state = read_training_state(init_from, check_code=check_code)
         values = config.to_dict() if isinstance(config, RunConfig) else dict(config)
         if values.get("method") != init_state["method"]:
             raise UserError(f"the package holds a {init_state['method']} model, not {values.get('method')}")

@@ -24,14 +24,11 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from bmz_cosdd.errors import UserError
-from bmz_cosdd.export.rdf import (
-    check_zip_members,
-    offline_bioimageio,
-    predict_whole,
-    quiet_bioimageio,
-    read_package_descr,
-)
-from bmz_cosdd.export.package_trust import PackageRefused, require_trusted_code
+from bmz_cosdd.artifacts.core_run import predict_whole
+from bmz_cosdd.artifacts.offline_bioimageio import offline_bioimageio, quiet_bioimageio
+from bmz_cosdd.artifacts.package_files import PackageRefused, check_zip_members
+from bmz_cosdd.artifacts.package_reader import read_package_descr
+from bmz_cosdd.export.package_trust import require_trusted_code
 from bmz_cosdd.zoo.validate import FormatResult, validate_package
 
 PASS, FAIL, UNKNOWN = "pass", "fail", "unknown"

@@ -73,8 +73,9 @@ def predict_files_with_package(
     """
     from bioimageio.core import Tensor, create_prediction_pipeline, predict
 
+    from bmz_cosdd.artifacts.offline_bioimageio import offline_bioimageio
+    from bmz_cosdd.artifacts.package_reader import read_package_descr
     from bmz_cosdd.export.package_trust import choose_weight_format
-    from bmz_cosdd.export.rdf import offline_bioimageio, read_package_descr
 
     descr = read_package_descr(package)
     if weight_format is not None:

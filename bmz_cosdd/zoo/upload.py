@@ -76,7 +76,7 @@ class UploadResult:
 
 def package_maintainers(package: str | Path) -> list[str]:
     """The GitHub users a package names as its maintainers (none: an empty list); one-line errors for a bad zip."""
-    from bmz_cosdd.export.rdf import read_package_descr
+    from bmz_cosdd.artifacts.package_reader import read_package_descr
 
     descr = read_package_descr(Path(package))
     return [str(m.github_user) for m in getattr(descr, "maintainers", None) or [] if m.github_user]
@@ -101,7 +101,7 @@ def plan_upload(package: str | Path, server: str = DEFAULT_SERVER, validation: l
     when the package does not name it already; the local package is not changed. A package that names no
     maintainer and is given none is refused in one line naming ``--maintainer``: bioimage.io needs one.
     """
-    from bmz_cosdd.export.rdf import check_github_user
+    from bmz_cosdd.export.package_content import check_github_user
     from bmz_cosdd.zoo.validate import validate_package
 
     package = Path(package)

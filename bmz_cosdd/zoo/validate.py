@@ -20,8 +20,9 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from bmz_cosdd.errors import UserError
+from bmz_cosdd.artifacts.offline_bioimageio import offline_bioimageio, quiet_bioimageio
+from bmz_cosdd.artifacts.package_reader import read_package_descr
 from bmz_cosdd.export.package_trust import require_trusted_code
-from bmz_cosdd.export.rdf import offline_bioimageio, quiet_bioimageio, read_package_descr
 
 #: Weight formats in the order they are tested and reported.
 WEIGHT_FORMATS = ("torchscript", "pytorch_state_dict", "onnx")
@@ -63,7 +64,7 @@ def _one_line(text: str) -> str:
 
 @contextmanager
 def _validation_settings(github_users: Sequence[str]) -> Iterator[None]:
-    """Offline (see :func:`bmz_cosdd.export.rdf.offline_bioimageio`), no progress bars."""
+    """Offline (see :func:`bmz_cosdd.artifacts.offline_bioimageio.offline_bioimageio`), no progress bars."""
     from bioimageio.spec._internal._settings import settings
 
     saved_ci = settings.CI

@@ -11,7 +11,7 @@ import yaml
 
 from bmz_cosdd.data.io import read_array, write_tiff
 from bmz_cosdd.data.synthetic import make_dataset, row_correlated
-from bmz_cosdd.export.rdf import read_package_descr
+from bmz_cosdd.artifacts.package_reader import read_package_descr
 from bmz_cosdd.inference.predictor import load_run, predict_files, predict_image
 from bmz_cosdd.methods.base import PredictOptions
 from bmz_cosdd.noise_models.workflow import fit_noise_model

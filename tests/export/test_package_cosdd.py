@@ -31,7 +31,7 @@ def package(trained_run, tmp_path_factory) -> Path:
 
 
 def test_default_package_has_one_input_one_output_bcyx(package):
-    from bmz_cosdd.export.rdf import read_package_descr
+    from bmz_cosdd.artifacts.package_reader import read_package_descr
 
     descr = read_package_descr(package)
     assert len(descr.inputs) == 1 and len(descr.outputs) == 1
@@ -163,7 +163,7 @@ def test_bad_packages_and_formats(package, tmp_path, noisy_stack, capsys):
 
 
 def test_train_from_package_starts_from_its_weights(package, noisy_stack, tmp_path):
-    from bmz_cosdd.export.package import read_training_state
+    from bmz_cosdd.artifacts.package_reader import read_training_state
     from bmz_cosdd.artifacts.run_folder import RunFolder
     from bmz_cosdd.training.checkpoints import load_checkpoint
     from bmz_cosdd.training.session import train
@@ -196,7 +196,7 @@ def test_direct_estimator_package_with_onnx(trained_run, tmp_path):
 
 
 def test_std_and_samples_outputs_validate(trained_run, tmp_path):
-    from bmz_cosdd.export.rdf import read_package_descr
+    from bmz_cosdd.artifacts.package_reader import read_package_descr
 
     out = tmp_path / "samples.zip"
     result = package_run(trained_run, out, ExportOptions(outputs=("mmse", "std", "samples"), samples=4),

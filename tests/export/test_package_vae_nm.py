@@ -14,7 +14,7 @@ from bmz_cosdd.data.io import write_tiff  # noqa: E402
 from bmz_cosdd.data.synthetic import make_clean  # noqa: E402
 from bmz_cosdd.errors import UserError  # noqa: E402
 from bmz_cosdd.export.package import package_run  # noqa: E402
-from bmz_cosdd.export.rdf import read_package_descr  # noqa: E402
+from bmz_cosdd.artifacts.package_reader import read_package_descr  # noqa: E402
 from bmz_cosdd.inference.predictor import load_run  # noqa: E402
 from bmz_cosdd.methods.base import ExportOptions, PredictOptions  # noqa: E402
 from bmz_cosdd.noise_models.workflow import fit_noise_model  # noqa: E402

@@ -26,8 +26,10 @@ import yaml
 pytest.importorskip("bioimageio.core")
 
 from bmz_cosdd.errors import UserError  # noqa: E402
-from bmz_cosdd.export import rdf  # noqa: E402
-from bmz_cosdd.export.rdf import Author, PackageContent, build_package, check_content, read_package_descr  # noqa: E402
+from bmz_cosdd.artifacts.package_reader import read_package_descr  # noqa: E402
+from bmz_cosdd.export import package_zip  # noqa: E402
+from bmz_cosdd.export.package_content import Author, PackageContent, check_content  # noqa: E402
+from bmz_cosdd.export.package_zip import build_package  # noqa: E402
 
 STANDIN_SOURCE = '''\
 """Stand-ins for a sampling denoiser (bmz-cosdd tests): torch only, self-contained."""
@@ -410,7 +412,7 @@ def test_failed_build_leaves_nothing(tmp_path, default_package, monkeypatch):
     assert (out_dir / "model.zip").read_bytes() == b"old"
     assert not list(work.iterdir())  # the staging folder is gone too
 
-    monkeypatch.setattr(rdf, "_core_outputs", lambda descr: (_ for _ in ()).throw(RuntimeError("boom")))
+    monkeypatch.setattr(package_zip, "core_test_outputs", lambda descr: (_ for _ in ()).throw(RuntimeError("boom")))
     with pytest.raises(RuntimeError, match="boom"):
         build_package(content, out_dir / "new.zip", work_dir=work)
     assert sorted(p.name for p in out_dir.iterdir()) == ["model.zip"]

@@ -15,7 +15,7 @@ pytest.importorskip("bioimageio.core")
 from helpers import export_helpers  # noqa: E402
 
 from bmz_cosdd.errors import UserError
-from bmz_cosdd.export.rdf import build_package  # noqa: E402
+from bmz_cosdd.export.package_zip import build_package  # noqa: E402
 from bmz_cosdd.zoo import consumers  # noqa: E402
 from bmz_cosdd.zoo.consumers import (  # noqa: E402
     CONSUMERS,

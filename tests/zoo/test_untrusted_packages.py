@@ -24,12 +24,8 @@ pytest.importorskip("bioimageio.core")
 from helpers import assert_one_line_error, export_helpers, run_cli  # noqa: E402
 
 from bmz_cosdd.errors import UserError  # noqa: E402
-from bmz_cosdd.export.package_trust import (  # noqa: E402
-    PackageRefused,
-    check_files_inside,
-    choose_weight_format,
-    package_code,
-)
+from bmz_cosdd.artifacts.package_files import PackageRefused, check_files_inside  # noqa: E402
+from bmz_cosdd.export.package_trust import choose_weight_format, package_code  # noqa: E402
 
 ARCH = "architecture.py"
 

@@ -16,7 +16,8 @@ import yaml
 from helpers import assert_one_line_error, export_helpers, run_cli
 
 from bmz_cosdd.errors import UserError
-from bmz_cosdd.export.rdf import Maintainer, build_package
+from bmz_cosdd.export.package_content import Maintainer
+from bmz_cosdd.export.package_zip import build_package
 from bmz_cosdd.zoo.upload import REVIEW_STATUS, plan_upload, upload_package
 from bmz_cosdd.zoo.validate import FormatResult
 
