@@ -90,6 +90,26 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def settings_from_record(values: dict[str, Any]) -> dict[str, Any]:
+    """A run's recorded ``config.yaml`` as settings: library version and resolved paths removed.
+
+    ``data.paths`` become the paths that exist now: each as typed if it exists relative to the
+    current working directory, else as resolved when the run started, else as typed (and
+    reading the data will say it is missing). Settings without those records pass unchanged,
+    so a run's ``config.yaml`` is a valid ``--config`` for a new run.
+    """
+    values = dict(values)
+    values.pop(_VERSION_KEY, None)
+    resolved = values.pop(_RESOLVED_KEY, None) or []
+    data = values.get("data")
+    if isinstance(data, dict) and isinstance(data.get("paths"), list):
+        typed = [str(p) for p in data["paths"]]
+        if len(resolved) == len(typed):
+            values["data"] = {**data, "paths": [t if Path(t).expanduser().exists() or not Path(r).exists() else r
+                                                for t, r in zip(typed, resolved)]}
+    return values
+
+
 class RunFolder:
     """The run folder at ``root`` (made absolute, so it keeps meaning the same folder).
 
@@ -219,16 +239,7 @@ class RunFolder:
         any working directory), else as typed (and reading the data will say it is missing).
         """
         self.check_exists()
-        values = self._raw_config()
-        values.pop(_VERSION_KEY, None)
-        resolved = values.pop(_RESOLVED_KEY, None) or []
-        data = values.get("data")
-        if isinstance(data, dict) and isinstance(data.get("paths"), list):
-            typed = [str(p) for p in data["paths"]]
-            if len(resolved) == len(typed):
-                data["paths"] = [t if Path(t).expanduser().exists() or not Path(r).exists() else r
-                                 for t, r in zip(typed, resolved)]
-        return values
+        return settings_from_record(self._raw_config())
 
     def library_version(self) -> str | None:
         """The bmz-cosdd version that wrote the settings."""

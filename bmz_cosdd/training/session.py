@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from bmz_cosdd import __version__
-from bmz_cosdd.artifacts.run_folder import RunFolder, RunSample, package_grid
+from bmz_cosdd.artifacts.run_folder import RunFolder, RunSample, package_grid, settings_from_record
 from bmz_cosdd.config import RunConfig, from_dict, DataConfig, TrainConfig
 from bmz_cosdd.data.crops import RandomCrops, fixed_val_crops
 from bmz_cosdd.data.io import Image, load_images
@@ -33,6 +33,7 @@ RESUMABLE = (*LIMITS, "patience", "device")
 
 def build_config(values: dict[str, Any]) -> RunConfig:
     """Resolve a mapping shaped like ``config.yaml`` into a checked :class:`RunConfig`."""
+    values = settings_from_record(values)  # a run's own config.yaml is a valid --config
     unknown = sorted(set(values) - {"method", "model", "data", "train"})
     if unknown:
         raise UserError(f"unknown config section{'s' if len(unknown) > 1 else ''}: {', '.join(unknown)}")

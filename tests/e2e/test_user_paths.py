@@ -20,6 +20,9 @@ import pytest
 from bmz_cosdd.data.io import write_tiff
 from bmz_cosdd.data.synthetic import make_dataset
 
+# every test runs bmz-cosdd as a subprocess (a fresh interpreter per command)
+pytestmark = pytest.mark.slow
+
 TINY = ["--preset", "tiny", "--n-levels", "2", "--features", "8", "--crop-size", "32", "--batch-size", "2",
         "--direction", "x", "--quiet"]
 
@@ -64,7 +67,6 @@ def test_bad_values_are_one_line_and_write_nothing(folder):
     assert not (folder / "runs").exists() and (folder / "a_file").read_text() == "not a folder"
 
 
-@pytest.mark.slow
 def test_moved_run_with_deleted_data_packages_and_predicts_from_elsewhere(tmp_path):
     laptop, cluster = tmp_path / "laptop", tmp_path / "cluster"
     data = make_dataset("blobs", "row_correlated", n=6, shape=(48, 48), seed=5)
@@ -104,6 +106,15 @@ def test_a_quoted_tilde_is_the_home_folder(folder, tmp_path):
     assert not (folder / "~").exists()
 
 
+def test_a_runs_config_yaml_is_a_valid_config_for_a_new_run(folder, trained_run):
+    """config.yaml records the library version and the resolved data paths; --config takes it as it is."""
+    shutil.copy(trained_run / "config.yaml", folder / "again.yaml")
+    done = bmz("train", "cosdd", "--config", "again.yaml", "--max-steps", 1, "--quiet", "--out", "runs/again",
+               cwd=folder)
+    assert done.returncode == 0, done.stderr
+    assert (folder / "runs" / "again" / "checkpoints").is_dir()
+
+
 def test_same_stem_inputs_are_refused_before_any_work(folder, trained_run):
     (folder / "a").mkdir()
     (folder / "b").mkdir()
@@ -122,7 +133,6 @@ def _wait_for(path: Path, process: subprocess.Popen, seconds: float = 120) -> No
         time.sleep(0.1)
 
 
-@pytest.mark.slow
 def test_one_writer_per_run_folder_and_a_stale_lock_is_taken_over(folder):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     first = subprocess.Popen(
@@ -150,7 +160,6 @@ def test_one_writer_per_run_folder_and_a_stale_lock_is_taken_over(folder):
     assert not (folder / "runs" / "shared" / ".lock").exists()
 
 
-@pytest.mark.slow
 def test_ctrl_c_saves_a_checkpoint_and_exits_130(folder):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     process = subprocess.Popen(
