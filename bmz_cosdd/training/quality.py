@@ -213,8 +213,8 @@ def assess(
         )
     if gain is not None and gain <= 0:
         flags.append(
-            f"the output is estimated to be WORSE than the noisy input ({gain:+.1f} dB; its squared difference to the"
-            f" input exceeds twice the noise variance)"
+            f"the output is estimated to be WORSE than the noisy input (its squared difference to the input is"
+            f" {mse / noise_variance:.2f} x the noise variance, 2 or more: no better than the input)"
         )
     if "posterior_variance" in latent:
         latent["posterior_over_noise_variance"] = latent["posterior_variance"] / max(noise_variance, 1e-300)
