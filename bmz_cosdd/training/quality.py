@@ -44,7 +44,7 @@ COLLAPSE_KL = 0.01
 #: What a user can do about a flagged run ({method}, {run}).
 QUALITY_ADVICE = (
     "train longer (bmz-cosdd train {method} --resume --out {run} --max-steps N with a larger N), check the noise"
-    " settings with `bmz-cosdd inspect`, or compare with a baseline (e.g. bmz-cosdd train structn2v)"
+    " settings with `bmz-cosdd inspect`, or compare with another method (inspect's advice names them)"
 )
 #: Validation crops and posterior samples used by the assessment.
 MAX_CROPS = 16
