@@ -555,7 +555,7 @@ def _as_typed(callback: Callable[..., Any]) -> Callable[..., Any]:
                 kwargs[name] = [v.expanduser() for v in value]
         return callback(**kwargs)
 
-    signature = inspect.signature(callback)
+    signature = inspect.signature(callback, eval_str=True)  # typer reads a given __signature__ as it stands
     wrapper.__signature__ = signature.replace(parameters=[*signature.parameters.values(), _THREADS])
     return wrapper
 
