@@ -57,6 +57,7 @@ def test_configure_threads_order(monkeypatch):
         torch.set_num_threads(before)
 
 
+@pytest.mark.slow
 def test_cli_threads_option_and_sleeping_openmp(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS")}
     code = ("import sys, os; from bmz_cosdd.cli import main; import torch\n"

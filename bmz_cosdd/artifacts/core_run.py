@@ -7,8 +7,16 @@ outputs are made (:mod:`bmz_cosdd.export.core_outputs`) and its consumers checke
 
 Examples
 --------
->>> with core_test_seeds():                                  # doctest: +SKIP
-...     result = predict_whole(descr, sample, "torchscript", ["cpu"])
+Inside :func:`core_test_seeds` every draw is core's (``predict_whole(descr, sample,
+"torchscript", ["cpu"])`` samples as core's test does); the caller's generators go on
+where they were:
+
+>>> draws = []
+>>> for _ in range(2):
+...     with core_test_seeds():
+...         draws.append(np.random.rand())
+>>> draws[0] == draws[1] == np.random.RandomState(0).rand()
+True
 """
 
 from __future__ import annotations

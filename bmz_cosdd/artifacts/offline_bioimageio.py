@@ -6,8 +6,12 @@ from the package itself.
 
 Examples
 --------
->>> with offline_bioimageio(), quiet_bioimageio():      # doctest: +SKIP
-...     descr = load_description("model.zip")
+>>> import httpx
+>>> with offline_bioimageio(), quiet_bioimageio():
+...     httpx.get("https://bioimage.io")
+Traceback (most recent call last):
+...
+httpx.ConnectError: offline: bmz-cosdd does not contact bioimage.io
 """
 
 from __future__ import annotations

@@ -17,8 +17,20 @@ Which Python a package may make bmz-cosdd run is the other rule, kept by
 
 Examples
 --------
->>> check_zip_members(Path("model.zip"))   # doctest: +SKIP
->>> check_files_inside(Path("model.zip"))  # doctest: +SKIP
+A package whose weights are an absolute path on the disk:
+
+>>> import tempfile
+>>> tmp = tempfile.TemporaryDirectory()
+>>> package = Path(tmp.name) / "model.zip"
+>>> with zipfile.ZipFile(package, "w") as zf:
+...     zf.writestr("rdf.yaml", "weights:\\n  torchscript: {source: /home/me/weights.pt}\\n")
+>>> check_zip_members(package)
+['rdf.yaml']
+>>> check_files_inside(package)  # doctest: +ELLIPSIS
+Traceback (most recent call last):
+...
+bmz_cosdd.artifacts.package_files.PackageRefused: package model.zip names a file outside the package, ...: weights.torchscript.source is an absolute path ('/home/me/weights.pt')
+>>> tmp.cleanup()
 """
 
 from __future__ import annotations

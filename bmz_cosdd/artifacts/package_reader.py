@@ -6,6 +6,9 @@ anything, and spec reads it offline (:mod:`bmz_cosdd.artifacts.offline_bioimagei
 
 Examples
 --------
+Not run as doctests: they need a package zip made by ``bmz-cosdd package`` (the tests make
+one, see ``tests/export/test_package_cosdd.py``).
+
 >>> descr = read_package_descr(Path("model.bioimageio.zip"))    # doctest: +SKIP
 >>> state = read_training_state(Path("model.bioimageio.zip"))   # doctest: +SKIP
 """

@@ -7,6 +7,9 @@ post-processing) with the generators seeded as core's test seeds them, so
 
 Examples
 --------
+Not run as a doctest: ``draft`` is the description of a staged package (see
+:mod:`bmz_cosdd.export.package_zip`), and making it runs bioimageio.core.
+
 >>> arrays = core_test_outputs(draft)   # doctest: +SKIP
 """
 

@@ -26,6 +26,9 @@ Conventions of the package
 
 Examples
 --------
+Not run as doctests: a content needs a trained model's weights and test input (the tests
+make a stand-in, see ``tests/export/test_rdf.py``).
+
 >>> files = package_zip.stage_files(content, Path("stage"))           # doctest: +SKIP
 >>> descr = describe_model(content, files, with_test_outputs=False)  # doctest: +SKIP
 """

@@ -8,6 +8,9 @@ ONNX opset, core's ``std`` epsilon) before anything is built, one line per probl
 
 Examples
 --------
+Not run as doctests: a content needs a trained model's weights and test input (the tests
+make a stand-in, see ``tests/export/test_rdf.py``).
+
 >>> content = PackageContent(...)   # doctest: +SKIP
 >>> check_content(content)          # doctest: +SKIP
 """

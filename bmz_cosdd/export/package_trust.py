@@ -18,7 +18,25 @@ A package zip from elsewhere is untrusted input. Every verb that opens one (``pr
 
 Examples
 --------
->>> require_trusted_code(Path("model.zip"), False, "testing")  # doctest: +SKIP
+A package whose TorchScript weights run no Python, and whose state-dict weights would
+call ``os.system``:
+
+>>> import tempfile
+>>> tmp = tempfile.TemporaryDirectory()
+>>> package = Path(tmp.name) / "model.zip"
+>>> rdf = ("weights:\\n  torchscript: {source: weights.pt}\\n"
+...        "  pytorch_state_dict: {source: weights.pth, architecture: {import_from: os, callable: system}}\\n")
+>>> with zipfile.ZipFile(package, "w") as zf:
+...     for name, text in [("rdf.yaml", rdf), ("weights.pt", ""), ("weights.pth", "")]:
+...         zf.writestr(name, text)
+>>> code = package_code(package)
+>>> code.formats, list(code.untrusted)
+(('torchscript', 'pytorch_state_dict'), ['pytorch_state_dict'])
+>>> require_trusted_code(package, False, "testing {what} would run the package's own Python")  # doctest: +ELLIPSIS
+Traceback (most recent call last):
+...
+bmz_cosdd.artifacts.package_files.PackageRefused: model.zip: its architecture is imported from the module 'os' (callable 'system'), ...; testing its pytorch_state_dict weights would run the package's own Python; ...
+>>> tmp.cleanup()
 """
 
 from __future__ import annotations

@@ -8,6 +8,9 @@ place. Reading a package back is :mod:`bmz_cosdd.artifacts.package_reader`.
 
 Examples
 --------
+Not run as doctests: a content needs a trained model's weights and test input (the tests
+make a stand-in, see ``tests/export/test_rdf.py``), and building runs bioimageio.core.
+
 >>> content = PackageContent(...)                        # doctest: +SKIP
 >>> build_package(content, Path("model.bioimageio.zip"))  # doctest: +SKIP
 """

@@ -9,6 +9,10 @@ decided here, offline, is ``"unknown"`` with the reason, never ``"pass"``.
 
 Examples
 --------
+Not run as doctests: they need a package zip made by ``bmz-cosdd package`` and run
+bioimageio.core on it (``tests/zoo/test_consumers.py`` does); :func:`format_checks`'s own
+example runs.
+
 >>> checks = check_package(Path("model.bioimageio.zip"))  # doctest: +SKIP
 >>> print(format_checks(checks))                          # doctest: +SKIP
 """

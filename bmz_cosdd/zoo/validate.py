@@ -7,6 +7,10 @@ reports success), and without touching the network.
 
 Examples
 --------
+Not run as doctests: they need a package zip made by ``bmz-cosdd package`` and run
+bioimageio.core on it (``tests/zoo/test_validate.py`` does); :func:`format_table`'s own
+example runs.
+
 >>> results = validate_package(Path("model.bioimageio.zip"))  # doctest: +SKIP
 >>> print(format_table(results))                              # doctest: +SKIP
 """

@@ -111,6 +111,7 @@ def test_dark_frames_and_region_sources(tmp_path, capsys):
     assert json.loads((tmp_path / "region.json").read_text())["source"]["kind"] == "region"
 
 
+@pytest.mark.slow
 def test_cosdd_direction_auto_and_inspect_with_a_run(tmp_path, capsys):
     data = make_dataset("blobs", "poisson_gaussian", n=4, shape=(48, 48), seed=3)
     path = tmp_path / "pg.tif"

@@ -23,6 +23,7 @@ def tiny_yaml(tmp_path: Path, data: Path, **train) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_train_then_predict_writes_tiffs_with_input_axes(tmp_path, noisy_stack, capsys):
     run = tmp_path / "run"
     code, _, err = run_cli(
@@ -49,6 +50,7 @@ def test_train_then_predict_writes_tiffs_with_input_axes(tmp_path, noisy_stack, 
     assert tifffile.imread(out_dir / "noisy_direct.tif").shape == noisy.shape
 
 
+@pytest.mark.slow
 def test_resume_from_the_cli(tmp_path, noisy_stack, capsys):
     run = tmp_path / "run"
     config = tiny_yaml(tmp_path, noisy_stack)
@@ -124,6 +126,7 @@ def test_predict_error_leaves_existing_outputs_untouched(tmp_path, trained_run, 
     assert sorted(p.name for p in out_dir.iterdir()) == ["noisy_mmse.tif"]
 
 
+@pytest.mark.slow
 def test_console_script_prints_no_traceback(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "bmz_cosdd", "train", "cosdd", str(tmp_path / "missing"), "--out", str(tmp_path / "r")],

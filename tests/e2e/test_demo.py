@@ -9,6 +9,7 @@ import pytest
 from bmz_cosdd.demo import run_demo
 
 
+@pytest.mark.slow
 def test_demo_inspects_trains_and_denoises(tmp_path):
     lines: list[str] = []
     result = run_demo(tmp_path / "demo", steps=1000, budget=3, samples=3, package=False, progress=False,

@@ -44,6 +44,7 @@ def _package_axes(package: Path) -> list[str]:
     return [str(a.id) for a in descr.inputs[0].axes]
 
 
+@pytest.mark.slow
 def test_cosdd_trains_predicts_and_packages_volumes_along_z(volumes, tmp_path, capsys) -> None:
     config = tiny_config(volumes / "volumes.tif", max_steps=2, steps_per_epoch=2)
     config["model"]["direction"] = "z"
@@ -78,6 +79,7 @@ def test_cosdd_trains_predicts_and_packages_volumes_along_z(volumes, tmp_path, c
     assert read_array(tmp_path / "pkg" / "volumes_mmse.tif").shape == (2, *SHAPE)
 
 
+@pytest.mark.slow
 def test_n2v_trains_and_packages_volumes(volumes, tmp_path, capsys) -> None:
     config = tiny_blind_spot_config("n2v", volumes / "volumes.tif", max_steps=2, steps_per_epoch=2)
     config["model"].update(depth=1, features=4)
@@ -90,6 +92,7 @@ def test_n2v_trains_and_packages_volumes(volumes, tmp_path, capsys) -> None:
     assert _package_axes(package) == ["batch", "channel", "z", "y", "x"]
 
 
+@pytest.mark.slow
 def test_hdn_and_divnoising_train_and_package_volumes(volumes, tmp_path, capsys) -> None:
     fitted = fit_noise_model(tmp_path / "nm.npz", calibration=volumes / "calibration.tif", steps=200)
     shapes = {"divnoising": {"depth": 1, "features": 4, "latent": 4},

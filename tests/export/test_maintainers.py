@@ -40,6 +40,7 @@ def _rdf(package: Path) -> dict:
         return yaml.safe_load(zf.read("rdf.yaml"))
 
 
+@pytest.mark.slow
 def test_package_with_maintainer_names_it_and_no_longer_warns(n2v_run, tmp_path, capsys, _offline):
     out = tmp_path / "n2v.zip"
     code, stdout, err = run_cli(["package", n2v_run, "--out", out, "--maintainer", "no-such-user-bmz-cosdd",
@@ -81,6 +82,7 @@ def test_maintainers_from_the_meta_yaml(tmp_path):
         load_meta(meta)
 
 
+@pytest.mark.slow
 def test_built_package_validates_offline_without_the_warning(tmp_path, _offline):
     helpers = export_helpers()
     content = replace(helpers.make_content(tmp_path / "src", state_dict=False),  # TorchScript: no Python to trust

@@ -30,6 +30,7 @@ def package(trained_run, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_default_package_has_one_input_one_output_bcyx(package):
     from bmz_cosdd.artifacts.package_reader import read_package_descr
 
@@ -45,6 +46,7 @@ def test_default_package_has_one_input_one_output_bcyx(package):
     assert stored["method"] == "cosdd" and stored["export"]["seed"] == 7 and stored["normalisation"]["std"]
 
 
+@pytest.mark.slow
 def test_scripted_mmse_equals_in_framework_mmse(package, trained_run, tmp_path):
     with zipfile.ZipFile(package) as zf:
         name = next(n for n in zf.namelist() if "torchscript" in n)
@@ -58,6 +60,7 @@ def test_scripted_mmse_equals_in_framework_mmse(package, trained_run, tmp_path):
     torch.testing.assert_close(exported, ours, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_two_processes_give_identical_outputs(package, tmp_path):
     with zipfile.ZipFile(package) as zf:
         name = next(n for n in zf.namelist() if "torchscript" in n)
@@ -103,6 +106,7 @@ def _seam_profile(image: np.ndarray) -> np.ndarray:
     return np.concatenate([np.abs(np.diff(image, axis=-1)).mean(axis=-2), np.abs(np.diff(image, axis=-2)).mean(axis=-1)])
 
 
+@pytest.mark.slow
 def test_predict_through_package_in_blocks_has_no_seams(package, noisy_stack, tmp_path):
     import tifffile
 
@@ -122,6 +126,7 @@ def test_predict_through_package_in_blocks_has_no_seams(package, noisy_stack, tm
     assert np.abs(a - b).mean() < 0.25 * np.abs(image - a).mean()
 
 
+@pytest.mark.slow
 def test_bad_packages_and_formats(package, tmp_path, noisy_stack, capsys):
     from bmz_cosdd.cli import main
     from helpers import write_zip
@@ -162,6 +167,7 @@ def test_bad_packages_and_formats(package, tmp_path, noisy_stack, capsys):
     assert out.shape == (8, 8) and np.isfinite(out).all()
 
 
+@pytest.mark.slow
 def test_train_from_package_starts_from_its_weights(package, noisy_stack, tmp_path):
     from bmz_cosdd.artifacts.package_reader import read_training_state
     from bmz_cosdd.artifacts.run_folder import RunFolder
@@ -183,6 +189,7 @@ def test_train_from_package_starts_from_its_weights(package, noisy_stack, tmp_pa
         train(config, tmp_path / "ft2", progress=False, init_from=bad)
 
 
+@pytest.mark.slow
 def test_direct_estimator_package_with_onnx(trained_run, tmp_path):
     out = tmp_path / "direct.zip"
     result = package_run(trained_run, out, ExportOptions(estimator="direct"), say=lambda m: None, force=True)
@@ -195,6 +202,7 @@ def test_direct_estimator_package_with_onnx(trained_run, tmp_path):
     assert not any("ONNX left out" in n for n in result.notes)
 
 
+@pytest.mark.slow
 def test_std_and_samples_outputs_validate(trained_run, tmp_path):
     from bmz_cosdd.artifacts.package_reader import read_package_descr
 
@@ -207,6 +215,7 @@ def test_std_and_samples_outputs_validate(trained_run, tmp_path):
     assert [str(a.id) for a in descr.outputs[2].axes][:3] == ["batch", "index", "channel"]
 
 
+@pytest.mark.slow
 def test_scripted_weights_avoid_ops_torch_2_0_cannot_load(package, tmp_path):
     """deepImageJ runs libtorch 2.0: scripted code must not compile F.interpolate (it drags in new ops)."""
     with zipfile.ZipFile(package) as zf:

@@ -10,6 +10,9 @@ import torch
 
 pytest.importorskip("bioimageio.core")
 
+# trains DivNoising and HDN runs and packages them, each validated by bioimageio.core
+pytestmark = pytest.mark.slow
+
 from bmz_cosdd.data.io import write_tiff  # noqa: E402
 from bmz_cosdd.data.synthetic import make_clean  # noqa: E402
 from bmz_cosdd.errors import UserError  # noqa: E402

@@ -109,6 +109,7 @@ def test_interrupted_prediction_resumes_to_the_same_result(tmp_path, trained_run
         np.testing.assert_array_equal(zarr.open(str(a))[:], zarr.open(str(b))[:])
 
 
+@pytest.mark.slow
 def test_killed_process_restarts_where_it_stopped(tmp_path, n2v_run):
     image = _image(1024, 1024)
     source = _zarr(tmp_path / "in.zarr", image, (128, 128))

@@ -62,6 +62,7 @@ def test_bad_settings_are_one_line(values, words):
         get_method("n2v").config_from_dict(values)
 
 
+@pytest.mark.slow
 def test_n2v_beats_the_noisy_psnr_on_poisson_gaussian_data(pg_data, tmp_path):
     path, data = pg_data
     config = tiny_blind_spot_config("n2v", path, {"features": 16}, max_steps=300, steps_per_epoch=100, lr=2e-3,
@@ -77,7 +78,8 @@ def test_n2v_beats_the_noisy_psnr_on_poisson_gaussian_data(pg_data, tmp_path):
     assert np.mean(denoised_db) > np.mean(noisy_db) + 3.0, (np.mean(noisy_db), np.mean(denoised_db))
 
 
-@pytest.mark.parametrize("method", FAMILY)
+# one variant in the fast tier, all four in the slow one (each trains two runs)
+@pytest.mark.parametrize("method", [m if m == "n2v2" else pytest.param(m, marks=pytest.mark.slow) for m in FAMILY])
 def test_each_variant_trains_resumes_exactly_and_tiles_exactly(method, noisy_stack, tmp_path):
     config = tiny_blind_spot_config(method, noisy_stack, {"psf_sigma": 1.0} if method == "psf-n2v" else None)
     train(config, tmp_path / "full", progress=False)

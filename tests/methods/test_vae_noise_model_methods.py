@@ -29,6 +29,7 @@ def _noisy(rng, s):
 @pytest.fixture(scope="module")
 def camera(tmp_path_factory):
     """A calibration stack (20 frames of a static scene) and 4 noisy training images, raw counts 100-1000."""
+    # fitting the noise model takes 500 steps: the tests that use it are marked slow
     folder = tmp_path_factory.mktemp("camera")
     rng = np.random.default_rng(0)
     clean = 100 + 900 * make_clean("blobs", 5, (64, 64), seed=1)
@@ -51,6 +52,7 @@ def _config(method: str, data: Path, noise_model: Path, **model) -> dict:
     }
 
 
+@pytest.mark.slow
 def test_calibration_fit_writes_model_and_plot_with_provenance(camera):
     folder, fitted = camera
     model = load_noise_model(fitted.path)
@@ -63,6 +65,7 @@ def test_calibration_fit_writes_model_and_plot_with_provenance(camera):
     np.testing.assert_allclose(mean.flatten().numpy(), [300.0, 700.0], rtol=1e-4)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["divnoising", "hdn"])
 def test_method_trains_through_the_noise_model_and_records_it(camera, tmp_path, method):
     folder, fitted = camera
@@ -82,6 +85,7 @@ def test_method_trains_through_the_noise_model_and_records_it(camera, tmp_path, 
         assert trained.model.vae.deactivated == [True, False, False]
 
 
+@pytest.mark.slow
 def test_noise_model_is_part_of_the_checkpoint(camera, tmp_path):
     """The run no longer needs the noise model file: resume works after it is gone."""
     from bmz_cosdd.training.session import resume
@@ -97,6 +101,7 @@ def test_noise_model_is_part_of_the_checkpoint(camera, tmp_path):
     assert result.steps == 6
 
 
+@pytest.mark.slow
 def test_posterior_collapse_stops_with_a_clear_message(camera, tmp_path):
     folder, fitted = camera
     config = _config("divnoising", folder / "train.tif", fitted.path, kl_anneal_steps=0, collapse_kl=1e6)
@@ -104,6 +109,7 @@ def test_posterior_collapse_stops_with_a_clear_message(camera, tmp_path):
         train(config, tmp_path / "run", progress=False)
 
 
+@pytest.mark.slow
 def test_bootstrap_from_a_tiny_n2v_run(camera, tmp_path, capsys):
     folder, _ = camera
     train(tiny_blind_spot_config("n2v", folder / "train.tif"), tmp_path / "n2v", progress=False)
@@ -138,6 +144,7 @@ def _bad_cases(folder: Path, fitted: Path, tmp: Path) -> dict[str, tuple[list, s
     }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["one frame", "not a noise model", "other units", "other channels",
                                   "no noise model", "both sources"])
 def test_bad_input_is_one_line_and_exit_code_2(camera, tmp_path, capsys, case):

@@ -50,6 +50,7 @@ def _assert_same_weights(a: Path, b: Path, atol: float) -> None:
         torch.testing.assert_close(wa[key], wb[key], atol=atol, rtol=0, msg=key)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["n2v", "cosdd"])
 def test_two_processes_match_one_on_the_same_global_batch_and_resume(tmp_path, noisy_stack, method):
     from bmz_cosdd.training.session import train
@@ -72,6 +73,7 @@ def test_two_processes_match_one_on_the_same_global_batch_and_resume(tmp_path, n
     _assert_same_weights(one, two, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_batch_that_the_processes_cannot_share_is_one_line(tmp_path, noisy_stack):
     done = _torchrun(tmp_path, _config("n2v", noisy_stack, batch_size=3), tmp_path / "bad")
     assert done.returncode != 0

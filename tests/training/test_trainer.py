@@ -14,6 +14,7 @@ def _weights(path):
     return load_checkpoint(path)["model"]
 
 
+@pytest.mark.slow
 def test_resume_reproduces_uninterrupted_training(tmp_path, noisy_stack):
     full = tmp_path / "full"
     train(tiny_config(noisy_stack, max_steps=6), full, progress=False)

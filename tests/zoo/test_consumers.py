@@ -90,6 +90,7 @@ def default_checks(default_package) -> list[ConsumerCheck]:
     return checks
 
 
+@pytest.mark.slow
 def test_default_package(default_checks):
     assert [c.consumer for c in default_checks] == list(CONSUMERS)
     by = _by_name(default_checks)
@@ -119,6 +120,7 @@ def test_default_package(default_checks):
     assert all("\n" not in r.detail for c in default_checks for r in c.rules)
 
 
+@pytest.mark.slow
 def test_format_checks_lists_every_consumer(default_checks):
     text = format_checks(default_checks)
     lines = text.splitlines()
@@ -130,6 +132,7 @@ def test_format_checks_lists_every_consumer(default_checks):
     assert format_checks([]).endswith("(no consumers checked)")
 
 
+@pytest.mark.slow
 def test_mmse_std_samples_package(tmp_path):
     content = helpers.make_content(tmp_path / "src", "StandInFull", outputs=("mmse", "std", "samples"), n_samples=3)
     checks = _by_name(check_package(build_package(content, tmp_path / "full.zip"), device="cpu", trust_code=True))
@@ -146,6 +149,7 @@ def test_mmse_std_samples_package(tmp_path):
     assert checks["deepImageJ"].status == "fail"
 
 
+@pytest.mark.slow
 def test_tampered_test_output_fails_core_and_reproduction(default_package, tmp_path):
     expected = _read_npy(default_package, "test_output_mmse.npy")
     tampered = expected.copy()
@@ -167,6 +171,7 @@ def test_tampered_test_output_fails_core_and_reproduction(default_package, tmp_p
     assert _rules(by["BioEngine"])["core test"].status == "fail"
 
 
+@pytest.mark.slow
 def test_sample_differing_from_test_input(default_package, tmp_path, monkeypatch):
     import tifffile
 
@@ -189,6 +194,7 @@ def test_sample_differing_from_test_input(default_package, tmp_path, monkeypatch
     assert dij["reproduction"].status == "fail" and "9 of 4096 elements off" in dij["reproduction"].detail
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "version, deepimagej, ilastik, bioengine",
     [("1.13.1", "pass", "pass", "pass"), ("2.0.0", "pass", "pass", "pass"), ("2.0.1", "unknown", "pass", "pass"),
@@ -207,6 +213,7 @@ def test_weights_by_declared_pytorch_version(default_package, tmp_path, version,
             "weights"].detail
 
 
+@pytest.mark.slow
 def test_invalid_package_fails_format_validation(default_package, tmp_path):
     package = _rewrite(default_package, tmp_path / "broken.zip", {}, {"format_version: 0.5": "format_version: 9.5"})
     checks = check_package(package, device="cpu")
@@ -231,6 +238,7 @@ def test_core_passed_and_statuses():
     assert core_passed([ok, other]) and not core_passed([bad, other]) and not core_passed([other])
 
 
+@pytest.mark.slow
 def test_onnx_package_weights_and_reproduction(tmp_path):
     pytest.importorskip("onnxruntime")
     content = helpers.make_content(tmp_path / "src", "StandInBuffer", onnx=True)

@@ -186,6 +186,7 @@ def test_refusals_say_why_and_name_the_alternative(hostile, noisy_stack, tmp_pat
             check_files_inside(hostile[case][0])
 
 
+@pytest.mark.slow
 def test_untrusted_package_predicts_with_torchscript_by_default(hostile, noisy_stack, tmp_path, capsys):
     """Without --weight-format the payload package runs its TorchScript weights, never its Python."""
     path = hostile["payload"][0]
@@ -196,6 +197,7 @@ def test_untrusted_package_predicts_with_torchscript_by_default(hostile, noisy_s
     assert not hostile["sentinel"].exists()
 
 
+@pytest.mark.slow
 def test_genuine_package_runs_its_state_dict(package, noisy_stack, tmp_path, capsys):
     """Its architecture source is byte-identical to the one this bmz-cosdd writes: trusted without --trust-code."""
     code_ = package_code(package)
@@ -210,6 +212,7 @@ def test_genuine_package_runs_its_state_dict(package, noisy_stack, tmp_path, cap
     assert denoised.shape[0] == 4 and np.isfinite(denoised).all()
 
 
+@pytest.mark.slow
 def test_trust_code_lets_a_modified_source_run(package, noisy_stack, tmp_path, capsys):
     harmless = _altered(package, tmp_path / "harmless.zip", {ARCH: _member(package, ARCH) + b"\n# a comment\n"})
     args = ["predict", harmless, noisy_stack, "--axes", "SYX", "--weight-format", "pytorch_state_dict"]
@@ -221,6 +224,7 @@ def test_trust_code_lets_a_modified_source_run(package, noisy_stack, tmp_path, c
     assert (tmp_path / "trusted" / "noisy_mmse.tif").is_file()
 
 
+@pytest.mark.slow
 def test_the_payload_is_real(hostile, noisy_stack, tmp_path):
     """The refusals above matter: trusted explicitly, the altered source does run its payload."""
     from bmz_cosdd.zoo.predict import predict_files_with_package

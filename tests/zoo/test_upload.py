@@ -64,6 +64,7 @@ async def _read_back(server, token: str, artifact_id: str, names: list[str]) -> 
         await api.disconnect()
 
 
+@pytest.mark.slow
 def test_upload_stores_every_file_byte_for_byte_and_only_requests_review(hypha_server, package, tmp_path):
     token = hypha_server.user_token("alice")
     plan = plan_upload(package, hypha_server.url, validation=PASSED)
@@ -83,6 +84,7 @@ def test_upload_stores_every_file_byte_for_byte_and_only_requests_review(hypha_s
     assert back["committed"] is False  # the uploader cannot publish
 
 
+@pytest.mark.slow
 def test_resume_completes_a_draft_without_resending_intact_files(hypha_server, package, monkeypatch):
     token = hypha_server.user_token("bob")
     plan = plan_upload(package, hypha_server.url, validation=PASSED)
@@ -113,6 +115,7 @@ def test_a_failing_package_is_refused(package):
         plan_upload(package, "http://127.0.0.1:1", validation=failing)
 
 
+@pytest.mark.slow
 def test_bad_token_and_unreachable_server_are_one_line(hypha_server, package, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("BIOIMAGEIO_HYPHA_UPLOAD_TOKEN", "not-a-token")
     code, out, err = run_cli(["upload", package, "--server", hypha_server.url, "--skip-validation"], capsys)
@@ -138,6 +141,7 @@ def test_dry_run_prints_the_plan_and_sends_nothing(package, capsys, monkeypatch)
     assert "request-review" in out
 
 
+@pytest.mark.slow
 def test_a_stored_file_that_differs_is_one_line_and_leaves_the_draft_staged(hypha_server, package, monkeypatch):
     token = hypha_server.user_token("carol")
     plan = plan_upload(package, hypha_server.url, validation=PASSED)
@@ -154,6 +158,7 @@ def test_a_stored_file_that_differs_is_one_line_and_leaves_the_draft_staged(hyph
     assert len(str(failure.value).splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_permission_denied_is_one_line(hypha_server, package):
     """Another user may not complete (or re-request review for) someone else's draft."""
     plan = plan_upload(package, hypha_server.url, validation=PASSED)
@@ -204,6 +209,7 @@ def test_a_package_with_a_maintainer_needs_no_option(package):
     assert plan.manifest["maintainers"] == [{"github_user": "bmz-cosdd-tester"}] and not plan.replaced
 
 
+@pytest.mark.slow
 def test_the_added_maintainer_is_stored_with_the_draft(hypha_server, unmaintained):
     token = hypha_server.user_token("frank")
     plan = plan_upload(unmaintained, hypha_server.url, validation=PASSED, maintainer="octo-cat")

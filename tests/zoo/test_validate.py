@@ -44,6 +44,7 @@ def default_package(tmp_path_factory) -> Path:
     return build_package(helpers.make_content(folder / "src"), folder / "standin.zip")
 
 
+@pytest.mark.slow
 def test_default_package_passes_every_format(default_package):
     results = _validate(default_package, "default")
     assert [r.weight_format for r in results] == ["torchscript", "pytorch_state_dict"]
@@ -54,6 +55,7 @@ def test_default_package_passes_every_format(default_package):
     assert any("maintainers" in w for w in results[0].warnings)
 
 
+@pytest.mark.slow
 def test_mmse_std_samples_package_passes(tmp_path):
     content = helpers.make_content(tmp_path / "src", "StandInFull", outputs=("mmse", "std", "samples"), n_samples=3)
     results = _validate(build_package(content, tmp_path / "full.zip"), "mmse+std+samples")
@@ -61,6 +63,7 @@ def test_mmse_std_samples_package_passes(tmp_path):
     assert all(r.passed for r in results), format_table(results)
 
 
+@pytest.mark.slow
 def test_torchscript_only_multichannel_package_passes_offline_with_github_user(tmp_path):
     """A GitHub user and a repository URL would make spec go online: the network stays untouched."""
     content = helpers.make_content(tmp_path / "src", n_channels=2, state_dict=False)
@@ -71,6 +74,7 @@ def test_torchscript_only_multichannel_package_passes_offline_with_github_user(t
     assert not any("maintainers" in w for w in results[0].warnings)
 
 
+@pytest.mark.slow
 def test_onnx_with_buffer_noise_passes(tmp_path):
     pytest.importorskip("onnxruntime")
     content = helpers.make_content(tmp_path / "src", "StandInBuffer", onnx=True)
@@ -79,6 +83,7 @@ def test_onnx_with_buffer_noise_passes(tmp_path):
     assert all(r.passed for r in results), format_table(results)
 
 
+@pytest.mark.slow
 def test_onnx_of_seeded_sampler_fails_and_says_why(tmp_path):
     """Tracing for ONNX drops torch.manual_seed: RandomNormalLike cannot reproduce the test output."""
     pytest.importorskip("onnxruntime")
