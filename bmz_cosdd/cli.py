@@ -5,7 +5,6 @@ from __future__ import annotations
 import inspect
 import shlex
 import sys
-from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Callable, List, Optional
 
@@ -13,9 +12,8 @@ import typer
 
 from bmz_cosdd import __version__
 from bmz_cosdd import threads as _threads  # before torch loads: idle OpenMP threads sleep instead of spinning
+from bmz_cosdd import api  # noqa: I001 (after threads)
 from bmz_cosdd.errors import TrainingDiverged, UserError
-from bmz_cosdd.methods.base import Method
-from bmz_cosdd.methods.registry import all_methods
 
 app = typer.Typer(
     name="bmz-cosdd",
@@ -49,85 +47,21 @@ def _opt(name: str, annotation: Any, help: str, panel: str, default: Any = None,
     )
 
 
-# Options every method's train command has: (name, type, help, config section).
-_DATA = "Data"
-_TRAIN = "Training"
-_COMMON: list[tuple[str, Any, str, str]] = [
-    ("axes", Optional[str], "Axes of the stored arrays, e.g. YX, SYX, SCYX, TYX, ZYX.", _DATA),
-    ("pattern", Optional[str], "Glob pattern for files inside DATA folders, e.g. '*.tif'.", _DATA),
-    ("crop_size", Optional[int], "Side of the square training crops.", _DATA),
-    ("spatial_dims", Optional[int], "2: every Z plane / frame is a 2-D image (default); 3: volumes, denoised with "
-     "3-D convolutions (--axes must hold Z; S and T are samples).", _DATA),
-    ("crop_depth", Optional[int], "Z extent of 3-D training crops (default: --crop-size).", _DATA),
-    ("val_fraction", Optional[float], "Fraction of images (or tiles of one image) kept for validation.", _DATA),
-    ("val_crops", Optional[int], "Most fixed validation crops.", _DATA),
-    ("clip_percentiles", Optional[str], "Clip outliers at these percentiles before normalising, e.g. 0.1,99.9.", _DATA),
-    ("batch_size", Optional[int], "Crops per optimiser step.", _TRAIN),
-    ("accumulate", Optional[int], "Virtual batches per step (gradient accumulation).", _TRAIN),
-    ("lr", Optional[float], "Learning rate of every optimiser.", _TRAIN),
-    ("max_steps", Optional[int], "Stop after this many optimiser steps.", _TRAIN),
-    ("max_epochs", Optional[int], "Stop after this many epochs (of --steps-per-epoch steps).", _TRAIN),
-    ("max_time", Optional[float], "Stop after this many seconds of training.", _TRAIN),
-    ("steps_per_epoch", Optional[int], "Steps between validations and checkpoints.", _TRAIN),
-    ("patience", Optional[int], "Early stopping: validations without improvement.", _TRAIN),
-    ("seed", Optional[int], "Seed of initialisation, crops and training noise.", _TRAIN),
-    ("device", Optional[str], "auto (CUDA if present), cpu or cuda[:i].", _TRAIN),
-    ("precision", Optional[str], "auto (bf16 autocast on CUDA only), fp32 or bf16.", _TRAIN),
-]
-_SECTION = {_DATA: "data", _TRAIN: "train"}
+def _option(option: api.CliOption) -> inspect.Parameter:
+    """A ``train`` setting declared as plain data, as a typer option; ``None`` (the default) means "not given"."""
+    return _opt(option.name, Optional[option.type], option.help, option.panel)
 
 
-def _train_values(method: Method, options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Merge defaults < YAML < CLI into a config mapping; also return the CLI train overrides."""
-    from bmz_cosdd.config import load_yaml
-
-    values: dict[str, Any] = load_yaml(options["config"]) if options["config"] is not None else {}
-    if values.get("method") not in (None, method.name):
-        raise UserError(f"the config file is for method {values['method']!r}, not {method.name!r}")
-    values["method"] = method.name
-    for section in ("model", "data", "train"):
-        current = values.get(section) or {}
-        if not isinstance(current, dict):
-            raise UserError(f"config section {section!r} must be a mapping")
-        values[section] = dict(current)
-    if options["data"]:
-        values["data"]["paths"] = [str(p) for p in options["data"]]
-    train_overrides = {}
-    for name, _, _, panel in _COMMON:
-        if options[name] is not None:
-            values[_SECTION[panel]][name] = options[name]
-            if panel == _TRAIN:
-                train_overrides[name] = options[name]
-    for param in method.cli_options():
-        if options[param.name] is not None:
-            values["model"][param.name] = options[param.name]
-    return values, train_overrides
-
-
-def make_train_command(method: Method) -> Callable[..., None]:
+def make_train_command(method: Any) -> Callable[..., None]:
     """Build ``bmz-cosdd train <method>`` from the common options and the method's own."""
 
     def command(**options: Any) -> None:
-        from bmz_cosdd.training.distributed import current_world
-        from bmz_cosdd.training.session import resume, train
-
-        world = current_world()
-        if world.active and options["out"] is None:
-            raise UserError("under torchrun give --out: every process must use the same run folder")
-        if options["resume"]:
-            if options["out"] is None:
-                raise UserError("--resume needs --out RUN_FOLDER (the run to continue)")
-            _, overrides = _train_values(method, {**options, "config": None})
-            result = resume(options["out"], overrides, progress=not options["quiet"])
-            run_dir = options["out"]
-        else:
-            values, _ = _train_values(method, options)
-            run_dir = options["out"] or Path("runs") / f"{method.name}_{datetime.now():%Y%m%d-%H%M%S}"
-            result = train(values, run_dir, progress=not options["quiet"], init_from=options["from_package"], say=_say,
-                           trust_code=options["trust_code"])
-        if not world.is_main:
+        outcome = api.train_from_options(method.name, options.pop("data"), progress=not options.pop("quiet"),
+                                         say=_say, **options)
+        if not outcome.is_main:
             return
-        processes = f" on {world.size} processes" if world.active else ""
+        result, run_dir = outcome.result, outcome.run_dir
+        processes = f" on {outcome.processes} processes" if outcome.processes > 1 else ""
         _say(
             f"{method.name}: {result.steps} steps in {result.seconds:.0f} s ({result.steps_per_s:.2f} steps/s)"
             f"{processes}, stopped by {result.stopped}; best validation {method.monitor} {result.best:.5g};"
@@ -156,18 +90,17 @@ def make_train_command(method: Method) -> Callable[..., None]:
         _opt("trust_code", bool, _TRUST_HELP, "Run", False, "--trust-code"),
         _opt("quiet", bool, "No progress bar.", "Run", False),
     ]
-    params += [_opt(name, tp, help, panel) for name, tp, help, panel in _COMMON]
-    params += method.cli_options()
+    params += [_option(option) for option in api.train_options(method.name)]
     command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
     command.__annotations__ = {p.name: p.annotation for p in params}
     command.__doc__ = method.summary
     return command
 
 
-for _method in all_methods():
+for _method in api.list_methods():
     train_app.command(_method.name, help=_method.summary)(make_train_command(_method))
 
-_ESTIMATORS = "; ".join(f"{m.name}: {', '.join(m.estimators)}" for m in all_methods())
+_ESTIMATORS = "; ".join(f"{m.name}: {', '.join(m.estimators)}" for m in api.list_methods())
 
 
 # -- predict --------------------------------------------------------------------
@@ -195,70 +128,18 @@ def predict(
     """Denoise images with a trained run (writes <name>_<output>.tif: e.g. _mmse and _std for COSDD,
     _denoised for the N2V family), or with any bioimage.io model package through bioimageio.core, block by block.
     Zarr / OME-Zarr inputs (and large TIFFs) are predicted out of core into the same container, resumably."""
-    from bmz_cosdd.inference.blockwise import is_out_of_core_input
-    from bmz_cosdd.inference.predictor import ResidualPairs, load_run, predict_files
-    from bmz_cosdd.methods.base import PredictOptions
-    from bmz_cosdd.zoo.predict import is_package, predict_files_with_package
-
-    large = [path for path in inputs if is_out_of_core_input(path, force=out_of_core)]
-    inputs = [path for path in inputs if path not in large]
-    if is_package(run):
-        if large:
-            raise UserError(f"out-of-core prediction ({large[0].name}) needs a run folder, not a package")
-        written = predict_files_with_package(
-            run, inputs, axes, out, pattern=pattern, weight_format=weight_format, block=tile,
-            device=None if device == "auto" else device, on_image=lambda path, i, n: _say(f"[{i}/{n}] {path.name}"),
-            trust_code=trust_code,
-        )
-        for path in written:
-            typer.echo(str(path))
-        return
-
-    trained = load_run(run, checkpoint=checkpoint, device=device)
-    options = PredictOptions(
-        estimator=estimator or trained.method.estimators[0],
-        samples=samples, sample_batch=sample_batch, keep_samples=save_samples,
+    report = api.predict(
+        run, inputs, out, axes=axes, pattern=pattern, estimator=estimator, samples=samples, sample_batch=sample_batch,
+        save_samples=save_samples, target=target, tile=tile, seed=seed, out_of_core=out_of_core, progress=not quiet,
+        checkpoint=checkpoint, device=device, weight_format=weight_format, trust_code=trust_code, say=_say,
+        on_written=lambda path: typer.echo(str(path)),
     )
-    residual = ResidualPairs(options.estimator)
-    if large:
-        _predict_large(trained, large, axes, out, options, tile, seed, quiet)
-        if not inputs:
-            _say_quality(trained, run)
-            return
-    from bmz_cosdd.inference.tiling import TileProgress
-
-    tiles = TileProgress(enabled=not quiet and sys.stderr.isatty())
-    common = dict(pattern=pattern, tile=tile, seed=seed, on_image=lambda path, i, n: _say(f"[{i}/{n}] {path.name}"),
-                  on_tile=tiles, say=_say)
-    with tiles:
-        if save_samples or target is not None:
-            from bmz_cosdd.analysis.sampling_view import format_psnr_table, predict_with_sampling_view
-
-            report = predict_with_sampling_view(trained, inputs, axes or trained.config.data.axes, out, options,
-                                                target=target, save_samples=save_samples, residual=residual, **common)
-            for note in report.notes:
-                _say(note)
-            written, table = report.written, format_psnr_table(report)
-        else:
-            written = predict_files(trained, inputs, axes or trained.config.data.axes, out, options,
-                                    residual=residual, **common)
-            table = ""
-    for path in written:
-        typer.echo(str(path))
-    if table:
-        typer.echo(table)
-    check = residual.check()
-    if check is not None:
-        _say(check.describe())
-    _say_quality(trained, run)
-
-
-def _say_quality(trained: Any, run: Path) -> None:
-    """After a prediction: the run's quality flags (quality.json), if it has any."""
-    if trained.quality is not None and trained.quality.flagged:
-        for line in trained.quality.lines(trained.method.name, run):
-            if not line.startswith("note:"):
-                _say(line)
+    if report.interrupted:
+        raise typer.Exit(130)
+    if report.table:
+        typer.echo(report.table)
+    for note in report.notes:
+        _say(note)
 
 
 @app.command()
@@ -274,16 +155,11 @@ def evaluate(
     crop: Annotated[int, typer.Option(help="Side of the panel's centre crops, in pixels.")] = 256,
 ) -> None:
     """PSNR (dB) and SSIM of denoised images against ground truth, per image and mean; optional JSON and PNG panel."""
-    import json
-
-    from bmz_cosdd.analysis.evaluation_report import evaluate as evaluate_files
-    from bmz_cosdd.data.io import atomic_write_text
-
-    result = evaluate_files(prediction, target, axes=axes, pattern=pattern, noisy=noisy, data_range=data_range,
-                            crop=crop)
+    result = api.evaluate(prediction, target, axes=axes, pattern=pattern, noisy=noisy, data_range=data_range,
+                          crop=crop)
     typer.echo(result.format_table())
     if json_out is not None:
-        atomic_write_text(json_out, json.dumps(result.to_json(), indent=2, allow_nan=False) + "\n")
+        api.save_scores(result, json_out)
         _say(f"scores written: {json_out}")
     if panel is not None:
         _say(f"panel written: {result.write_panel(panel)}")
@@ -308,11 +184,7 @@ def inspect_noise(
 ) -> None:
     """Estimate the noise from the data: its spatial correlation (x, y, 2-D map), variance against signal, and
     each method's settings for it (COSDD --direction, StructN2V --struct-mask, whether a pixel noise model fits)."""
-    from bmz_cosdd.analysis.noise_inspection import inspect_files
-
-    if max_lag < 1 or not 0 < threshold < 1:
-        raise UserError("--max-lag must be at least 1 and --threshold between 0 and 1")
-    report = inspect_files(
+    report = api.inspect(
         data, axes, out, pattern=pattern, run=run, dark=dark, dark_axes=dark_axes, region=region,
         smooth_sigma=smooth_sigma, samples=samples, crop_size=crop_size, max_lag=max_lag, threshold=threshold,
         say=_say,
@@ -320,28 +192,6 @@ def inspect_noise(
     for line in report.summary_lines():
         typer.echo(line)
     _say(f"report written: {out} and {out.with_suffix('.json')}")
-
-
-def _predict_large(trained: Any, paths: list[Path], axes: Optional[str], out: Path, options: Any, tile: int,
-                   seed: int, quiet: bool) -> None:
-    from bmz_cosdd.inference.blockwise import block_progress, predict_out_of_core
-
-    for path in paths:
-        state = {"done": 0, "total": 0}
-        with block_progress(path.name, enabled=not quiet) as show:
-            def on_block(done: int, total: int) -> None:
-                state.update(done=done, total=total)
-                show(done, total)
-
-            try:
-                written = predict_out_of_core(trained, path, axes, out, options, tile=tile, seed=seed,
-                                              on_block=on_block, say=_say)
-            except KeyboardInterrupt:
-                _say(f"interrupted: {state['done']} of {state['total']} blocks of {path.name} are saved; run the"
-                     " same command again to continue")
-                raise typer.Exit(130) from None
-        for written_path in written:
-            typer.echo(str(written_path))
 
 
 # -- package / validate ---------------------------------------------------------
@@ -365,22 +215,17 @@ def package(
     force: Annotated[bool, typer.Option("--force", help="Package a run whose quality check flagged it (collapsed latent, or estimated worse than its input).")] = False,
 ) -> None:
     """Package a trained run for the BioImage Model Zoo and validate every weight format."""
-    from bmz_cosdd.export.package import load_meta, package_run
-    from bmz_cosdd.methods.base import ExportOptions
-    from bmz_cosdd.zoo.validate import format_table
-
-    metadata = load_meta(meta, name=name, description=description, authors=author or [], version=version,
-                         maintainers=maintainer or [],
-                         license=license)
-    options = ExportOptions(
+    metadata = api.package_meta(meta, name=name, description=description, authors=author or [], version=version,
+                                maintainers=maintainer or [], license=license)
+    options = api.ExportOptions(
         estimator=estimator, outputs=tuple(o.strip() for o in outputs.split(",") if o.strip()) if outputs else None,
         samples=samples, sample_batch=sample_batch, seed=seed,
     )
-    result = package_run(run, out, options, metadata, device=device, say=_say, force=force)
+    result = api.package(run, out, options, metadata, device=device, say=_say, force=force)
     for note in result.notes:
         _say(note)
     if result.validation:
-        typer.echo(format_table(result.validation))
+        typer.echo(api.format_validation(result.validation))
     typer.echo(f"package written: {result.path} ({', '.join(result.weight_formats)})")
 
 
@@ -391,12 +236,8 @@ def validate(
     trust_code: Annotated[bool, typer.Option("--trust-code", help=_TRUST_HELP)] = False,
 ) -> None:
     """Run bioimageio.core's test for every weight format at default tolerance (offline)."""
-    from bmz_cosdd.export.rdf import read_package_descr
-    from bmz_cosdd.zoo.validate import format_table, validate_package
-
-    read_package_descr(package)
-    results = validate_package(package, device=device, trust_code=trust_code)
-    typer.echo(format_table(results))
+    results = api.validate(package, device=device, trust_code=trust_code)
+    typer.echo(api.format_validation(results))
     if not all(r.passed for r in results):
         raise typer.Exit(1)
 
@@ -408,12 +249,17 @@ def check(
     trust_code: Annotated[bool, typer.Option("--trust-code", help=_TRUST_HELP)] = False,
 ) -> None:
     """Will the package run in bioimageio.core, deepImageJ, ilastik and BioEngine? Rule by rule (exit 1 if core fails)."""
-    from bmz_cosdd.zoo.consumers import check_package, core_passed, format_checks
-
-    checks = check_package(package, device=device, trust_code=trust_code)
-    typer.echo(format_checks(checks))
-    if not core_passed(checks):
+    checks = api.check(package, device=device, trust_code=trust_code)
+    typer.echo(api.format_checks(checks))
+    if not api.core_passed(checks):
         raise typer.Exit(1)
+
+
+def _ask_on_terminal(question: str) -> Optional[str]:
+    """An answer typed at the terminal; None when nobody is there to ask (standard input is not a terminal)."""
+    if not sys.stdin.isatty():
+        return None
+    return typer.prompt(question)
 
 
 @app.command()
@@ -430,36 +276,19 @@ def upload(
 
     The token comes from BIOIMAGEIO_HYPHA_UPLOAD_TOKEN or a hidden prompt; it is never printed.
     A package that names no maintainer needs --maintainer (or an answer at the prompt on a terminal)."""
-    import os
-
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
 
-    from bmz_cosdd.zoo.upload import TOKEN_ENV, no_maintainer_error, package_maintainers, plan_upload, upload_package
-    from bmz_cosdd.zoo.validate import FormatResult
-
-    if not package.is_file():
-        raise UserError(f"no such package: {package}")
-    if maintainer is None and not package_maintainers(package):
-        if not sys.stdin.isatty():
-            raise no_maintainer_error(package)
-        maintainer = typer.prompt(f"{package.name} names no maintainer; your GitHub user name")
-    if maintainer is not None:
-        from bmz_cosdd.export.rdf import check_github_user
-
-        maintainer = check_github_user(maintainer, "--maintainer")
-    validation = [FormatResult("skipped", True, [])] if skip_validation else None
-    if validation is None:
-        _say(f"validating {package.name} with bioimageio.core at default tolerance ...")
-    plan = plan_upload(package, server, validation=validation, maintainer=maintainer, trust_code=trust_code)
+    plan = api.prepare_upload(package, server, maintainer=maintainer, skip_validation=skip_validation,
+                              trust_code=trust_code, ask_maintainer=_ask_on_terminal, say=_say)
     if dry_run:
         typer.echo(plan.describe())
         typer.echo("dry run: nothing was sent")
         return
-    token = os.environ.get(TOKEN_ENV) or typer.prompt("Hypha upload token", hide_input=True)
+    token = api.upload_token() or typer.prompt("Hypha upload token", hide_input=True)
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(), transient=True) as bar:
         task = bar.add_task("upload", total=sum(f.size for f in plan.files))
-        result = upload_package(plan, token, resume=resume,
-                                on_file=lambda name, done, total: bar.update(task, completed=done, description=name))
+        result = api.upload(plan, token, resume=resume,
+                            on_file=lambda name, done, total: bar.update(task, completed=done, description=name))
     kept = f", {len(result.kept)} already stored intact" if result.kept else ""
     _say(f"{len(result.sent)} files sent and verified by SHA-256{kept}; review requested (curators publish)")
     typer.echo(f"{result.artifact_id}  {result.url}")
@@ -484,13 +313,11 @@ def noise_model_fit(
     seed: Annotated[int, typer.Option(help="GMM: seed of the mini-batches.")] = 0,
 ) -> None:
     """Fit a pixel noise model from a calibration stack or bootstrapped from a trained model."""
-    from bmz_cosdd.noise_models.workflow import fit_noise_model
-
     try:
         low, high = (float(v) for v in percentiles.split(","))
     except ValueError:
         raise UserError(f"--percentiles needs two numbers like 0.5,99.5, got {percentiles!r}") from None
-    result = fit_noise_model(
+    result = api.fit_noise_model(
         out, calibration=calibration, bootstrap=bootstrap, inputs=data or [], axes=axes, pattern=pattern, kind=kind,
         n_gaussians=n_gaussians, n_coeffs=n_coeffs, min_sigma=min_sigma, bins=bins, percentiles=(low, high),
         steps=steps, seed=seed,
@@ -516,9 +343,7 @@ def demo(
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
 ) -> None:
     """Synthetic row-correlated noise -> train COSDD -> denoise (PSNR, figure) -> package -> validate."""
-    from bmz_cosdd.demo import run_demo
-
-    result = run_demo(out, steps=steps, budget=budget, samples=samples, seed=seed, package=package,
+    result = api.demo(out, steps=steps, budget=budget, samples=samples, seed=seed, package=package,
                       progress=not quiet, say=typer.echo)
     if result.package_valid is False:
         raise typer.Exit(1)

@@ -1,18 +1,16 @@
 """The small surface every method offers (a Protocol, not a class tree).
 
-The trainer, the predictor, the CLI and (later) the exporter only talk to a
+The trainer, the predictor, the API (and through it the CLI) and the exporter only talk to a
 method through this surface and find it in :mod:`bmz_cosdd.methods.registry`.
 """
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Annotated, Any, Optional, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Protocol, Sequence
 
 import numpy as np
 import torch
-import typer
 from torch import nn
 
 if TYPE_CHECKING:
@@ -21,14 +19,30 @@ if TYPE_CHECKING:
     from bmz_cosdd.data.normalisation import NormStats
 
 
-def cli_option(name: str, annotation: Any, help: str, panel: str) -> inspect.Parameter:
-    """A method's own ``train`` option, shown in its help panel; ``None`` (the default) means "not given"."""
-    return inspect.Parameter(
-        name,
-        inspect.Parameter.KEYWORD_ONLY,
-        default=None,
-        annotation=Annotated[Optional[annotation], typer.Option(help=help, rich_help_panel=panel)],
-    )
+@dataclass(frozen=True)
+class CliOption:
+    """One ``train`` setting a user may give on the command line, as plain data.
+
+    The CLI turns it into an option ``--name`` (underscores as dashes) whose default,
+    ``None``, means "not given"; nothing below the CLI knows how options are parsed.
+
+    Parameters
+    ----------
+    name
+        The setting's key in its config section (``model`` for a method's own options),
+        e.g. ``n_levels``.
+    type
+        The value's type: ``int``, ``float``, ``str`` or ``bool``.
+    help
+        One sentence for ``--help``.
+    panel
+        The help panel it is listed under, e.g. the method's title.
+    """
+
+    name: str
+    type: type
+    help: str
+    panel: str
 
 
 @dataclass
@@ -98,8 +112,8 @@ class Method(Protocol):
         hardware (COSDD's ``--preset auto``).
         """
 
-    def cli_options(self) -> list[inspect.Parameter]:
-        """Extra typer options of ``bmz-cosdd train NAME``; ``None`` defaults mean "not given"."""
+    def cli_options(self) -> list[CliOption]:
+        """The method's own settings of ``bmz-cosdd train NAME`` (keys of the ``model`` section), as plain data."""
 
     def resolve_config(
         self, config: Any, data: "DataConfig", train_images: Sequence[np.ndarray], stats: "NormStats"

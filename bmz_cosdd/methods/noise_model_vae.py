@@ -9,7 +9,6 @@ and estimators, which :class:`NoiseModelVAEMethod` takes as settings.
 
 from __future__ import annotations
 
-import inspect
 import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -19,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from bmz_cosdd.errors import TrainingDiverged, UserError
-from bmz_cosdd.methods.base import cli_option, ExportedModel, ExportOptions, OptimiserSpec, PredictOptions
+from bmz_cosdd.methods.base import CliOption, ExportedModel, ExportOptions, OptimiserSpec, PredictOptions
 from bmz_cosdd.methods.vae_diagnostics import latent_diagnostics
 from bmz_cosdd.methods.vae_export import export_sampling_model, sampler_for
 from bmz_cosdd.nn.decoders import SignalDecoder
@@ -204,8 +203,8 @@ class NoiseModelVAEMethod:
         check_noise_model_settings(cfg)
         return cfg
 
-    def cli_options(self) -> list[inspect.Parameter]:
-        return [cli_option(name, tp, help, self.title) for name, tp, help in self.options]
+    def cli_options(self) -> list[CliOption]:
+        return [CliOption(name, tp, help, self.title) for name, tp, help in self.options]
 
     def resolve_config(self, config: Any, data: Any, train_images: Any, stats: Any) -> tuple[Any, list[str]]:
         return resolve_noise_model(config, list(train_images), stats)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import replace
 from typing import Any
 
@@ -13,7 +12,7 @@ from torch import Tensor, nn
 from bmz_cosdd.data.noise_correlation import estimate_noise_correlation
 from bmz_cosdd.errors import UserError
 from bmz_cosdd.inference.posterior import PosteriorSampler
-from bmz_cosdd.methods.base import cli_option, ExportedModel, ExportOptions, OptimiserSpec, PredictOptions
+from bmz_cosdd.methods.base import CliOption, ExportedModel, ExportOptions, OptimiserSpec, PredictOptions
 from bmz_cosdd.methods.cosdd.config import (
     AUTO_PRESET_REASON,
     AUTO_PRESETS,
@@ -57,23 +56,23 @@ class COSDD:
     def config_from_dict(self, values: dict[str, Any], device: str = "cpu"):
         return cosdd_config(values, device)
 
-    def cli_options(self) -> list[inspect.Parameter]:
+    def cli_options(self) -> list[CliOption]:
         return [
-            cli_option("direction", str, "Axis along which the noise is correlated: x (rows), y (columns), z "
-                       "(3-D only), none (pixel-independent) or auto (measured from the data, as `bmz-cosdd "
-                       "inspect` does; default).", "COSDD"),
-            cli_option("preset", str, f"Architecture preset: auto (default: {AUTO_PRESETS['cpu']} on CPU, "
-                       f"{AUTO_PRESETS['cuda']} on CUDA), {', '.join(PRESETS)}.", "COSDD"),
-            cli_option("n_levels", int, "Hierarchy levels of the ladder VAE (overrides the preset).", "COSDD"),
-            cli_option("features", int, "Feature width of the ladder VAE (overrides the preset).", "COSDD"),
-            cli_option("ar_layers", int, "Layers of the autoregressive noise decoder (its receptive field; default:"
-                       " sized from the measured noise correlation length).", "COSDD"),
-            cli_option("context_dropout", float, "Fraction of training crops whose noise decoder sees no earlier "
-                       "pixel, so the latent must carry the signal (0: off; default: from the measured noise "
-                       "correlation).", "COSDD"),
-            cli_option("n_gaussians", int, "Mixture components of the noise model per pixel.", "COSDD"),
-            cli_option("direct_denoiser", bool, "Also train the deterministic direct denoiser.", "COSDD"),
-            cli_option("direct_loss", str, "Direct denoiser loss: mse (mean) or l1 (median).", "COSDD"),
+            CliOption("direction", str, "Axis along which the noise is correlated: x (rows), y (columns), z "
+                      "(3-D only), none (pixel-independent) or auto (measured from the data, as `bmz-cosdd "
+                      "inspect` does; default).", "COSDD"),
+            CliOption("preset", str, f"Architecture preset: auto (default: {AUTO_PRESETS['cpu']} on CPU, "
+                      f"{AUTO_PRESETS['cuda']} on CUDA), {', '.join(PRESETS)}.", "COSDD"),
+            CliOption("n_levels", int, "Hierarchy levels of the ladder VAE (overrides the preset).", "COSDD"),
+            CliOption("features", int, "Feature width of the ladder VAE (overrides the preset).", "COSDD"),
+            CliOption("ar_layers", int, "Layers of the autoregressive noise decoder (its receptive field; default:"
+                      " sized from the measured noise correlation length).", "COSDD"),
+            CliOption("context_dropout", float, "Fraction of training crops whose noise decoder sees no earlier "
+                      "pixel, so the latent must carry the signal (0: off; default: from the measured noise "
+                      "correlation).", "COSDD"),
+            CliOption("n_gaussians", int, "Mixture components of the noise model per pixel.", "COSDD"),
+            CliOption("direct_denoiser", bool, "Also train the deterministic direct denoiser.", "COSDD"),
+            CliOption("direct_loss", str, "Direct denoiser loss: mse (mean) or l1 (median).", "COSDD"),
         ]
 
     def resolve_config(self, config, data, train_images, stats) -> tuple[Any, list[str]]:

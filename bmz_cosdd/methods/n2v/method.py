@@ -7,7 +7,6 @@ replacement rule, blind mask, PSF), so each is an instance of
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
@@ -17,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from bmz_cosdd.errors import UserError
-from bmz_cosdd.methods.base import cli_option, ExportedModel, ExportOptions, OptimiserSpec, PredictOptions
+from bmz_cosdd.methods.base import CliOption, ExportedModel, ExportOptions, OptimiserSpec, PredictOptions
 from bmz_cosdd.methods.n2v.architecture import BlindSpotNet, build_blind_spot_model
 from bmz_cosdd.methods.n2v.config import N2VConfig, n2v_config
 from bmz_cosdd.methods.n2v.masker import BlindSpotMasker
@@ -108,9 +107,9 @@ class BlindSpotMethod:
     def config_from_dict(self, values: dict[str, Any], device: str = "cpu") -> N2VConfig:
         return n2v_config(values, self.defaults)
 
-    def cli_options(self) -> list[inspect.Parameter]:
+    def cli_options(self) -> list[CliOption]:
         panel = self.title
-        return [cli_option(name, *_OPTIONS[name], panel) for name in _COMMON_OPTIONS + self.extra_options]
+        return [CliOption(name, *_OPTIONS[name], panel) for name in _COMMON_OPTIONS + self.extra_options]
 
     def advise(self, noise, crop_size: int) -> str:
         if "struct_mask" in self.extra_options:
