@@ -22,7 +22,17 @@ Functions that talk while they work take ``say``, a callable that receives one l
 
 Examples
 --------
+What ``bmz-cosdd train n2v noisy/ --axes SYX --max-steps 500`` trains, as a config mapping:
+
 >>> from bmz_cosdd import api
+>>> api.train_config("n2v", ["noisy/"], axes="SYX", max_steps=500)
+{'method': 'n2v', 'model': {}, 'data': {'paths': ['noisy/'], 'axes': 'SYX'}, 'train': {'max_steps': 500}}
+>>> [option.name for option in api.train_options("cosdd")][:3]
+['axes', 'pattern', 'crop_size']
+
+The others are not run as doctests: they need images, a trained run or a package, and take
+seconds to minutes (``tests/`` runs each verb).
+
 >>> result = api.train({"method": "cosdd", "data": {"paths": ["noisy/"], "axes": "SYX"},
 ...                     "model": {"direction": "x"}, "train": {"max_time": 600}}, "runs/mine")  # doctest: +SKIP
 >>> outcome = api.train_from_options("n2v", ["noisy/"], out="runs/n2v", axes="SYX", max_steps=500)  # doctest: +SKIP
