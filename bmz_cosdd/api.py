@@ -440,6 +440,7 @@ def predict_package(
     from bmz_cosdd.zoo.predict import predict_files_with_package
 
     say = say or _to_stderr
+    _check_device(device)
     return predict_files_with_package(
         package, inputs, axes, out, pattern=pattern, weight_format=weight_format, block=block, device=device,
         on_image=lambda path, i, n: say(f"[{i}/{n}] {path.name}"), trust_code=trust_code,
@@ -849,6 +850,7 @@ def validate(package: str | Path, device: str | None = None, trust_code: bool = 
     from bmz_cosdd.zoo.validate import validate_package
 
     read_package_descr(Path(package))
+    _check_device(device)
     return validate_package(Path(package), device=device, trust_code=trust_code)
 
 
@@ -876,6 +878,7 @@ def check(package: str | Path, device: str | None = None, trust_code: bool = Fal
     """
     from bmz_cosdd.zoo.consumers import check_package
 
+    _check_device(device)
     return check_package(Path(package), device=device, trust_code=trust_code)
 
 
@@ -1248,3 +1251,11 @@ def demo(
 
     return run_demo(out_dir, steps=steps, budget=budget, samples=samples, seed=seed, preset=preset, package=package,
                     progress=progress, say=say)
+
+
+def _check_device(device: str | None) -> None:
+    """One line for a device this machine does not have, before bioimageio.core tries it."""
+    if device is not None:
+        from bmz_cosdd.training.device import resolve_device
+
+        resolve_device(device)

@@ -284,7 +284,11 @@ def upload(
         typer.echo(plan.describe())
         typer.echo("dry run: nothing was sent")
         return
-    token = api.upload_token() or typer.prompt("Hypha upload token", hide_input=True)
+    token = api.upload_token()
+    if token is None:
+        if not sys.stdin.isatty():
+            raise UserError("no upload token: set BIOIMAGEIO_HYPHA_UPLOAD_TOKEN (there is no terminal to ask for it)")
+        token = typer.prompt("Hypha upload token", hide_input=True)
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(), transient=True) as bar:
         task = bar.add_task("upload", total=sum(f.size for f in plan.files))
         result = api.upload(plan, token, resume=resume,
@@ -411,8 +415,8 @@ def main(argv: list[str] | None = None) -> None:
         if speaks:
             typer.echo("interrupted", err=True)
         sys.exit(130)  # 128 + SIGINT, as shells expect
-    except ClickException as exc:  # usage errors: click's own message, exit 2
-        exc.show()
+    except ClickException as exc:  # usage errors: one line, exit 2 (``--help`` shows the usage)
+        typer.echo(f"error: {' '.join(exc.format_message().split())}", err=True)
         sys.exit(exc.exit_code)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)

@@ -65,6 +65,8 @@ def test_bad_values_are_one_line_and_write_nothing(folder):
     one_line_error(bmz("train", "cosdd", "data/noisy.tif", "--axes", "SYX", "--max-steps", 2, "--out", "a_file",
                        cwd=folder), "is a file")
     assert not (folder / "runs").exists() and (folder / "a_file").read_text() == "not a folder"
+    one_line_error(bmz("predict", "runs/x", "data/noisy.tif", "--samplez", 3, cwd=folder), "No such option: --samplez")
+    one_line_error(bmz("inspect", cwd=folder), "Missing argument")
 
 
 def test_moved_run_with_deleted_data_packages_and_predicts_from_elsewhere(tmp_path):

@@ -129,6 +129,13 @@ def test_bad_token_and_unreachable_server_are_one_line(hypha_server, package, tm
     assert code == 2 and "reach" in err and len(err.strip().splitlines()) == 1
 
 
+def test_no_token_and_no_terminal_is_one_line_naming_the_variable(package, capsys, monkeypatch):
+    monkeypatch.delenv("BIOIMAGEIO_HYPHA_UPLOAD_TOKEN", raising=False)
+    monkeypatch.setattr(sys, "stdin", io.StringIO(""))  # not a terminal: nobody to ask
+    code, out, err = run_cli(["upload", package, "--server", "http://127.0.0.1:1", "--skip-validation"], capsys)
+    assert_one_line_error(code, out, err, "BIOIMAGEIO_HYPHA_UPLOAD_TOKEN")
+
+
 def test_dry_run_prints_the_plan_and_sends_nothing(package, capsys, monkeypatch):
     monkeypatch.setenv("BIOIMAGEIO_HYPHA_UPLOAD_TOKEN", "secret-value-123")
     code, out, err = run_cli(["upload", package, "--dry-run", "--server", "http://127.0.0.1:1"], capsys)
