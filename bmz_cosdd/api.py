@@ -572,6 +572,7 @@ def predict_run(
     from bmz_cosdd.analysis.sampling_view import format_psnr_table
     from bmz_cosdd.inference.predictor import ResidualPairs
     from bmz_cosdd.inference.tiling import TileProgress
+    from bmz_cosdd.training.session import noise_direction
 
     say = say or _to_stderr
     if options is None or options.estimator is None:
@@ -592,7 +593,7 @@ def predict_run(
         else:
             report = PredictionReport(predict_files(trained, inputs, axes or trained.config.data.axes, out, options,
                                                     residual=residual, **common))
-    check = residual.check()
+    check = residual.check(noise_direction(trained.config.model))
     if check is not None:
         report.notes.append(check.describe())
     return report

@@ -296,12 +296,14 @@ def _train(config: RunConfig, run: RunFolder, data: PreparedData, progress: bool
     trainer = Trainer(method, model, config.train, run, setup.crops, setup.val_crops, device, extra, progress, world)
     result = trainer.fit(resume_state)
     if world.is_main and result.stopped != "interrupted":
-        result.quality = assess_run(method, model, run, setup.val_crops, device, config.train.seed)
+        result.quality = assess_run(method, model, run, setup.val_crops, device, config.train.seed,
+                                    noise_direction(config.model))
     return result
 
 
 def assess_run(
-    method: Any, model: torch.nn.Module, run: RunFolder, val_crops: torch.Tensor, device: torch.device, seed: int
+    method: Any, model: torch.nn.Module, run: RunFolder, val_crops: torch.Tensor, device: torch.device, seed: int,
+    direction: str | None = None,
 ) -> QualityReport | None:
     """Assess the run's best checkpoint without ground truth and write ``quality.json`` (see
     :mod:`bmz_cosdd.training.quality`); None when no checkpoint was written."""
@@ -310,7 +312,7 @@ def assess_run(
         return None
     state = load_checkpoint(path)
     model.load_state_dict(state["model"])
-    report = assess(method, model, val_crops, None, device, step=int(state["step"]), seed=seed)
+    report = assess(method, model, val_crops, direction, device, step=int(state["step"]), seed=seed)
     run.write_quality(report.to_dict())
     return report
 
@@ -346,3 +348,12 @@ def package_sample(image: Image, size_step: int, size_min: int, spatial_dims: in
         crop = np.pad(crop, pads, mode="symmetric")
     return RunSample(image=np.ascontiguousarray(crop), source=image.source, axes="CYX" if spatial_dims == 2 else "CZYX",
                      padded=padded)
+
+
+def noise_direction(model_config: Any) -> str | None:
+    """The noise direction a run's settings name (COSDD's ``direction``), None when they name none or ``auto``.
+
+    The residual check then measures it on the images.
+    """
+    direction = getattr(model_config, "direction", None)
+    return direction if direction in ("x", "y", "z", "none") else None
