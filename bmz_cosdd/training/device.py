@@ -13,7 +13,7 @@ from bmz_cosdd.errors import UserError
 def resolve_device(name: str = "auto") -> torch.device:
     """``auto`` picks CUDA when available, else CPU; ``cpu`` and ``cuda[:i]`` are taken as given."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(device_type("auto"))
     try:
         device = torch.device(name)
     except (RuntimeError, ValueError):

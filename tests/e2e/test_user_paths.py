@@ -127,23 +127,26 @@ def test_same_stem_inputs_are_refused_before_any_work(folder, trained_run):
     assert not (folder / "out").exists()
 
 
-def _wait_for(path: Path, process: subprocess.Popen, seconds: float = 120) -> None:
+def _long_training(folder: Path, out: str, seconds: float = 120) -> subprocess.Popen:
+    """``bmz-cosdd train`` that would run for hours, started in ``folder``, once its first checkpoint exists."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "bmz_cosdd", "train", "cosdd", "data/noisy.tif", "--axes", "SYX", *TINY,
+         "--max-steps", "100000", "--steps-per-epoch", "2", "--out", out],
+        cwd=folder, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    checkpoint = folder / out / "checkpoints" / "last.pt"
     end = time.monotonic() + seconds
-    while not path.exists():
+    while not checkpoint.exists():
         assert process.poll() is None, process.communicate()
-        assert time.monotonic() < end, f"{path} never appeared"
+        assert time.monotonic() < end, f"{checkpoint} never appeared"
         time.sleep(0.1)
+    return process
 
 
 def test_one_writer_per_run_folder_and_a_stale_lock_is_taken_over(folder):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    first = subprocess.Popen(
-        [sys.executable, "-m", "bmz_cosdd", "train", "cosdd", "data/noisy.tif", "--axes", "SYX", *TINY,
-         "--max-steps", "100000", "--steps-per-epoch", "2", "--out", "runs/shared"],
-        cwd=folder, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
+    first = _long_training(folder, "runs/shared")
     try:
-        _wait_for(folder / "runs" / "shared" / "checkpoints" / "last.pt", first)
         second = bmz("train", "cosdd", "data/noisy.tif", "--axes", "SYX", *TINY, "--max-steps", 2,
                      "--out", "runs/shared", cwd=folder)
         one_line_error(second, "is in use")
@@ -163,13 +166,7 @@ def test_one_writer_per_run_folder_and_a_stale_lock_is_taken_over(folder):
 
 
 def test_ctrl_c_saves_a_checkpoint_and_exits_130(folder):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "bmz_cosdd", "train", "cosdd", "data/noisy.tif", "--axes", "SYX", *TINY,
-         "--max-steps", "100000", "--steps-per-epoch", "2", "--out", "runs/stopped"],
-        cwd=folder, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
-    _wait_for(folder / "runs" / "stopped" / "checkpoints" / "last.pt", process)
+    process = _long_training(folder, "runs/stopped")
     process.send_signal(signal.SIGINT)
     _, err = process.communicate(timeout=120)
     assert process.returncode == 130, err
