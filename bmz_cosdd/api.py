@@ -62,6 +62,7 @@ from bmz_cosdd.analysis.evaluation_report import evaluate as _evaluate_files
 from bmz_cosdd.analysis.noise_inspection import NoiseReport
 from bmz_cosdd.analysis.noise_inspection import inspect_files as _inspect_files
 from bmz_cosdd.analysis.sampling_view import SamplingReport, mean_of_k_psnr, predict_with_sampling_view
+from bmz_cosdd.demo import run_demo as demo
 from bmz_cosdd.errors import UserError
 from bmz_cosdd.export.package import PackageMeta, PackageResult
 from bmz_cosdd.inference.predictor import TrainedModel, load_run, predict_files, predict_image
@@ -72,8 +73,8 @@ from bmz_cosdd.training.session import build_config, resume, train
 from bmz_cosdd.training.trainer import TrainResult
 from bmz_cosdd.zoo.consumers import core_passed, format_checks
 from bmz_cosdd.zoo.upload import DEFAULT_SERVER, UploadPlan, UploadResult
-from bmz_cosdd.zoo.validate import FormatResult
-from bmz_cosdd.zoo.validate import format_table as format_validation
+from bmz_cosdd.export.validate import FormatResult
+from bmz_cosdd.export.validate import format_table as format_validation
 
 __all__ = [
     "CliOption",
@@ -360,8 +361,19 @@ def train_from_options(
         values = train_config(chosen.name, data, config, **options)
         run_dir = Path(out) if out is not None else Path("runs") / f"{chosen.name}_{datetime.now():%Y%m%d-%H%M%S}"
         result = train(values, run_dir, progress=progress, init_from=from_package, say=say or _to_stderr,
-                       trust_code=trust_code)
+                       check_code=_training_state_check(trust_code))
     return TrainOutcome(result, run_dir, chosen, processes=world.size, is_main=world.is_main)
+
+
+def _training_state_check(trust_code: bool) -> Callable[[Path], None]:
+    """The check ``train --from`` applies to a package before reading its training state."""
+    from bmz_cosdd.export.package_trust import require_trusted_code
+
+    def check(package: Path) -> None:
+        require_trusted_code(package, trust_code, "train --from takes only packages whose code this bmz-cosdd"
+                             " wrote (it would read just their training_state.pt and run none of their Python)")
+
+    return check
 
 
 # -- predict --------------------------------------------------------------------
@@ -417,7 +429,7 @@ def predict_package(
         Glob pattern inside input folders.
     weight_format : str, optional
         ``torchscript``, ``pytorch_state_dict`` or ``onnx`` (default: see
-        :func:`bmz_cosdd.zoo.predict.predict_files_with_package`).
+        :func:`bmz_cosdd.zoo.package_prediction.predict_files_with_package`).
     block : int
         Largest block side in pixels fed to the model.
     device : str, optional
@@ -437,7 +449,7 @@ def predict_package(
     bmz_cosdd.errors.UserError
         Not a package, files outside it, foreign Python without ``trust_code``, bad inputs or axes.
     """
-    from bmz_cosdd.zoo.predict import predict_files_with_package
+    from bmz_cosdd.zoo.package_prediction import predict_files_with_package
 
     say = say or _to_stderr
     _check_device(device)
@@ -689,7 +701,7 @@ def predict(
         A missing run, an out-of-core input with a package, unreadable inputs, bad options.
     """
     from bmz_cosdd.inference.blockwise import is_out_of_core_input
-    from bmz_cosdd.zoo.predict import is_package
+    from bmz_cosdd.zoo.package_prediction import is_package
 
     say = say or _to_stderr
     emit = on_written or (lambda path: None)
@@ -848,7 +860,7 @@ def validate(package: str | Path, device: str | None = None, trust_code: bool = 
         Not a package, files outside it, foreign Python without ``trust_code``.
     """
     from bmz_cosdd.artifacts.package_reader import read_package_descr
-    from bmz_cosdd.zoo.validate import validate_package
+    from bmz_cosdd.export.validate import validate_package
 
     read_package_descr(Path(package))
     _check_device(device)
@@ -1196,62 +1208,36 @@ def fit_noise_model(
     bmz_cosdd.errors.UserError
         Neither or both sources, bad kind, percentiles or inputs.
     """
-    from bmz_cosdd.noise_models.workflow import fit_noise_model as fit
+    from bmz_cosdd.noise_models.sources import calibration_pairs
+    from bmz_cosdd.noise_models.workflow import check_fit_request, fit_to_file
 
-    return fit(out, calibration=calibration, bootstrap=bootstrap, inputs=inputs, axes=axes, pattern=pattern,
-               kind=kind, n_gaussians=n_gaussians, n_coeffs=n_coeffs, min_sigma=min_sigma, bins=bins,
-               percentiles=percentiles, steps=steps, seed=seed)
+    out = Path(out)
+    percentiles = check_fit_request(out, kind, calibration, bootstrap, inputs, percentiles)
+    if calibration is not None:
+        pairs = calibration_pairs(calibration, axes or "TYX")
+    else:
+        pairs = _bootstrap_pairs(Path(bootstrap), inputs, axes or "YX", pattern)
+    return fit_to_file(pairs, out, kind=kind, n_gaussians=n_gaussians, n_coeffs=n_coeffs, min_sigma=min_sigma,
+                       bins=bins, percentiles=percentiles, steps=steps, seed=seed)
 
 
-def demo(
-    out_dir: str | Path = "demo_output",
-    steps: int = 1000,
-    budget: float = 600.0,
-    samples: int = 50,
-    seed: int = 0,
-    preset: str = "tiny",
-    package: bool = True,
-    progress: bool = True,
-    say: Say = print,
-) -> Any:
-    """Synthetic row-correlated noise -> train COSDD -> denoise (PSNR, figure) -> package -> validate.
+def _bootstrap_pairs(model: Path, inputs: Sequence[str | Path], axes: str, pattern: str) -> Any:
+    """(signal, observation) pairs from a first denoiser (a run folder or any package) and its noisy images."""
+    import tempfile
 
-    Parameters
-    ----------
-    out_dir : str or pathlib.Path
-        Folder for the data, run, denoised images, figure and package (must not hold a demo run).
-    steps : int
-        Training steps.
-    budget : float
-        Time cap of the training in seconds (the demo says so when it binds).
-    samples : int
-        Posterior samples for the MMSE (in the package too).
-    seed : int
-        Seed of the data, the model and the sampling.
-    preset : str
-        COSDD architecture preset.
-    package : bool
-        Also package the model and validate it with bioimageio.core.
-    progress : bool
-        Show a progress bar.
-    say : callable
-        Receives the demo's report, line by line (default: standard output).
+    from bmz_cosdd.data.io import find_files
+    from bmz_cosdd.noise_models.sources import bootstrap_pairs
+    from bmz_cosdd.zoo.package_prediction import is_package, predict_files_with_package
 
-    Returns
-    -------
-    DemoResult
-        PSNR and SSIM of the noisy and denoised images, the paths written and whether the
-        package validated (``package_valid``: ``None`` without ``package``).
-
-    Raises
-    ------
-    bmz_cosdd.errors.UserError
-        ``out_dir`` already holds a demo run, or bad settings.
-    """
-    from bmz_cosdd.demo import run_demo
-
-    return run_demo(out_dir, steps=steps, budget=budget, samples=samples, seed=seed, preset=preset, package=package,
-                    progress=progress, say=say)
+    if not model.exists():
+        raise UserError(f"no such run folder or package: {model}")
+    with tempfile.TemporaryDirectory(prefix="bmz-cosdd-bootstrap-") as tmp:
+        if is_package(model):
+            written = predict_files_with_package(model, inputs, axes, tmp, pattern=pattern)
+        else:
+            written = predict_files(load_run(model), inputs, axes, tmp, pattern=pattern)
+        noisy_files = [f for item in inputs for f in find_files(item, pattern)]
+        return bootstrap_pairs(noisy_files, written, axes, model.name)
 
 
 def _check_device(device: str | None) -> None:

@@ -157,15 +157,6 @@ def from_dict(cls: type[T], values: dict[str, Any] | None, where: str = "") -> T
     return cls(**kwargs)
 
 
-def merge(obj: T, overrides: dict[str, Any], where: str = "") -> T:
-    """Return a copy of dataclass ``obj`` with ``overrides`` applied (``None`` values ignored)."""
-    current = to_dict(obj)
-    for key, value in overrides.items():
-        if value is not None:
-            current[key] = value
-    return from_dict(type(obj), current, where)
-
-
 def _coerce(tp: Any, value: Any, where: str) -> Any:
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)

@@ -13,7 +13,7 @@ import numpy as np
 from bmz_cosdd.data.io import write_tiff
 from bmz_cosdd.data.synthetic import make_dataset
 from bmz_cosdd.analysis.noise_inspection import inspect_files
-from bmz_cosdd.evaluation import psnr, ssim
+from bmz_cosdd.analysis.metrics import psnr, ssim
 from bmz_cosdd.inference.predictor import load_run, predict_image
 from bmz_cosdd.methods.base import PredictOptions
 from bmz_cosdd.plotting import pyplot, save_figure
@@ -56,27 +56,39 @@ def run_demo(
     progress: bool = True,
     say: Callable[[str], None] = print,
 ) -> DemoResult:
-    """Make synthetic images with row-correlated, signal-dependent noise, train COSDD, denoise, package, validate.
+    """Synthetic row-correlated noise -> train COSDD -> denoise (PSNR, figure) -> package -> validate.
 
     Parameters
     ----------
-    out_dir
-        Folder for the data, the run, the denoised images, the figure and the package (must not hold a
-        demo run).
-    steps
-        Training steps (the work the demo's figures are for: 1000 steps of ``tiny`` take about 2 minutes on
-        2 idle CPU cores).
-    budget
-        Time cap of the training in seconds: on a busy machine it may bind first, and the demo then says
-        the model is under-trained and how to give it more time.
-    samples
-        Posterior samples averaged for the MMSE estimate (in the package too).
-    seed
-        Seeds the data, the model and the sampling.
-    preset
+    out_dir : str or pathlib.Path
+        Folder for the data, run, denoised images, figure and package (must not hold a demo run).
+    steps : int
+        Training steps.
+    budget : float
+        Time cap of the training in seconds (the demo says so when it binds).
+    samples : int
+        Posterior samples for the MMSE (in the package too).
+    seed : int
+        Seed of the data, the model and the sampling.
+    preset : str
         COSDD architecture preset.
-    package
-        Also package the model (``demo.zip``) and validate it with bioimageio.core.
+    package : bool
+        Also package the model and validate it with bioimageio.core.
+    progress : bool
+        Show a progress bar.
+    say : callable
+        Receives the demo's report, line by line (default: standard output).
+
+    Returns
+    -------
+    DemoResult
+        PSNR and SSIM of the noisy and denoised images, the paths written and whether the
+        package validated (``package_valid``: ``None`` without ``package``).
+
+    Raises
+    ------
+    bmz_cosdd.errors.UserError
+        ``out_dir`` already holds a demo run, or bad settings.
     """
     from bmz_cosdd.export.package import PackageMeta, package_run
     from bmz_cosdd.methods.base import ExportOptions

@@ -35,7 +35,7 @@ import numpy as np
 from bmz_cosdd.data.io import write_tiff
 from bmz_cosdd.data.real_images import real_tiles
 from bmz_cosdd.data.synthetic import NOISE_RECIPES
-from bmz_cosdd.evaluation import psnr, ssim
+from bmz_cosdd.analysis.metrics import psnr, ssim
 
 # name -> (recipe, parameters, signal level, what it stands for)
 CASES: dict[str, tuple[str, dict, float, str]] = {

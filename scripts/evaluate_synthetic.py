@@ -33,7 +33,7 @@ import tifffile
 from bmz_cosdd.data.io import write_tiff
 from bmz_cosdd.data.synthetic import NOISE_RECIPES, make_clean
 from bmz_cosdd.demo import DEMO_NOISE
-from bmz_cosdd.evaluation import psnr
+from bmz_cosdd.analysis.metrics import psnr
 from bmz_cosdd.methods.registry import get_method
 
 

@@ -20,11 +20,11 @@ import numpy as np
 
 from bmz_cosdd.data.io import write_tiff
 from bmz_cosdd.data.synthetic import make_dataset, row_correlated
-from bmz_cosdd.evaluation import psnr
+from bmz_cosdd.analysis.metrics import psnr
 from bmz_cosdd.export.package import package_run
 from bmz_cosdd.inference.predictor import load_run, predict_image
 from bmz_cosdd.methods.base import ExportOptions, PredictOptions
-from bmz_cosdd.noise_models.workflow import fit_noise_model
+from bmz_cosdd.api import fit_noise_model
 from bmz_cosdd.training.session import train
 
 SHAPE = (80, 80, 80)

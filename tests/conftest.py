@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,13 @@ from bmz_cosdd.data.io import write_tiff
 from bmz_cosdd.data.synthetic import make_dataset
 from helpers import tiny_config
 
-torch.set_num_threads(2)
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # The README's test command runs two pytest-xdist workers on 2 cores: each worker, and the CLI
+    # subprocesses its tests start, then use one thread (two threads each would oversubscribe the cores).
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
+else:
+    torch.set_num_threads(2)
 
 
 @pytest.fixture(scope="session")

@@ -18,7 +18,7 @@ from bmz_cosdd.data.axes import parse_axes, to_samples_cyx
 from bmz_cosdd.data.io import find_files, read_array
 from bmz_cosdd.data.method_noise import ResidualCheck, check_residual
 from bmz_cosdd.errors import UserError
-from bmz_cosdd.evaluation import SSIM_MIN_SIDE, SSIM_SIGMA, psnr, ssim
+from bmz_cosdd.analysis.metrics import SSIM_MIN_SIDE, SSIM_SIGMA, psnr, ssim
 
 # Outputs of ``predict`` that are not estimates of the clean image (spreads, samples, figures); skipped in folders.
 NOT_ESTIMATES = ("_std", "_samples", "_sampling")

@@ -3,7 +3,7 @@ the PSNR of the mean of k samples against a target for k = 1, 10, 100 (the shape
 paper's tables).
 
 Every number here is in raw intensities and every PSNR is computed in float64 by
-:func:`bmz_cosdd.evaluation.psnr` with, unless given, the data range of the target
+:func:`bmz_cosdd.analysis.metrics.psnr` with, unless given, the data range of the target
 (``target.max() - target.min()``, per 2-D image, all channels together).
 """
 
@@ -19,7 +19,7 @@ import numpy as np
 from bmz_cosdd.analysis.evaluation_report import match_target, read_images
 from bmz_cosdd.data.io import atomic_write_text, find_files
 from bmz_cosdd.errors import UserError
-from bmz_cosdd.evaluation import psnr
+from bmz_cosdd.analysis.metrics import psnr
 from bmz_cosdd.inference.files import InputFile, read_inputs
 from bmz_cosdd.inference.predictor import (
     SCALE_ONLY_OUTPUTS,

@@ -487,7 +487,7 @@ def _build_and_validate(content: PackageContent, staged: Path, formats: list[str
                         validate: bool, device: str | None, say: Any) -> list[Any]:
     """Build the zip at ``staged`` and test every weight format; ONNX that does not reproduce the test
     output is left out (``content``, ``formats`` and ``notes`` say so) and the zip rebuilt without it."""
-    from bmz_cosdd.zoo.validate import validate_package
+    from bmz_cosdd.export.validate import validate_package
 
     work = staged.parent
     build_package(content, staged, work_dir=work / "build")

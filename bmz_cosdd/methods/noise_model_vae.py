@@ -270,7 +270,7 @@ class NoiseModelVAEMethod:
         mmse, std, samples = sampler.reduce(x)
         out = {"mmse": mmse, "std": std}
         if want_map:
-            from bmz_cosdd.inference.mean_shift import map_estimate
+            from bmz_cosdd.nn.mean_shift import map_estimate
 
             out["map"] = torch.stack([map_estimate(samples[:, b]) for b in range(x.shape[0])]).to(mmse)
         if options.keep_samples:

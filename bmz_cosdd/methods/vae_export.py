@@ -7,7 +7,7 @@ from typing import Any
 from torch import nn
 
 from bmz_cosdd.errors import UserError
-from bmz_cosdd.inference.posterior import OUTPUT_WRAPPERS, PosteriorSampler
+from bmz_cosdd.nn.posterior import OUTPUT_WRAPPERS, PosteriorSampler
 from bmz_cosdd.methods.base import ExportedModel, ExportOptions, PredictOptions
 
 
@@ -34,12 +34,12 @@ def export_sampling_model(
     """Package ``decoder(vae(...))`` as a deterministic sampling model (in-graph seeded draws).
 
     ``vae_name`` and the kwargs rebuild the same networks with
-    :func:`bmz_cosdd.inference.sampling_model.build_sampling_model`; ``describe`` holds
+    :func:`bmz_cosdd.nn.sampling_model.build_sampling_model`; ``describe`` holds
     the :class:`ExportedModel` fields a method adds (``cite``, ``tags``, ``card``,
     ``card_fields``).
     """
-    import bmz_cosdd.inference.posterior as posterior
-    import bmz_cosdd.inference.sampling_model as sampling_model
+    import bmz_cosdd.nn.posterior as posterior
+    import bmz_cosdd.nn.sampling_model as sampling_model
     import bmz_cosdd.nn.blocks as blocks
     import bmz_cosdd.nn.decoders as decoders
     import bmz_cosdd.nn.divnoising_vae as divnoising_vae

@@ -4,7 +4,10 @@
 - :mod:`~bmz_cosdd.nn.mixture`: per-pixel Gaussian mixture likelihood;
 - :mod:`~bmz_cosdd.nn.ar_decoder`: COSDD's 1-D autoregressive noise decoder;
 - :mod:`~bmz_cosdd.nn.ladder_vae`: hierarchical (ladder) VAE for COSDD and HDN;
-- :mod:`~bmz_cosdd.nn.unet`: U-Net for the Noise2Void family and COSDD's direct denoiser.
+- :mod:`~bmz_cosdd.nn.unet`: U-Net for the Noise2Void family and COSDD's direct denoiser;
+- :mod:`~bmz_cosdd.nn.posterior`: the seeded posterior sampler (MMSE, samples, spread) of the VAEs;
+- :mod:`~bmz_cosdd.nn.sampling_model`: the scriptable sampling module a package ships;
+- :mod:`~bmz_cosdd.nn.mean_shift`: DivNoising's MAP estimate from posterior samples (eager only).
 """
 
 from bmz_cosdd.nn.ar_decoder import AutoregressiveDecoder

@@ -1,7 +1,7 @@
 """DivNoising's fully convolutional VAE with a single latent level.
 
 It offers the interface of :class:`bmz_cosdd.nn.ladder_vae.LadderVAE` that
-:class:`bmz_cosdd.inference.posterior.PosteriorSampler` and the export code use
+:class:`bmz_cosdd.nn.posterior.PosteriorSampler` and the export code use
 (``n_levels``, ``latent_channels``, ``features``, ``size_step``, ``bottom_up``,
 ``top_down``, ``latent_shapes``), with exactly one level, so the same sampler
 serves both.

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -11,7 +10,7 @@ import numpy as np
 
 from bmz_cosdd.data.axes import parse_axes, to_samples_cyx
 from bmz_cosdd.data.clipping import CLIPPED_FRACTION, clipped_pixels
-from bmz_cosdd.data.io import find_files, read_array
+from bmz_cosdd.data.io import read_array
 from bmz_cosdd.errors import UserError
 
 #: A calibration pixel counts as clipped (saturated at the stack's maximum, or cut at its minimum) when that
@@ -86,45 +85,40 @@ def _masked(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return np.stack([v[:count] for v in per_channel])[None, :, :, None]
 
 
-def bootstrap_pairs(model: str | Path, inputs: Sequence[str | Path], axes: str, pattern: str = "*") -> Pairs:
+def bootstrap_pairs(noisy_files: Sequence[Path], written: Sequence[Path], axes: str, model: str) -> Pairs:
     """Pairs from a first denoiser: the signal is its prediction, the observation the noisy input.
 
     Parameters
     ----------
+    noisy_files
+        The noisy images the denoiser was given.
+    written
+        The files it wrote for them (``<stem>_<output>.tif`` beside optional ``_std`` and
+        ``_samples`` files, as ``bmz-cosdd predict`` names them); the prediction of
+        ``noisy.tif`` is the first ``noisy_*`` file that is neither.
+    axes
+        Axes of the noisy images (and of the predictions).
     model
-        A run folder of any method of this project, or any bioimage.io model package (zip).
-    inputs, axes, pattern
-        The noisy images (files or folders) and their axes.
+        The denoiser's name, recorded in the pairs' ``info``.
+
+    Raises
+    ------
+    bmz_cosdd.errors.UserError
+        A noisy image without a prediction.
     """
-    from bmz_cosdd.zoo.predict import is_package
-
-    model = Path(model)
-    if not model.exists():
-        raise UserError(f"no such run folder or package: {model}")
-    with tempfile.TemporaryDirectory(prefix="bmz-cosdd-bootstrap-") as tmp:
-        if is_package(model):
-            from bmz_cosdd.zoo.predict import predict_files_with_package
-
-            written = predict_files_with_package(model, inputs, axes, tmp, pattern=pattern)
-        else:
-            from bmz_cosdd.inference.predictor import load_run, predict_files
-
-            trained = load_run(model)
-            written = predict_files(trained, inputs, axes, tmp, pattern=pattern)
-        signals, observations = [], []
-        noisy_files = [f for item in inputs for f in find_files(item, pattern)]
-        for noisy_path in noisy_files:
-            outputs = sorted(p for p in written if p.name.startswith(f"{noisy_path.stem}_"))
-            main = [p for p in outputs if not p.stem.endswith(("_std", "_samples"))]
-            if not main:
-                raise UserError(f"the model wrote no denoised image for {noisy_path.name}")
-            array = read_array(noisy_path)
-            file_axes = parse_axes(axes, array.ndim, noisy_path.name)
-            signals.append(to_samples_cyx(read_array(main[0]), file_axes).astype(np.float64))
-            observations.append(to_samples_cyx(array, file_axes).astype(np.float64))
+    signals, observations = [], []
+    for noisy_path in noisy_files:
+        outputs = sorted(p for p in written if p.name.startswith(f"{noisy_path.stem}_"))
+        main = [p for p in outputs if not p.stem.endswith(("_std", "_samples"))]
+        if not main:
+            raise UserError(f"the model wrote no denoised image for {noisy_path.name}")
+        array = read_array(noisy_path)
+        file_axes = parse_axes(axes, array.ndim, noisy_path.name)
+        signals.append(to_samples_cyx(read_array(main[0]), file_axes).astype(np.float64))
+        observations.append(to_samples_cyx(array, file_axes).astype(np.float64))
     signal = np.concatenate([s.reshape(s.shape[0], s.shape[1], -1) for s in signals], axis=2)[..., None]
     observation = np.concatenate([o.reshape(o.shape[0], o.shape[1], -1) for o in observations], axis=2)[..., None]
-    info = {"source": "bootstrap", "model": model.name, "images": [p.name for p in noisy_files]}
+    info = {"source": "bootstrap", "model": model, "images": [p.name for p in noisy_files]}
     # Clipped noisy pixels (the data's minimum or maximum, by the rule of bmz_cosdd.data.clipping) are left out.
     [clipped], ends = clipped_pixels([np.moveaxis(observation, 1, 0)], SATURATION_FRACTION)
     warnings = [f"{end.describe('noisy pixels')}; they are left out of the fit" for end in ends]

@@ -122,7 +122,7 @@ def train(
     progress: bool = True,
     init_from: str | Path | None = None,
     say: Callable[[str], None] | None = None,
-    trust_code: bool = False,
+    check_code: Callable[[Path], None] | None = None,
 ) -> TrainResult:
     """Train a new run in ``run_dir`` (which must not hold a run already).
 
@@ -140,15 +140,13 @@ def train(
     say
         Receives the lines in which the method tells what it chose from the data (e.g. an
         automatic blind mask); default: standard error. They are also kept in ``notes.txt``.
-    trust_code
-        With ``init_from``: accept a package whose Python bmz-cosdd did not write (``--trust-code``).
-        Only the package's ``training_state.pt`` is read (tensors, ``weights_only=True``) and
-        none of its Python runs, but a package whose architecture source is not byte-identical
-        to the one this version writes for it (or that would run other Python) is refused
-        without it; files named outside the package are refused always (see
-        :func:`bmz_cosdd.artifacts.package_reader.read_training_state` and
-        :func:`bmz_cosdd.export.package_trust.require_trusted_code`).
-
+    check_code
+        With ``init_from``: called with the package's path before its training state is read;
+        raises :class:`~bmz_cosdd.errors.UserError` to refuse a package whose Python bmz-cosdd
+        did not write (the API passes :func:`bmz_cosdd.export.package_trust.require_trusted_code`
+        with the user's ``--trust-code``). Only the package's ``training_state.pt`` is read
+        (tensors, ``weights_only=True``) and none of its Python runs; files named outside the
+        package are refused always (:func:`bmz_cosdd.artifacts.package_reader.read_training_state`).
     Notes
     -----
     Under ``torchrun`` every process calls this; rank 0 alone writes the run folder
@@ -157,11 +155,6 @@ def train(
     init_state = None
     if init_from is not None:
         from bmz_cosdd.artifacts.package_reader import read_training_state
-        from bmz_cosdd.export.package_trust import require_trusted_code
-
-        def check_code(package: str | Path) -> None:
-            require_trusted_code(package, trust_code, "train --from takes only packages whose code this bmz-cosdd"
-                                 " wrote (it would read just their training_state.pt and run none of their Python)")
 
         init_state = read_training_state(init_from, check_code=check_code)
         values = config.to_dict() if isinstance(config, RunConfig) else dict(config)

@@ -30,7 +30,7 @@ from bmz_cosdd.artifacts.run_folder import RunFolder
 from bmz_cosdd.training.checkpoints import save_checkpoint
 from bmz_cosdd.training.device import autocast_for
 from bmz_cosdd.training.distributed import LossModule, World, check_world, micro_seed
-from bmz_cosdd.training.metrics import MetricsLog, plot_curves, read_metrics
+from bmz_cosdd.training.loss_log import LossLog, plot_curves, read_metrics
 
 
 @dataclass
@@ -287,7 +287,7 @@ class Trainer:
         """Train until a limit, early stopping or Ctrl-C; returns how it ended."""
         if resume_state is not None:
             self.load_state(resume_state)
-        log = (MetricsLog(self.run.metrics, keep_until_step=self.step if resume_state is not None else None)
+        log = (LossLog(self.run.metrics, keep_until_step=self.step if resume_state is not None else None)
                if self.world.is_main else None)
         total = self.total_steps()
         log_every = max(1, min(self.cfg.steps_per_epoch, 50) // 5)
@@ -351,7 +351,7 @@ class Trainer:
             steps_per_s=(self.step - start_step) / max(seconds, 1e-9),
         )
 
-    def _end_epoch(self, log: MetricsLog | None) -> bool:
+    def _end_epoch(self, log: LossLog | None) -> bool:
         """Validate, step the schedulers, checkpoint; True when early stopping triggers."""
         val = self.world.broadcast(self.validate())
         self.method.check_validation(self.model, val, self.step)

@@ -33,7 +33,7 @@ from bmz_cosdd.artifacts.offline_bioimageio import offline_bioimageio, quiet_bio
 from bmz_cosdd.artifacts.package_files import PackageRefused, check_zip_members
 from bmz_cosdd.artifacts.package_reader import read_package_descr
 from bmz_cosdd.export.package_trust import require_trusted_code
-from bmz_cosdd.zoo.validate import FormatResult, validate_package
+from bmz_cosdd.export.validate import FormatResult, validate_package
 
 PASS, FAIL, UNKNOWN = "pass", "fail", "unknown"
 CORE, DEEPIMAGEJ, ILASTIK, BIOENGINE = "bioimageio.core", "deepImageJ", "ilastik", "BioEngine"
@@ -565,7 +565,7 @@ def check_package(
     """Check a package against bioimageio.core, deepImageJ, ilastik and the BioEngine.
 
     Checking runs the package, so it is held to the rules of
-    :mod:`bmz_cosdd.export.package_trust` first, as :func:`~bmz_cosdd.zoo.validate.validate_package`
+    :mod:`bmz_cosdd.export.package_trust` first, as :func:`~bmz_cosdd.export.validate.validate_package`
     is: files named outside it are refused before anything is loaded (and nothing touches the
     network), and a package that would run Python bmz-cosdd did not write (e.g.
     ``pytorch_state_dict`` weights whose architecture source is not byte-identical to ours) is
@@ -583,7 +583,7 @@ def check_package(
     device
         ``"cpu"`` or ``"cuda"`` for core's test and the sample prediction (default: core's choice).
     validation
-        Results of :func:`bmz_cosdd.zoo.validate.validate_package` for this package if
+        Results of :func:`bmz_cosdd.export.validate.validate_package` for this package if
         already computed; otherwise it is run.
     trust_code
         Run weights whose Python bmz-cosdd did not write (the ``--trust-code`` option): only

@@ -95,14 +95,14 @@ def plan_upload(package: str | Path, server: str = DEFAULT_SERVER, validation: l
     """Check the package (loads, names a maintainer, passes bioimageio.core's test) and list what an upload sends.
 
     ``trust_code`` lets the test run Python from the package that bmz-cosdd did not write
-    (see :func:`~bmz_cosdd.zoo.validate.validate_package`).
+    (see :func:`~bmz_cosdd.export.validate.validate_package`).
 
     ``maintainer`` (a GitHub user name, checked offline) is added to the uploaded ``rdf.yaml`` and manifest
     when the package does not name it already; the local package is not changed. A package that names no
     maintainer and is given none is refused in one line naming ``--maintainer``: bioimage.io needs one.
     """
     from bmz_cosdd.export.package_content import check_github_user
-    from bmz_cosdd.zoo.validate import validate_package
+    from bmz_cosdd.export.validate import validate_package
 
     package = Path(package)
     named = package_maintainers(package)  # also: the package loads

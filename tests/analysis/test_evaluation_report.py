@@ -11,7 +11,7 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from bmz_cosdd.analysis.evaluation_report import PANEL_CELL_INCHES, PANEL_DPI, evaluate, pair_files
 from bmz_cosdd.data.io import write_tiff
-from bmz_cosdd.evaluation import psnr, ssim
+from bmz_cosdd.analysis.metrics import psnr, ssim
 from helpers import assert_one_line_error, run_cli
 
 WANG = dict(gaussian_weights=True, sigma=1.5, use_sample_covariance=False)

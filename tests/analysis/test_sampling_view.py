@@ -10,7 +10,7 @@ import pytest
 import tifffile
 
 from bmz_cosdd.analysis.sampling_view import mean_of_k_psnr, write_sampling_view
-from bmz_cosdd.evaluation import psnr
+from bmz_cosdd.analysis.metrics import psnr
 from helpers import assert_one_line_error, assert_readable_png, run_cli, tiny_blind_spot_config
 
 

@@ -12,7 +12,7 @@ import tifffile
 from bmz_cosdd.data.io import write_tiff
 from bmz_cosdd.data.real_images import real_tiles
 from bmz_cosdd.data.synthetic import row_correlated
-from bmz_cosdd.evaluation import psnr
+from bmz_cosdd.analysis.metrics import psnr
 
 LEVEL = 0.3  # a dim FFHQ-Stripe case: 20.5 dB noisy
 

@@ -14,7 +14,7 @@ from bmz_cosdd.data.synthetic import make_dataset, row_correlated
 from bmz_cosdd.artifacts.package_reader import read_package_descr
 from bmz_cosdd.inference.predictor import load_run, predict_files, predict_image
 from bmz_cosdd.methods.base import PredictOptions
-from bmz_cosdd.noise_models.workflow import fit_noise_model
+from bmz_cosdd.api import fit_noise_model
 from bmz_cosdd.training.session import train
 from helpers import assert_one_line_error, run_cli, tiny_blind_spot_config, tiny_config
 

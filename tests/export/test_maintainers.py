@@ -16,7 +16,7 @@ from bmz_cosdd.errors import UserError  # noqa: E402
 from bmz_cosdd.export.package import load_meta  # noqa: E402
 from bmz_cosdd.export.package_content import Maintainer, check_content, check_github_user  # noqa: E402
 from bmz_cosdd.export.package_zip import build_package  # noqa: E402
-from bmz_cosdd.zoo.validate import validate_package  # noqa: E402
+from bmz_cosdd.export.validate import validate_package  # noqa: E402
 
 MISSING = "Missing `maintainers`"
 

@@ -80,8 +80,8 @@ def test_two_processes_give_identical_outputs(package, tmp_path):
 
 
 def test_packaging_failure_leaves_nothing(trained_run, tmp_path, monkeypatch):
-    import bmz_cosdd.zoo.validate as validate
-    from bmz_cosdd.zoo.validate import FormatResult
+    import bmz_cosdd.export.validate as validate
+    from bmz_cosdd.export.validate import FormatResult
 
     monkeypatch.setattr(validate, "validate_package",
                         lambda path, device=None: [FormatResult("torchscript", False, ["mismatch"])])
@@ -111,7 +111,7 @@ def test_predict_through_package_in_blocks_has_no_seams(package, noisy_stack, tm
     import tifffile
 
     from bmz_cosdd.data.io import write_tiff
-    from bmz_cosdd.zoo.predict import predict_files_with_package
+    from bmz_cosdd.zoo.package_prediction import predict_files_with_package
 
     image = np.tile(tifffile.imread(noisy_stack)[0], (4, 4))[:180, :170]  # larger than one block
     path = tmp_path / "big.tif"
@@ -160,7 +160,7 @@ def test_bad_packages_and_formats(package, tmp_path, noisy_stack, capsys):
     # an image under the model's minimum size is extended by reflection, as a run folder does, and cropped back
     import tifffile
 
-    from bmz_cosdd.zoo.predict import predict_files_with_package
+    from bmz_cosdd.zoo.package_prediction import predict_files_with_package
 
     written = predict_files_with_package(package, [tiny], "YX", tmp_path / "small")
     out = tifffile.imread(written[0])

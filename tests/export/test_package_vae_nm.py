@@ -20,7 +20,7 @@ from bmz_cosdd.export.package import package_run  # noqa: E402
 from bmz_cosdd.artifacts.package_reader import read_package_descr  # noqa: E402
 from bmz_cosdd.inference.predictor import load_run  # noqa: E402
 from bmz_cosdd.methods.base import ExportOptions, PredictOptions  # noqa: E402
-from bmz_cosdd.noise_models.workflow import fit_noise_model  # noqa: E402
+from bmz_cosdd.api import fit_noise_model  # noqa: E402
 from bmz_cosdd.training.session import train  # noqa: E402
 
 CITATIONS = {"divnoising": "10.48550/arXiv.2006.06072", "hdn": "10.48550/arXiv.2104.01374"}

@@ -12,7 +12,7 @@ import yaml
 from bmz_cosdd.data.io import write_tiff
 from bmz_cosdd.data.synthetic import make_dataset
 from bmz_cosdd.errors import UserError
-from bmz_cosdd.evaluation import psnr
+from bmz_cosdd.analysis.metrics import psnr
 from bmz_cosdd.inference.predictor import load_run, predict_image
 from bmz_cosdd.methods.base import PredictOptions
 from bmz_cosdd.methods.registry import get_method

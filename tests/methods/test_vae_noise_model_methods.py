@@ -15,7 +15,7 @@ from bmz_cosdd.errors import TrainingDiverged
 from bmz_cosdd.inference.predictor import load_run, predict_image
 from bmz_cosdd.methods.base import PredictOptions
 from bmz_cosdd.noise_models import load_noise_model
-from bmz_cosdd.noise_models.workflow import fit_noise_model
+from bmz_cosdd.api import fit_noise_model
 from bmz_cosdd.training.session import train
 from helpers import assert_one_line_error, run_cli, tiny_blind_spot_config
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bmz_cosdd.inference.sampling_model import build_sampling_model
+from bmz_cosdd.nn.sampling_model import build_sampling_model
 from bmz_cosdd.methods.cosdd.architecture import build_direct_model
 from bmz_cosdd.nn.blocks import Downsample, GatedResBlock, Upsample
 from bmz_cosdd.nn.decoders import SignalDecoder

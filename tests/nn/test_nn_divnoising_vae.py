@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch import nn
 
-from bmz_cosdd.inference.posterior import PosteriorSampler
+from bmz_cosdd.nn.posterior import PosteriorSampler
 from bmz_cosdd.nn.divnoising_vae import DivNoisingVAE
 
 

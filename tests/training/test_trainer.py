@@ -145,7 +145,7 @@ def test_gradient_accumulation_runs_and_checks_divisibility(tmp_path, noisy_stac
 def test_training_report_png(trained_run, tmp_path):
     from helpers import assert_readable_png
 
-    from bmz_cosdd.training.metrics import plot_curves, read_metrics
+    from bmz_cosdd.training.loss_log import plot_curves, read_metrics
 
     run = RunFolder(trained_run)
     assert_readable_png(run.curves, min_height=500, min_width=900, min_ink=0.03)

@@ -25,7 +25,7 @@ from bmz_cosdd.zoo.consumers import (  # noqa: E402
     core_passed,
     format_checks,
 )
-from bmz_cosdd.zoo.validate import FormatResult  # noqa: E402
+from bmz_cosdd.export.validate import FormatResult  # noqa: E402
 
 helpers = export_helpers()
 # The stand-in packages carry the tests' own architecture source, not one bmz-cosdd writes: checking them runs

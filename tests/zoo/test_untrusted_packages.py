@@ -227,7 +227,7 @@ def test_trust_code_lets_a_modified_source_run(package, noisy_stack, tmp_path, c
 @pytest.mark.slow
 def test_the_payload_is_real(hostile, noisy_stack, tmp_path):
     """The refusals above matter: trusted explicitly, the altered source does run its payload."""
-    from bmz_cosdd.zoo.predict import predict_files_with_package
+    from bmz_cosdd.zoo.package_prediction import predict_files_with_package
 
     sentinel = hostile["sentinel"]
     try:

@@ -19,7 +19,7 @@ from bmz_cosdd.errors import UserError
 from bmz_cosdd.export.package_content import Maintainer
 from bmz_cosdd.export.package_zip import build_package
 from bmz_cosdd.zoo.upload import REVIEW_STATUS, plan_upload, upload_package
-from bmz_cosdd.zoo.validate import FormatResult
+from bmz_cosdd.export.validate import FormatResult
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,6 @@
 """The builder of COSDD's exported direct denoiser, callable with plain keyword arguments.
 
-(Its sampling models are built by :mod:`bmz_cosdd.inference.sampling_model`, shared
+(Its sampling models are built by :mod:`bmz_cosdd.nn.sampling_model`, shared
 by every VAE method.)
 
 A packaged model's ``pytorch_state_dict`` weights name one of these callables and

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from bmz_cosdd.data.noise_correlation import estimate_noise_correlation
 from bmz_cosdd.errors import UserError
-from bmz_cosdd.inference.posterior import PosteriorSampler
+from bmz_cosdd.nn.posterior import PosteriorSampler
 from bmz_cosdd.methods.base import CliOption, ExportedModel, ExportOptions, OptimiserSpec, PredictOptions
 from bmz_cosdd.methods.cosdd.config import (
     AUTO_PRESET_REASON,

@@ -1,72 +1,8 @@
 """DivNoising (Prakash et al., ICLR 2021): a one-level convolutional VAE scored by a pixel noise model."""
 
-from __future__ import annotations
-
-from dataclasses import dataclass
-from typing import Any
-
-from bmz_cosdd.config import from_dict
-from bmz_cosdd.errors import UserError
-from bmz_cosdd.methods.noise_model_vae import NoiseModelSettings, NoiseModelVAEMethod
+from bmz_cosdd.methods.divnoising.method import DIVNOISING, DivNoisingConfig
 from bmz_cosdd.methods.registry import register
-from bmz_cosdd.nn.divnoising_vae import DivNoisingVAE
 
+register(DIVNOISING)
 
-@dataclass
-class DivNoisingConfig(NoiseModelSettings):
-    """DivNoising's VAE: ``depth`` poolings (latent at 1/2**depth resolution), ``features``
-    channels at the first level, ``latent`` latent channels; the shared noise-model settings."""
-
-    depth: int = 2
-    features: int = 32
-    latent: int = 64
-    batch_norm: bool = True
-    dropout: float = 0.0
-    kl_anneal_steps: int = 500
-
-
-def divnoising_config(values: dict[str, Any]) -> DivNoisingConfig:
-    cfg = from_dict(DivNoisingConfig, {k: v for k, v in values.items() if v is not None}, "model.")
-    for name in ("depth", "features", "latent"):
-        if getattr(cfg, name) < 1:
-            raise UserError(f"model.{name} must be at least 1, got {getattr(cfg, name)}")
-    if not 0 <= cfg.dropout < 1:
-        raise UserError(f"model.dropout must be in [0, 1), got {cfg.dropout}")
-    return cfg
-
-
-def _vae(cfg: DivNoisingConfig, n_channels: int, spatial_dims: int):
-    kwargs = {"in_channels": n_channels, "depth": cfg.depth, "features": cfg.features, "latent": cfg.latent,
-              "batch_norm": cfg.batch_norm, "dropout": cfg.dropout, "spatial_dims": spatial_dims}
-    return DivNoisingVAE(**kwargs), "divnoising", kwargs
-
-
-def _describe(cfg: DivNoisingConfig) -> dict[str, str]:
-    return {"architecture": f"convolutional VAE, depth {cfg.depth}, {cfg.features} first-level features, "
-                            f"{cfg.latent} latent channels at 1/{2 ** cfg.depth} resolution; KL annealed over "
-                            f"{cfg.kl_anneal_steps} batches"}
-
-
-DIVNOISING = register(NoiseModelVAEMethod(
-    name="divnoising",
-    title="DivNoising",
-    summary="DivNoising: VAE with a pixel noise model; MMSE or MAP of posterior samples (pixel-independent noise)",
-    make_config=divnoising_config,
-    make_vae=_vae,
-    use_mean=lambda cfg: [False],
-    options=[
-        ("noise_model", str, "Noise model file from bmz-cosdd noise-model fit (required)."),
-        ("depth", int, "Poolings of the VAE (latent at 1/2**depth resolution)."),
-        ("features", int, "Channels of the first VAE level."),
-        ("latent", int, "Latent channels."),
-        ("kl_anneal_steps", int, "Batches over which the KL weight rises from 0 to 1."),
-        ("collapse_kl", float, "Stop with a posterior-collapse message below this KL (nats/pixel); 0: never."),
-    ],
-    cite=[("M. Prakash, A. Krull and F. Jug, Fully Unsupervised Diversity Denoising with Convolutional Variational "
-           "Autoencoders, ICLR 2021", "10.48550/arXiv.2006.06072")],
-    card="divnoising.md",
-    describe=_describe,
-    estimators=("mmse", "map"),
-    train_defaults={"lr": 1e-3},
-    tags=["divnoising", "noise-model"],
-))
+__all__ = ["DIVNOISING", "DivNoisingConfig"]

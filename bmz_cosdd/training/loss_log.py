@@ -1,4 +1,4 @@
-"""Training metrics as JSON lines and the loss-curve figure of a run."""
+"""The loss log of a training run (`metrics.jsonl`: losses per step, validation per epoch) and its loss curves."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
     return records
 
 
-class MetricsLog:
+class LossLog:
     """Appends one JSON record per line; on resume, drops records newer than the checkpoint."""
 
     def __init__(self, path: Path, keep_until_step: int | None = None) -> None:

@@ -10,7 +10,7 @@ from typing import Any, Dict, List, Optional
 
 from torch import nn
 
-from bmz_cosdd.inference.posterior import OUTPUT_WRAPPERS, PosteriorSampler
+from bmz_cosdd.nn.posterior import OUTPUT_WRAPPERS, PosteriorSampler
 from bmz_cosdd.nn.decoders import SignalDecoder
 from bmz_cosdd.nn.divnoising_vae import DivNoisingVAE
 from bmz_cosdd.nn.ladder_vae import LadderVAE

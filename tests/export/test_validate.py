@@ -15,7 +15,7 @@ from helpers import export_helpers  # noqa: E402
 
 from bmz_cosdd.errors import UserError
 from bmz_cosdd.export.package_zip import build_package  # noqa: E402
-from bmz_cosdd.zoo.validate import FormatResult, format_table, validate_package  # noqa: E402
+from bmz_cosdd.export.validate import FormatResult, format_table, validate_package  # noqa: E402
 
 helpers = export_helpers()
 TIMINGS: dict[str, float] = {}

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from bmz_cosdd.inference.mean_shift import map_estimate, window_starts
+from bmz_cosdd.nn.mean_shift import map_estimate, window_starts
 
 
 def _gen(seed=0):

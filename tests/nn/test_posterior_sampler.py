@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from bmz_cosdd.inference.posterior import OUTPUT_WRAPPERS, PosteriorSampler
+from bmz_cosdd.nn.posterior import OUTPUT_WRAPPERS, PosteriorSampler
 from bmz_cosdd.methods.cosdd.model import COSDDModel
 from bmz_cosdd.methods.registry import get_method
 

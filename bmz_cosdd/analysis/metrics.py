@@ -1,4 +1,4 @@
-"""Image quality numbers."""
+"""Image quality against a clean reference: PSNR and SSIM (the scores of `evaluate` and the benchmarks)."""
 
 from __future__ import annotations
 
