@@ -57,12 +57,15 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
+from pydantic import ValidationError as SettingsError
+
 from bmz_cosdd.analysis.evaluation_report import EvaluationResult
 from bmz_cosdd.analysis.evaluation_report import evaluate as _evaluate_files
 from bmz_cosdd.analysis.noise_inspection import NoiseReport
 from bmz_cosdd.analysis.noise_inspection import inspect_files as _inspect_files
 from bmz_cosdd.analysis.sampling_view import SamplingReport, mean_of_k_psnr, predict_with_sampling_view
 from bmz_cosdd.demo import run_demo as demo
+from bmz_cosdd.config import validation_message as settings_message
 from bmz_cosdd.errors import UserError
 from bmz_cosdd.export.package import PackageMeta, PackageResult
 from bmz_cosdd.inference.predictor import TrainedModel, load_run, predict_files, predict_image
@@ -78,6 +81,7 @@ from bmz_cosdd.export.validate import format_table as format_validation
 
 __all__ = [
     "CliOption",
+    "SettingsError",
     "EvaluationResult",
     "ExportOptions",
     "FormatResult",
@@ -122,6 +126,7 @@ __all__ = [
     "upload",
     "upload_token",
     "validate",
+    "settings_message",
 ]
 
 Say = Callable[[str], None]
@@ -205,7 +210,7 @@ def _check_option_names(method: Method, options: dict[str, Any]) -> None:
 
 
 def train_config(
-    method: str,
+    method: str | Method,
     data: Sequence[str | Path] | None = None,
     config: str | Path | None = None,
     **options: Any,
@@ -214,8 +219,8 @@ def train_config(
 
     Parameters
     ----------
-    method : str
-        A method name, e.g. ``cosdd``.
+    method : str or Method
+        A method name, e.g. ``cosdd``, or the method already looked up.
     data : sequence of str or pathlib.Path, optional
         Image files or folders; they replace ``data.paths`` of the YAML file.
     config : str or pathlib.Path, optional
@@ -239,7 +244,7 @@ def train_config(
     """
     from bmz_cosdd.config import load_yaml
 
-    chosen = get_method(method)
+    chosen = get_method(method) if isinstance(method, str) else method
     _check_option_names(chosen, options)
     values: dict[str, Any] = load_yaml(config) if config is not None else {}
     if values.get("method") not in (None, chosen.name):
@@ -358,10 +363,10 @@ def train_from_options(
         run_dir = Path(out)
         result = resume_run(run_dir, overrides, progress=progress)
     else:
-        values = train_config(chosen.name, data, config, **options)
+        values = train_config(chosen, data, config, **options)
         run_dir = Path(out) if out is not None else Path("runs") / f"{chosen.name}_{datetime.now():%Y%m%d-%H%M%S}"
         result = train(values, run_dir, progress=progress, init_from=from_package, say=say or _to_stderr,
-                       check_code=_training_state_check(trust_code))
+                       check_code=_training_state_check(trust_code), method=chosen)
     return TrainOutcome(result, run_dir, chosen, processes=world.size, is_main=world.is_main)
 
 

@@ -407,6 +407,10 @@ def main(argv: list[str] | None = None) -> None:
         if speaks:
             typer.echo(f"error: {exc}", err=True)
         sys.exit(2)
+    except api.SettingsError as exc:  # a settings value refused where no section prefix was at hand
+        if speaks:
+            typer.echo(f"error: {api.settings_message(exc)}", err=True)
+        sys.exit(2)
     except TrainingDiverged as exc:
         if speaks:
             typer.echo(f"error: {exc}", err=True)

@@ -1,28 +1,78 @@
-"""Run configuration: data, training and method settings, read from and written to YAML.
+"""Run configuration: data, training and method settings, validated pydantic dataclasses, read from and
+written to YAML.
 
-A configuration is a tree of dataclasses. Values are merged in the order
-defaults < YAML file < command-line options, and the resolved tree is written
-to the run folder so every run records exactly what it did (seeds included).
+A configuration is a tree of pydantic dataclasses (:data:`SETTINGS`): every value is checked when a
+settings object is made or changed (types, ranges, NaN and Inf, rules between fields), and a bad value
+is one line naming its field (:func:`from_dict`, :func:`validation_message`). Values are merged in the
+order defaults < YAML file < command-line options, and the resolved tree is written to the run folder
+so every run records exactly what it did (seeds included).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
-import types
-import typing
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, Optional, TypeVar
 
 import yaml
+from pydantic import AfterValidator, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic.dataclasses import dataclass
 
 from bmz_cosdd.errors import UserError
 
 T = TypeVar("T")
 
+#: How every settings class validates: unknown names refused, assignments checked, numbers accepted
+#: as text (``--struct-mask 5``), NaN and Inf refused.
+SETTINGS = ConfigDict(extra="forbid", validate_assignment=True, coerce_numbers_to_str=True, allow_inf_nan=False)
 
-@dataclass
+
+def settings(cls: type[T]) -> type[T]:
+    """Make ``cls`` a validated settings class (a pydantic dataclass with :data:`SETTINGS`)."""
+    return dataclass(cls, config=SETTINGS)
+
+
+def _comma_separated(value: Any) -> Any:
+    """``"8,8,16"`` (as typed on the command line) -> ``["8", "8", "16"]``; anything else unchanged."""
+    if isinstance(value, str):
+        return [item.strip() for item in value.split(",") if item.strip()]
+    return value
+
+
+def _one_or_more(value: Any) -> Any:
+    """A single path is a list of one (file names may hold commas)."""
+    return [value] if isinstance(value, (str, Path)) else value
+
+
+def _odd(value: int) -> int:
+    if value % 2 == 0:
+        raise ValueError("must be odd")
+    return value
+
+
+Positive = Annotated[int, Field(ge=1)]
+NonNegative = Annotated[int, Field(ge=0)]
+PositiveFloat = Annotated[float, Field(gt=0)]
+NonNegativeFloat = Annotated[float, Field(ge=0)]
+Fraction = Annotated[float, Field(ge=0, lt=1)]
+Odd = Annotated[int, Field(ge=1), AfterValidator(_odd)]
+PositiveList = Annotated[list[Positive], BeforeValidator(_comma_separated)]
+FloatList = Annotated[list[float], BeforeValidator(_comma_separated)]
+PathList = Annotated[list[str], BeforeValidator(_one_or_more)]
+
+
+def one_of(*choices: Any) -> AfterValidator:
+    """A validator that accepts only ``choices`` (named in the error)."""
+    def check(value: Any) -> Any:
+        if value not in choices:
+            raise ValueError(f"must be {', '.join(map(str, choices[:-1]))} or {choices[-1]}")
+        return value
+
+    return AfterValidator(check)
+
+
+@settings
 class DataConfig:
     """Where the training images are and how they are cut up.
 
@@ -50,18 +100,26 @@ class DataConfig:
         Optional ``[low, high]`` percentiles at which outliers are clipped before normalisation.
     """
 
-    paths: list[str] = field(default_factory=list)
+    paths: PathList = field(default_factory=list)
     pattern: str = "*"
     axes: str = "YX"
-    spatial_dims: int = 2
-    crop_size: int = 64
-    crop_depth: int | None = None
-    val_fraction: float = 0.1
-    val_crops: int = 64
-    clip_percentiles: list[float] | None = None
+    spatial_dims: Annotated[int, one_of(2, 3)] = 2
+    crop_size: Annotated[int, Field(ge=8)] = 64
+    crop_depth: Optional[Positive] = None
+    val_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.1
+    val_crops: Positive = 64
+    clip_percentiles: Optional[Annotated[FloatList, Field(min_length=2, max_length=2)]] = None
+
+    @model_validator(mode="after")
+    def _crop_depth_for_volumes(self) -> "DataConfig":
+        if self.crop_depth is not None and self.spatial_dims != 3:
+            raise ValueError("crop_depth (--crop-depth) is for volumes; add --spatial-dims 3 or drop it")
+        if self.clip_percentiles is not None and not 0 <= self.clip_percentiles[0] < self.clip_percentiles[1] <= 100:
+            raise ValueError(f"clip_percentiles must be 0 <= low < high <= 100, got {self.clip_percentiles}")
+        return self
 
 
-@dataclass
+@settings
 class TrainConfig:
     """How long and how the trainer runs.
 
@@ -90,22 +148,30 @@ class TrainConfig:
         ``auto`` (bf16 autocast on CUDA, fp32 on CPU), ``fp32`` or ``bf16``.
     """
 
-    batch_size: int = 4
-    accumulate: int = 1
-    lr: float = 2e-3
-    lr_factor: float = 0.1
-    lr_patience: int = 10
-    max_steps: int | None = None
-    max_epochs: int | None = 100
-    max_time: float | None = None
-    steps_per_epoch: int = 100
-    patience: int = 20
-    seed: int = 0
+    batch_size: Positive = 4
+    accumulate: Positive = 1
+    lr: PositiveFloat = 2e-3
+    lr_factor: Annotated[float, Field(gt=0, lt=1)] = 0.1
+    lr_patience: NonNegative = 10
+    max_steps: Optional[Positive] = None
+    max_epochs: Optional[Positive] = 100
+    max_time: Optional[PositiveFloat] = None
+    steps_per_epoch: Positive = 100
+    patience: Positive = 20
+    seed: Annotated[int, Field(ge=0, lt=2**63)] = 0
     device: str = "auto"
-    precision: str = "auto"
+    precision: Annotated[str, one_of("auto", "fp32", "bf16")] = "auto"
+
+    @model_validator(mode="after")
+    def _runnable(self) -> "TrainConfig":
+        if self.max_steps is None and self.max_epochs is None and self.max_time is None:
+            raise ValueError("set at least one of max_steps, max_epochs or max_time")
+        if self.batch_size % self.accumulate:
+            raise ValueError(f"batch_size ({self.batch_size}) must be a multiple of accumulate ({self.accumulate})")
+        return self
 
 
-@dataclass
+@settings
 class RunConfig:
     """Everything a run needs: method name, method settings, data and training."""
 
@@ -135,15 +201,24 @@ def to_dict(obj: Any) -> Any:
 
 
 def from_dict(cls: type[T], values: dict[str, Any] | None, where: str = "") -> T:
-    """Build dataclass ``cls`` from a mapping, checking names and coercing simple types.
+    """Build the settings class ``cls`` from a mapping (a YAML section, or options as typed).
+
+    Parameters
+    ----------
+    cls
+        A class made with :func:`settings`.
+    values
+        Its field names and values; values as typed are converted (``"3"`` -> 3, ``"8,16"`` -> [8, 16]).
+    where
+        Prefix of the field names in messages, e.g. ``"model."``.
 
     Raises
     ------
-    UserError
-        For an unknown key or a value of the wrong type.
+    bmz_cosdd.errors.UserError
+        One line naming the field, for an unknown name or a value of the wrong type, out of its
+        range, NaN or Inf, or against a rule between fields.
     """
     values = dict(values or {})
-    hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - names)
     if unknown:
@@ -151,75 +226,52 @@ def from_dict(cls: type[T], values: dict[str, Any] | None, where: str = "") -> T
             f"unknown setting{'s' if len(unknown) > 1 else ''} {', '.join(where + k for k in unknown)}"
             f" (known: {', '.join(sorted(names))})"
         )
-    kwargs = {}
-    for name, value in values.items():
-        kwargs[name] = _coerce(hints[name], value, where + name)
-    return cls(**kwargs)
+    try:
+        return cls(**values)
+    except ValidationError as exc:
+        raise UserError(validation_message(exc, where)) from None
 
 
-def _coerce(tp: Any, value: Any, where: str) -> Any:
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if tp is Any:
-        return value
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(arg, value, where)
-            except UserError as exc:
-                errors.append(str(exc))
-        raise UserError(errors[0] if errors else f"{where}: invalid value {value!r}")
-    if dataclasses.is_dataclass(tp):
-        if dataclasses.is_dataclass(value):
-            return value
-        if not isinstance(value, dict):
-            raise UserError(f"{where}: expected a mapping, got {value!r}")
-        return from_dict(tp, value, where + ".")
-    if origin in (list, tuple):
-        if isinstance(value, str):
-            value = [v.strip() for v in value.split(",") if v.strip()]
-        if not isinstance(value, (list, tuple)):
-            raise UserError(f"{where}: expected a list, got {value!r}")
-        item = args[0] if args else Any
-        return [_coerce(item, v, f"{where}[{i}]") for i, v in enumerate(value)]
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "yes", "1", "false", "no", "0"):
-            return value.lower() in ("true", "yes", "1")
-        raise UserError(f"{where}: expected true or false, got {value!r}")
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-            raise UserError(f"{where}: expected an integer, got {value!r}")
-        if isinstance(value, int):
-            return value
-        try:
-            as_float = float(value)
-        except ValueError:
-            raise UserError(f"{where}: expected an integer, got {value!r}") from None
-        if not math.isfinite(as_float) or as_float != int(as_float):
-            raise UserError(f"{where}: expected an integer, got {value!r}")
-        return int(as_float)
-    if tp is float:
-        if isinstance(value, bool):
-            raise UserError(f"{where}: expected a number, got {value!r}")
-        try:
-            number = float(value)
-        except (TypeError, ValueError, OverflowError):
-            raise UserError(f"{where}: expected a number, got {value!r}") from None
-        if not math.isfinite(number):
-            raise UserError(f"{where}: expected a finite number, got {value!r}")
-        return number
-    if tp is str:
-        if not isinstance(value, (str, int, float)):
-            raise UserError(f"{where}: expected text, got {value!r}")
-        return str(value)
-    return value
+_PHRASES = {
+    "greater_than": "must be greater than {gt}",
+    "greater_than_equal": "must be at least {ge}",
+    "less_than": "must be less than {lt}",
+    "less_than_equal": "must be at most {le}",
+    "int_parsing": "expected an integer",
+    "int_from_float": "expected an integer",
+    "int_type": "expected an integer",
+    "float_parsing": "expected a number",
+    "float_type": "expected a number",
+    "finite_number": "expected a finite number",
+    "bool_parsing": "expected true or false",
+    "bool_type": "expected true or false",
+    "string_type": "expected text",
+    "list_type": "expected a list",
+    "too_short": "needs {min_length} values",
+    "too_long": "needs {max_length} values",
+    "unexpected_keyword_argument": "unknown setting",
+}
+
+
+def validation_message(exc: ValidationError, where: str = "") -> str:
+    """The first error of a pydantic validation as one line naming the field.
+
+    ``model.n_levels: must be at least 1, got 0``; a rule between fields reads as its own text
+    prefixed by the section (``data: crop_depth (--crop-depth) is for volumes; ...``).
+    """
+    error = exc.errors()[0]
+    context = error.get("ctx") or {}
+    if error["type"] == "value_error":
+        text = str(context.get("error", error["msg"])).removeprefix("Value error, ")
+    elif error["type"] in _PHRASES:
+        text = _PHRASES[error["type"]].format(**context)
+    else:
+        text = error["msg"][:1].lower() + error["msg"][1:]
+    loc = [str(part) for part in error["loc"] if isinstance(part, (str, int))]
+    if not loc:
+        return f"{where.rstrip('.')}: {text}" if where else text
+    name = loc[0] + "".join(f"[{part}]" if part.isdigit() else "" for part in loc[1:])
+    return f"{where}{name}: {text}, got {error.get('input')!r}"
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:

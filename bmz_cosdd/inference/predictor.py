@@ -19,7 +19,6 @@ from bmz_cosdd.errors import UserError
 from bmz_cosdd.inference.files import InputFile, read_inputs, write_outputs
 from bmz_cosdd.inference.tiling import check_tile, predict_tiled, tile_warning
 from bmz_cosdd.methods.base import Method, PredictOptions
-from bmz_cosdd.methods.registry import get_method
 from bmz_cosdd.artifacts.run_folder import RunFolder
 from bmz_cosdd.training.checkpoints import load_checkpoint
 from bmz_cosdd.training.device import resolve_device
@@ -48,7 +47,7 @@ def load_run(run_dir: str | Path, checkpoint: str = "best", device: str = "auto"
 
     The checkpoint is read with ``weights_only=True``: no pickled code runs.
     """
-    from bmz_cosdd.training.session import build_config  # session imports the trainer; keep start-up light
+    from bmz_cosdd.training.session import resolve_config  # session imports the trainer; keep start-up light
 
     run = RunFolder(run_dir)
     run.check_exists()
@@ -61,9 +60,8 @@ def load_run(run_dir: str | Path, checkpoint: str = "best", device: str = "auto"
             raise UserError(f"{run.root} has no checkpoint ({path.relative_to(run.root)} is missing); train it first")
         path = fallback
     values = run.read_config()
-    config = build_config(values)
+    method, config = resolve_config(values)
     state = load_checkpoint(path)
-    method = get_method(config.method)
     dev = resolve_device(device)
     stats = NormStats.from_dict(state["stats"])
     # No stats: everything comes from the state dict.

@@ -9,7 +9,6 @@ and estimators, which :class:`NoiseModelVAEMethod` takes as settings.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -17,6 +16,7 @@ from typing import Any, Callable, Optional
 import torch
 from torch import Tensor, nn
 
+from bmz_cosdd.config import NonNegative, NonNegativeFloat, Positive, settings
 from bmz_cosdd.errors import TrainingDiverged, UserError
 from bmz_cosdd.methods.base import CliOption, ExportedModel, ExportOptions, OptimiserSpec, PredictOptions
 from bmz_cosdd.methods.vae_diagnostics import latent_diagnostics
@@ -27,7 +27,7 @@ from bmz_cosdd.noise_models import GMMNoiseModel, HistogramNoiseModel, Normalise
 NOISE_MODEL_KINDS = {"gmm": GMMNoiseModel, "histogram": HistogramNoiseModel}
 
 
-@dataclass
+@settings
 class NoiseModelSettings:
     """The noise-model part of a DivNoising or HDN configuration.
 
@@ -56,26 +56,12 @@ class NoiseModelSettings:
     noise_model_kind: Optional[str] = None
     noise_model_args: Optional[dict[str, Any]] = None
     noise_model_info: Optional[dict[str, Any]] = None
-    kl_anneal_steps: int = 0
-    free_bits: float = 0.0
-    collapse_kl: float = 1e-3
-    signal_layers: int = 1
-    signal_hidden: int = 64
-    halo: int = 32
-
-
-def check_noise_model_settings(cfg: Any) -> None:
-    """One-line errors for the shared settings."""
-    if cfg.kl_anneal_steps < 0:
-        raise UserError(f"model.kl_anneal_steps must be >= 0, got {cfg.kl_anneal_steps}")
-    if cfg.free_bits < 0 or not math.isfinite(cfg.free_bits):
-        raise UserError(f"model.free_bits must be >= 0, got {cfg.free_bits}")
-    if cfg.collapse_kl < 0:
-        raise UserError(f"model.collapse_kl must be >= 0, got {cfg.collapse_kl}")
-    if cfg.signal_layers < 1:
-        raise UserError(f"model.signal_layers must be at least 1, got {cfg.signal_layers}")
-    if cfg.halo < 0:
-        raise UserError(f"model.halo must not be negative, got {cfg.halo}")
+    kl_anneal_steps: NonNegative = 0
+    free_bits: NonNegativeFloat = 0.0
+    collapse_kl: NonNegativeFloat = 1e-3
+    signal_layers: Positive = 1
+    signal_hidden: Positive = 64
+    halo: NonNegative = 32
 
 
 class NoiseModelVAE(nn.Module):
@@ -199,9 +185,7 @@ class NoiseModelVAEMethod:
     structured_noise_hint: str = ""
 
     def config_from_dict(self, values: dict[str, Any], device: str = "cpu") -> Any:
-        cfg = self.make_config(values)
-        check_noise_model_settings(cfg)
-        return cfg
+        return self.make_config(values)
 
     def cli_options(self) -> list[CliOption]:
         return [CliOption(name, tp, help, self.title) for name, tp, help in self.options]

@@ -19,12 +19,13 @@ from bmz_cosdd.data.io import Image, load_images
 from bmz_cosdd.data.normalisation import NormStats, compute_stats, normalise
 from bmz_cosdd.data.splits import split_images
 from bmz_cosdd.errors import UserError
+from bmz_cosdd.methods.base import Method
 from bmz_cosdd.methods.registry import get_method
 from bmz_cosdd.training.checkpoints import load_checkpoint
 from bmz_cosdd.training.device import device_type, resolve_device
 from bmz_cosdd.training.distributed import World, distributed_world
 from bmz_cosdd.training.quality import QualityReport, assess
-from bmz_cosdd.training.trainer import TrainResult, Trainer, check_limits
+from bmz_cosdd.training.trainer import TrainResult, Trainer
 
 # Settings that may change when a run is resumed (they do not alter what was learnt so far).
 LIMITS = ("max_steps", "max_epochs", "max_time")
@@ -33,13 +34,32 @@ RESUMABLE = (*LIMITS, "patience", "device")
 
 def build_config(values: dict[str, Any]) -> RunConfig:
     """Resolve a mapping shaped like ``config.yaml`` into a checked :class:`RunConfig`."""
+    return resolve_config(values)[1]
+
+
+def resolve_config(values: dict[str, Any], method: Method | None = None) -> tuple[Method, RunConfig]:
+    """The run's method and its checked :class:`RunConfig`, from a mapping shaped like ``config.yaml``.
+
+    ``method``, when the caller has resolved it already, must be the one ``values`` names; the
+    method is otherwise looked up here, once per run.
+
+    Raises
+    ------
+    bmz_cosdd.errors.UserError
+        An unknown section, method or setting, or a value a settings class refuses (one line
+        naming the field; see :func:`bmz_cosdd.config.from_dict`).
+    """
     values = settings_from_record(values)  # a run's own config.yaml is a valid --config
     unknown = sorted(set(values) - {"method", "model", "data", "train"})
     if unknown:
         raise UserError(f"unknown config section{'s' if len(unknown) > 1 else ''}: {', '.join(unknown)}")
     if not values.get("method"):
         raise UserError("no method given (e.g. method: cosdd)")
-    method = get_method(values["method"])
+    for section in ("model", "data", "train"):
+        if values.get(section) is not None and not isinstance(values[section], dict):
+            raise UserError(f"config section {section} must be a mapping of settings, got {values[section]!r}")
+    if method is None or method.name != values["method"]:
+        method = get_method(values["method"])
     user_train = values.get("train") or {}
     defaults = dict(method.train_defaults)
     if any(user_train.get(name) is not None for name in LIMITS):
@@ -52,28 +72,9 @@ def build_config(values: dict[str, Any]) -> RunConfig:
         data=from_dict(DataConfig, values.get("data"), "data."),
         train=from_dict(TrainConfig, train_values, "train."),
     )
-    check_data(config.data)
-    check_limits(config.train)
-    return config
-
-
-def check_data(data: DataConfig) -> None:
-    if not data.paths:
+    if not config.data.paths:
         raise UserError("no training data given (pass DATA paths or data.paths in the config file)")
-    if data.crop_size < 8:
-        raise UserError(f"data.crop_size must be at least 8, got {data.crop_size}")
-    if data.spatial_dims not in (2, 3):
-        raise UserError(f"data.spatial_dims must be 2 (images) or 3 (volumes), got {data.spatial_dims}")
-    if data.crop_depth is not None and data.spatial_dims != 3:
-        raise UserError("data.crop_depth (--crop-depth) is for volumes; add --spatial-dims 3 or drop it")
-    if data.crop_depth is not None and data.crop_depth < 1:
-        raise UserError(f"data.crop_depth must be at least 1, got {data.crop_depth}")
-    if not 0 < data.val_fraction < 1:
-        raise UserError(f"data.val_fraction must be between 0 and 1 (exclusive), got {data.val_fraction}")
-    if data.val_crops < 1:
-        raise UserError(f"data.val_crops must be at least 1, got {data.val_crops}")
-    if data.clip_percentiles is not None and len(data.clip_percentiles) != 2:
-        raise UserError(f"data.clip_percentiles needs two values (low, high), got {data.clip_percentiles}")
+    return method, config
 
 
 def crop_shape(data: DataConfig) -> tuple[int, ...]:
@@ -123,6 +124,7 @@ def train(
     init_from: str | Path | None = None,
     say: Callable[[str], None] | None = None,
     check_code: Callable[[Path], None] | None = None,
+    method: Method | None = None,
 ) -> TrainResult:
     """Train a new run in ``run_dir`` (which must not hold a run already).
 
@@ -147,6 +149,8 @@ def train(
         with the user's ``--trust-code``). Only the package's ``training_state.pt`` is read
         (tensors, ``weights_only=True``) and none of its Python runs; files named outside the
         package are refused always (:func:`bmz_cosdd.artifacts.package_reader.read_training_state`).
+    method
+        The method ``config`` names, when the caller has resolved it (looked up otherwise).
     Notes
     -----
     Under ``torchrun`` every process calls this; rank 0 alone writes the run folder
@@ -162,13 +166,14 @@ def train(
             raise UserError(f"the package holds a {init_state['method']} model, not {values.get('method')}")
         values["model"] = init_state["config"]["model"]
         config = values
-    if not isinstance(config, RunConfig):
-        config = build_config(config)
+    if isinstance(config, RunConfig):
+        method = method if method is not None and method.name == config.method else get_method(config.method)
+    else:
+        method, config = resolve_config(config, method)
     run = RunFolder(run_dir)
     run.check_new()
     stats = NormStats.from_dict(init_state["stats"]) if init_state is not None else None
     data = prepare_data(config.data, config.train.seed, stats=stats)
-    method = get_method(config.method)
     model_config, notes = method.resolve_config(
         config.model, config.data, [im.data for im in data.train], data.stats
     )
@@ -184,7 +189,7 @@ def train(
         run.write_stats(data.stats)
         run.write_split(data.split)
 
-    return _fit(config, run, data, progress, resume_state=None, init_state=init_state, action="bmz-cosdd train",
+    return _fit(config, method, run, data, progress, resume_state=None, init_state=init_state, action="bmz-cosdd train",
                 start=start)
 
 
@@ -206,15 +211,16 @@ def resume(run_dir: str | Path, overrides: dict[str, Any] | None = None, progres
     if bad:
         raise UserError(f"cannot change {', '.join(bad)} when resuming (only {', '.join(RESUMABLE)})")
     values.setdefault("train", {}).update(overrides)
-    config = build_config(values)
+    method, config = resolve_config(values)
     data = prepare_data(config.data, config.train.seed, stats=run.read_stats())
     state = load_checkpoint(run.last)
-    return _fit(config, run, data, progress, resume_state=state, action="bmz-cosdd train --resume",
+    return _fit(config, method, run, data, progress, resume_state=state, action="bmz-cosdd train --resume",
                 start=lambda: run.write_config(config.to_dict(), __version__))
 
 
 def _fit(
     config: RunConfig,
+    method: Method,
     run: RunFolder,
     data: PreparedData,
     progress: bool,
@@ -227,7 +233,7 @@ def _fit(
     (write the run's settings) and train; under torchrun rank 0 alone holds and writes the folder."""
     device = resolve_device(config.train.device)
     with distributed_world(device) as world:
-        setup = _setup(config, data, init_state, world.device(device))
+        setup = _setup(config, method, data, init_state, world.device(device))
         if not world.is_main:
             return _train(config, run, data, progress, resume_state, setup, world)
         with run.lock(action):
@@ -248,9 +254,8 @@ class _Setup:
     device: torch.device
 
 
-def _setup(config: RunConfig, data: PreparedData, init_state: dict[str, Any] | None,
+def _setup(config: RunConfig, method: Method, data: PreparedData, init_state: dict[str, Any] | None,
            device: torch.device) -> _Setup:
-    method = get_method(config.method)
     torch.manual_seed(config.train.seed)
     model = method.build(config.model, data.n_channels, data.stats, config.data.spatial_dims)
     if init_state is not None:

@@ -24,7 +24,7 @@ from torch import nn
 
 from bmz_cosdd.config import TrainConfig
 from bmz_cosdd.data.crops import RandomCrops
-from bmz_cosdd.errors import TrainingDiverged, UserError
+from bmz_cosdd.errors import TrainingDiverged
 from bmz_cosdd.methods.base import Method
 from bmz_cosdd.artifacts.run_folder import RunFolder
 from bmz_cosdd.training.checkpoints import save_checkpoint
@@ -44,31 +44,6 @@ class TrainResult:
     seconds: float
     steps_per_s: float
     quality: Any = None  # the QualityReport of the best checkpoint, set after training
-
-
-def check_limits(cfg: TrainConfig) -> None:
-    """One clear line for settings the loop cannot run with."""
-    if cfg.max_steps is None and cfg.max_epochs is None and cfg.max_time is None:
-        raise UserError("set at least one of max_steps, max_epochs or max_time")
-    for name in ("max_steps", "max_epochs", "max_time"):
-        value = getattr(cfg, name)
-        if value is not None and value <= 0:
-            raise UserError(f"train.{name} must be positive, got {value}")
-    if cfg.batch_size < 1 or cfg.accumulate < 1 or cfg.steps_per_epoch < 1:
-        raise UserError("train.batch_size, train.accumulate and train.steps_per_epoch must be at least 1")
-    if cfg.batch_size % cfg.accumulate:
-        raise UserError(
-            f"train.batch_size ({cfg.batch_size}) must be a multiple of train.accumulate ({cfg.accumulate})"
-        )
-    if cfg.lr <= 0:
-        raise UserError(f"train.lr must be positive, got {cfg.lr}")
-    if not 0 < cfg.lr_factor < 1:
-        raise UserError(f"train.lr_factor must be between 0 and 1 (exclusive), got {cfg.lr_factor}")
-    if cfg.lr_patience < 0 or cfg.patience < 1:
-        raise UserError(f"train.lr_patience must be >= 0 and train.patience >= 1, got {cfg.lr_patience} and"
-                        f" {cfg.patience}")
-    if not 0 <= cfg.seed < 2**63:
-        raise UserError(f"train.seed must be between 0 and 2^63 - 1, got {cfg.seed}")
 
 
 @contextmanager
@@ -132,7 +107,6 @@ class Trainer:
         progress: bool = True,
         world: World = World(),
     ) -> None:
-        check_limits(cfg)
         self.world = world
         self.micro = check_world(cfg.batch_size, cfg.accumulate, world)
         self.method = method

@@ -85,12 +85,12 @@ def _bad(tmp_path: Path, noisy_stack: Path) -> dict[str, tuple[list, str]]:
         "image smaller than crop": (train + [small], "crop size"),
         "constant image": (train + [const], "constant"),
         "unknown preset": (train + [noisy_stack, "--preset", "huge"], "unknown preset"),
-        "unknown direction": (train + [noisy_stack, "--direction", "w"], "unknown noise direction"),
+        "unknown direction": (train + [noisy_stack, "--direction", "w"], "model.direction: must be x, y, z, none or auto"),
         "run without checkpoint": (["predict", no_ckpt, noisy_stack, "--axes", "SYX"], "no checkpoint"),
         "not a run folder": (["predict", empty, noisy_stack], "not a run folder"),
         "missing run": (["predict", tmp_path / "ghost", noisy_stack], "no such run folder"),
         "bad config file": (["train", "cosdd", noisy_stack, "--config", tmp_path / "none.yaml"], "config file not found"),
-        "unknown config key": (train + [noisy_stack, "--max-steps", "0"], "max_steps must be positive"),
+        "unknown config key": (train + [noisy_stack, "--max-steps", "0"], "train.max_steps: must be at least 1, got 0"),
     }
 
 

@@ -64,8 +64,8 @@ def _bad(tmp_path, noisy_stack):
         "psf not 2-D": (psf + ["--psf-file", psf3d], "2-D"),
         "psf sums to zero": (psf + ["--psf-file", psf0], "sum"),
         "psf missing": (psf + ["--psf-file", tmp_path / "none.tif"], "none.tif"),
-        "masked fraction zero": (n2v + ["--masked-fraction", "0"], "masked fraction"),
-        "masked fraction too big": (n2v + ["--masked-fraction", "0.6"], "masked fraction"),
+        "masked fraction zero": (n2v + ["--masked-fraction", "0"], "model.masked_fraction"),
+        "masked fraction too big": (n2v + ["--masked-fraction", "0.6"], "model.masked_fraction"),
         "even window": (n2v + ["--window", "4"], "window"),
     }
 

@@ -52,7 +52,7 @@ def folder(tmp_path) -> Path:
 def test_bad_values_are_one_line_and_write_nothing(folder):
     for args, words in [
         (["--lr", "nan"], "train.lr: expected a finite number"),
-        (["--max-steps", "-3"], "train.max_steps must be positive"),
+        (["--max-steps", "-3"], "train.max_steps: must be at least 1, got -3"),
         (["--seed", "-1"], "train.seed"),
         (["--context-dropout", "inf"], "model.context_dropout"),
     ]:
@@ -60,7 +60,7 @@ def test_bad_values_are_one_line_and_write_nothing(folder):
                            cwd=folder), words)
     (folder / "bad.yaml").write_text("train:\n  max_steps: .inf\n  batch_size: .nan\n")
     one_line_error(bmz("train", "cosdd", "data/noisy.tif", "--axes", "SYX", "--config", "bad.yaml", cwd=folder),
-                   "expected an integer")
+                   "train.max_steps: expected a finite number, got inf")
     (folder / "a_file").write_text("not a folder")
     one_line_error(bmz("train", "cosdd", "data/noisy.tif", "--axes", "SYX", "--max-steps", 2, "--out", "a_file",
                        cwd=folder), "is a file")

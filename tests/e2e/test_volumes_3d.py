@@ -121,7 +121,7 @@ def test_hdn_and_divnoising_train_and_package_volumes(volumes, tmp_path, capsys)
         (["--axes", "SYX", "--spatial-dims", "3"], "no Z axis"),
         (["--axes", "SZYX", "--direction", "z"], "--direction z needs volumes"),
         (["--axes", "SZYX", "--crop-depth", "8"], "crop_depth"),
-        (["--axes", "SZYX", "--spatial-dims", "4"], "spatial_dims must be 2"),
+        (["--axes", "SZYX", "--spatial-dims", "4"], "data.spatial_dims: must be 2 or 3, got 4"),
     ],
 )
 def test_bad_3d_settings_are_one_line_errors(volumes, noisy_stack, tmp_path, capsys, extra, message) -> None:

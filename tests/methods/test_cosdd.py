@@ -71,8 +71,8 @@ def test_direct_estimator():
     "values, message",
     [
         ({"preset": "huge"}, "unknown preset 'huge'"),
-        ({"direction": "w"}, "unknown noise direction 'w'"),
-        ({"direct_loss": "l3"}, "unknown direct-denoiser loss"),
+        ({"direction": "w"}, "model.direction: must be x, y, z, none or auto, got 'w'"),
+        ({"direct_loss": "l3"}, "model.direct_loss: must be mse or l1"),
         ({"n_levels": 3, "latent_channels": [4, 4]}, "latent_channels has 2 entries"),
         ({"colour": 1}, "unknown setting model.colour"),
     ],

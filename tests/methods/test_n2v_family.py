@@ -49,11 +49,11 @@ def test_variants_are_the_same_method_with_their_defaults():
 @pytest.mark.parametrize(
     "values, words",
     [
-        ({"masked_fraction": 0.0}, "masked fraction"),
-        ({"masked_fraction": 0.7}, "masked fraction"),
+        ({"masked_fraction": 0.0}, "model.masked_fraction: must be greater than 0"),
+        ({"masked_fraction": 0.7}, "model.masked_fraction: must be at most 0.5"),
         ({"window": 4}, "window"),
         ({"replacement": "mean"}, "replacement"),
-        ({"psf_sigma": -1}, "PSF sigma"),
+        ({"psf_sigma": -1}, "model.psf_sigma: must be greater than 0"),
         ({"kernel_size": 2}, "kernel_size"),
     ],
 )

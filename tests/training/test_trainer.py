@@ -138,7 +138,7 @@ def test_gradient_accumulation_runs_and_checks_divisibility(tmp_path, noisy_stac
     a = train(tiny_config(noisy_stack, max_steps=2, batch_size=4, accumulate=1), tmp_path / "a", progress=False)
     b = train(tiny_config(noisy_stack, max_steps=2, batch_size=4, accumulate=2), tmp_path / "b", progress=False)
     assert a.steps == b.steps == 2
-    with pytest.raises(UserError, match="multiple of train.accumulate"):
+    with pytest.raises(UserError, match=r"train: batch_size \(3\) must be a multiple of accumulate \(2\)"):
         train(tiny_config(noisy_stack, batch_size=3, accumulate=2), tmp_path / "c", progress=False)
 
 

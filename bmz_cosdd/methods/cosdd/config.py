@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import field
+from typing import Annotated, Any, Optional
 
-from bmz_cosdd.config import from_dict
+from pydantic import model_validator
+
+from bmz_cosdd.config import (Fraction, NonNegative, Positive, PositiveFloat, PositiveList, from_dict, one_of,
+                              settings)
 from bmz_cosdd.errors import UserError
 
 DIRECTIONS = ("x", "y", "z", "none")
 DIRECT_LOSSES = ("mse", "l1")
 
 
-@dataclass
+@settings
 class COSDDConfig:
     """Architecture of a COSDD model.
 
@@ -32,7 +34,7 @@ class COSDDConfig:
         run's config.yaml records the result).
     n_levels, latent_channels, features, blocks_per_level
         Ladder VAE: hierarchy levels, latent channels per level (finest first), feature
-        width and gated residual blocks per level.
+        width and gated residual blocks per level. One latent width stands for every level.
     ar_layers, ar_kernel, ar_hidden
         1-D autoregressive noise decoder: layers, kernel length and width; the receptive
         field grows with layers and kernel (1 layer of 5 sees 5 px, 2 see 13, 6 see 37, 8 see
@@ -58,24 +60,32 @@ class COSDDConfig:
 
     preset: str = "small"
     preset_auto: bool = False
-    direction: str = "auto"
-    n_levels: int = 6
-    latent_channels: list[int] = field(default_factory=lambda: [32] * 5 + [64])
-    features: int = 32
-    blocks_per_level: int = 1
-    ar_layers: int | None = None
-    ar_kernel: int = 5
-    ar_hidden: int = 32
-    n_gaussians: int = 3
-    min_scale: float = 1e-3
-    context_dropout: float | None = None
-    signal_layers: int = 4
-    signal_hidden: int = 64
+    direction: Annotated[str, one_of(*DIRECTIONS, "auto")] = "auto"
+    n_levels: Positive = 6
+    latent_channels: PositiveList = field(default_factory=lambda: [32] * 5 + [64])
+    features: Positive = 32
+    blocks_per_level: Positive = 1
+    ar_layers: Optional[Positive] = None
+    ar_kernel: Positive = 5
+    ar_hidden: Positive = 32
+    n_gaussians: Positive = 3
+    min_scale: PositiveFloat = 1e-3
+    context_dropout: Optional[Fraction] = None
+    signal_layers: Positive = 4
+    signal_hidden: Positive = 64
     direct_denoiser: bool = False
-    direct_loss: str = "mse"
-    direct_depth: int = 3
-    direct_features: int = 32
-    halo: int = 32
+    direct_loss: Annotated[str, one_of(*DIRECT_LOSSES)] = "mse"
+    direct_depth: Positive = 3
+    direct_features: Positive = 32
+    halo: NonNegative = 32
+
+    @model_validator(mode="after")
+    def _one_width_per_level(self) -> "COSDDConfig":
+        if len(self.latent_channels) == 1 and self.n_levels > 1:
+            self.latent_channels = self.latent_channels * self.n_levels
+        if len(self.latent_channels) != self.n_levels:
+            raise ValueError(f"latent_channels has {len(self.latent_channels)} entries but n_levels is {self.n_levels}")
+        return self
 
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -185,28 +195,9 @@ def cosdd_config(values: dict[str, Any], device: str = "cpu") -> COSDDConfig:
         raise UserError(f"unknown preset {preset!r} (choose auto, {', '.join(PRESETS)})")
     resolved = {**PRESETS[preset], **{k: v for k, v in values.items() if v is not None}, "preset": preset,
                 "preset_auto": auto}
-    cfg = from_dict(COSDDConfig, resolved, "model.")
-    if isinstance(cfg.latent_channels, list) and len(cfg.latent_channels) == 1:
-        cfg.latent_channels = cfg.latent_channels * cfg.n_levels
-    elif values.get("latent_channels") is None and len(cfg.latent_channels) != cfg.n_levels and cfg.n_levels >= 1:
+    if values.get("latent_channels") is None and values.get("n_levels") is not None:
         # --n-levels over a preset: the preset's widths, its top level's last (e.g. small's 5 x 32 + 64).
-        preset_widths = cfg.latent_channels
-        cfg.latent_channels = [preset_widths[0]] * (cfg.n_levels - 1) + [preset_widths[-1]]
-    if len(cfg.latent_channels) != cfg.n_levels:
-        raise UserError(
-            f"model.latent_channels has {len(cfg.latent_channels)} entries but model.n_levels is {cfg.n_levels}"
-        )
-    if cfg.direction not in DIRECTIONS + ("auto",):
-        raise UserError(f"unknown noise direction {cfg.direction!r} (choose x, y, z, none or auto)")
-    if cfg.direct_loss not in DIRECT_LOSSES:
-        raise UserError(f"unknown direct-denoiser loss {cfg.direct_loss!r} (choose mse or l1)")
-    for name in ("n_levels", "features", "ar_layers", "ar_kernel", "ar_hidden", "n_gaussians", "signal_layers"):
-        if getattr(cfg, name) is not None and getattr(cfg, name) < 1:
-            raise UserError(f"model.{name} must be at least 1, got {getattr(cfg, name)}")
-    if not cfg.min_scale > 0 or not math.isfinite(cfg.min_scale):
-        raise UserError(f"model.min_scale must be positive, got {cfg.min_scale}")
-    if cfg.context_dropout is not None and not 0 <= cfg.context_dropout < 1:
-        raise UserError(f"model.context_dropout must be in [0, 1), got {cfg.context_dropout}")
-    if cfg.halo < 0:
-        raise UserError(f"model.halo must not be negative, got {cfg.halo}")
-    return cfg
+        n_levels = from_dict(COSDDConfig, {**resolved, "latent_channels": [1]}, "model.").n_levels
+        widths = PRESETS[preset]["latent_channels"]
+        resolved["latent_channels"] = [widths[0]] * (n_levels - 1) + [widths[-1]]
+    return from_dict(COSDDConfig, resolved, "model.")

@@ -2,36 +2,29 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
-from bmz_cosdd.config import from_dict
-from bmz_cosdd.errors import UserError
+from bmz_cosdd.config import Fraction, NonNegative, Positive, from_dict, settings
 from bmz_cosdd.methods.noise_model_vae import NoiseModelSettings, NoiseModelVAEMethod
 from bmz_cosdd.nn.divnoising_vae import DivNoisingVAE
 
 
-@dataclass
+@settings
 class DivNoisingConfig(NoiseModelSettings):
     """DivNoising's VAE: ``depth`` poolings (latent at 1/2**depth resolution), ``features``
     channels at the first level, ``latent`` latent channels; the shared noise-model settings."""
 
-    depth: int = 2
-    features: int = 32
-    latent: int = 64
+    depth: Positive = 2
+    features: Positive = 32
+    latent: Positive = 64
     batch_norm: bool = True
-    dropout: float = 0.0
-    kl_anneal_steps: int = 500
+    dropout: Fraction = 0.0
+    kl_anneal_steps: NonNegative = 500
 
 
 def divnoising_config(values: dict[str, Any]) -> DivNoisingConfig:
-    cfg = from_dict(DivNoisingConfig, {k: v for k, v in values.items() if v is not None}, "model.")
-    for name in ("depth", "features", "latent"):
-        if getattr(cfg, name) < 1:
-            raise UserError(f"model.{name} must be at least 1, got {getattr(cfg, name)}")
-    if not 0 <= cfg.dropout < 1:
-        raise UserError(f"model.dropout must be in [0, 1), got {cfg.dropout}")
-    return cfg
+    """The ``model`` section as a checked :class:`DivNoisingConfig` (``None`` values take the defaults)."""
+    return from_dict(DivNoisingConfig, {k: v for k, v in values.items() if v is not None}, "model.")
 
 
 def _vae(cfg: DivNoisingConfig, n_channels: int, spatial_dims: int):

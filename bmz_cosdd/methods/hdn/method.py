@@ -6,52 +6,53 @@ levels, which then cannot reproduce pixel-scale structured noise.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any
 
 import torch
 
-from bmz_cosdd.config import from_dict
-from bmz_cosdd.errors import UserError
+from pydantic import model_validator
+
+from bmz_cosdd.config import Fraction, NonNegativeFloat, Positive, PositiveList, from_dict, settings
 from bmz_cosdd.methods.noise_model_vae import NoiseModelSettings, NoiseModelVAEMethod
 from bmz_cosdd.nn.ladder_vae import LadderVAE
 
 
-@dataclass
+@settings
 class HDNConfig(NoiseModelSettings):
     """HDN's ladder VAE (paper defaults) and the shared noise-model settings.
 
     ``deactivate_levels`` counts from 1 = finest; the top level cannot be deactivated.
     """
 
-    n_levels: int = 6
-    latent_channels: list[int] = field(default_factory=lambda: [32])
-    features: int = 64
-    blocks_per_level: int = 5
-    downsample_every: int = 2
+    n_levels: Positive = 6
+    latent_channels: PositiveList = field(default_factory=lambda: [32])
+    features: Positive = 64
+    blocks_per_level: Positive = 5
+    downsample_every: Positive = 2
     batch_norm: bool = True
-    dropout: float = 0.2
-    deactivate_levels: list[int] = field(default_factory=list)
-    free_bits: float = 1.0
+    dropout: Fraction = 0.2
+    deactivate_levels: PositiveList = field(default_factory=list)
+    free_bits: NonNegativeFloat = 1.0
+
+    @model_validator(mode="after")
+    def _levels(self) -> "HDNConfig":
+        if len(self.latent_channels) == 1 and self.n_levels > 1:
+            self.latent_channels = self.latent_channels * self.n_levels
+        if len(self.latent_channels) != self.n_levels:
+            raise ValueError(f"latent_channels has {len(self.latent_channels)} entries for {self.n_levels} levels")
+        bad = [lv for lv in self.deactivate_levels if not 1 <= lv < self.n_levels]
+        if bad:
+            raise ValueError(f"deactivate_levels (--deactivate-levels) must name levels 1 to {self.n_levels - 1}"
+                             f" (1 = finest; the top level cannot be deactivated), got {bad}")
+        if self.deactivate_levels != sorted(set(self.deactivate_levels)):
+            self.deactivate_levels = sorted(set(self.deactivate_levels))
+        return self
 
 
 def hdn_config(values: dict[str, Any]) -> HDNConfig:
-    cfg = from_dict(HDNConfig, {k: v for k, v in values.items() if v is not None}, "model.")
-    if len(cfg.latent_channels) == 1:
-        cfg.latent_channels = cfg.latent_channels * cfg.n_levels
-    if len(cfg.latent_channels) != cfg.n_levels:
-        raise UserError(f"model.latent_channels has {len(cfg.latent_channels)} entries for {cfg.n_levels} levels")
-    for name in ("n_levels", "features", "blocks_per_level"):
-        if getattr(cfg, name) < 1:
-            raise UserError(f"model.{name} must be at least 1, got {getattr(cfg, name)}")
-    if not 0 <= cfg.dropout < 1:
-        raise UserError(f"model.dropout must be in [0, 1), got {cfg.dropout}")
-    bad = [lv for lv in cfg.deactivate_levels if not 1 <= lv < cfg.n_levels]
-    if bad:
-        raise UserError(f"--deactivate-levels must name levels 1 to {cfg.n_levels - 1} (1 = finest; the top level"
-                        f" cannot be deactivated), got {bad}")
-    cfg.deactivate_levels = sorted(set(cfg.deactivate_levels))
-    return cfg
+    """The ``model`` section as a checked :class:`HDNConfig` (``None`` values take the defaults)."""
+    return from_dict(HDNConfig, {k: v for k, v in values.items() if v is not None}, "model.")
 
 
 def _vae(cfg: HDNConfig, n_channels: int, spatial_dims: int):

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any, Optional, Union
 
-from bmz_cosdd.config import from_dict
-from bmz_cosdd.errors import UserError
+from pydantic import BeforeValidator, Field
 
+from bmz_cosdd.config import NonNegative, NonNegativeFloat, Odd, Positive, PositiveFloat, from_dict, one_of, settings
 from bmz_cosdd.methods.n2v.masker import REPLACEMENTS
 
 
-@dataclass
+def _none_if_blank(value: Any) -> Any:
+    """``--struct-mask none`` (or an empty value) means no structured mask."""
+    return None if isinstance(value, str) and value.strip().lower() in ("", "none") else value
+
+
+@settings
 class N2VConfig:
     """A blind-spot denoiser: one U-Net, one masker, an optional PSF.
 
@@ -47,20 +50,20 @@ class N2VConfig:
         ``background`` (raw intensities; the camera offset).
     """
 
-    depth: int = 2
-    features: int = 32
-    kernel_size: int = 3
+    depth: Positive = 2
+    features: Positive = 32
+    kernel_size: Odd = 3
     batch_norm: bool = True
     blur_pool: bool = False
     top_skip: bool = True
-    masked_fraction: float = 0.02
-    window: int = 5
-    replacement: str = "neighbour"
-    struct_mask: str | list[list[int]] | None = None
-    psf_sigma: float | None = None
-    psf_file: str | None = None
-    psf_size: int = 0
-    positivity: float = 1.0
+    masked_fraction: Annotated[float, Field(gt=0, le=0.5)] = 0.02
+    window: Annotated[Odd, Field(ge=3)] = 5
+    replacement: Annotated[str, one_of(*REPLACEMENTS)] = "neighbour"
+    struct_mask: Annotated[Union[str, list[list[int]], None], BeforeValidator(_none_if_blank)] = None
+    psf_sigma: Optional[PositiveFloat] = None
+    psf_file: Optional[str] = None
+    psf_size: NonNegative = 0
+    positivity: NonNegativeFloat = 1.0
     background: float = 0.0
 
     @property
@@ -69,28 +72,14 @@ class N2VConfig:
 
 
 def n2v_config(values: dict[str, Any], defaults: dict[str, Any]) -> N2VConfig:
-    """Resolve ``values`` over a variant's ``defaults`` and check them (one-line errors)."""
+    """Resolve ``values`` over a variant's ``defaults`` into a checked :class:`N2VConfig`.
+
+    Raises
+    ------
+    bmz_cosdd.errors.UserError
+        One line naming the field (see :func:`bmz_cosdd.config.from_dict`).
+    """
     resolved = {**defaults, **{k: v for k, v in values.items() if v is not None}}
     if "struct_mask" in values and values["struct_mask"] is None:
         resolved["struct_mask"] = None
-    cfg = from_dict(N2VConfig, resolved, "model.")
-    for name in ("depth", "features"):
-        if getattr(cfg, name) < 1:
-            raise UserError(f"model.{name} must be at least 1, got {getattr(cfg, name)}")
-    if cfg.kernel_size < 1 or cfg.kernel_size % 2 == 0:
-        raise UserError(f"model.kernel_size must be odd and positive, got {cfg.kernel_size}")
-    if not (0.0 < cfg.masked_fraction <= 0.5) or not math.isfinite(cfg.masked_fraction):
-        raise UserError(f"the masked fraction must be in (0, 0.5], got {cfg.masked_fraction}")
-    if cfg.window < 3 or cfg.window % 2 == 0:
-        raise UserError(f"the replacement window must be odd and at least 3, got {cfg.window}")
-    if cfg.replacement not in REPLACEMENTS:
-        raise UserError(f"unknown replacement {cfg.replacement!r} (choose {' or '.join(REPLACEMENTS)})")
-    if cfg.psf_sigma is not None and not (cfg.psf_sigma > 0 and math.isfinite(cfg.psf_sigma)):
-        raise UserError(f"the PSF sigma must be a positive number of pixels, got {cfg.psf_sigma}")
-    if cfg.positivity < 0 or not math.isfinite(cfg.positivity):
-        raise UserError(f"the positivity weight must be >= 0, got {cfg.positivity}")
-    if not math.isfinite(cfg.background):
-        raise UserError(f"the background must be a finite intensity, got {cfg.background}")
-    if isinstance(cfg.struct_mask, str) and cfg.struct_mask.strip().lower() in ("", "none"):
-        cfg.struct_mask = None
-    return cfg
+    return from_dict(N2VConfig, resolved, "model.")
