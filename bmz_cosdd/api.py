@@ -127,6 +127,7 @@ __all__ = [
     "upload_token",
     "validate",
     "settings_message",
+    "parse_tile",
 ]
 
 Say = Callable[[str], None]
@@ -370,6 +371,23 @@ def train_from_options(
     return TrainOutcome(result, run_dir, chosen, processes=world.size, is_main=world.is_main)
 
 
+def parse_tile(text: str) -> int | tuple[int, ...]:
+    """``--tile`` as typed: ``"512"`` -> 512, ``"16,256,256"`` -> (16, 256, 256).
+
+    Raises
+    ------
+    bmz_cosdd.errors.UserError
+        Not one or more positive whole numbers separated by commas.
+    """
+    try:
+        sizes = tuple(int(part) for part in str(text).split(","))
+    except ValueError:
+        raise UserError(f"--tile takes one size or one per spatial axis like 16,256,256, got {text!r}") from None
+    if not sizes or min(sizes) < 1:
+        raise UserError(f"--tile sizes must be positive, got {text!r}")
+    return sizes[0] if len(sizes) == 1 else sizes
+
+
 def _training_state_check(trust_code: bool) -> Callable[[Path], None]:
     """The check ``train --from`` applies to a package before reading its training state."""
     from bmz_cosdd.export.package_trust import require_trusted_code
@@ -471,7 +489,7 @@ def predict_out_of_core(
     options: PredictOptions | None = None,
     *,
     axes: str | None = None,
-    tile: int = 512,
+    tile: int | Sequence[int] = 512,
     seed: int = 0,
     progress: bool = True,
     say: Optional[Say] = None,
@@ -490,7 +508,7 @@ def predict_out_of_core(
         Estimator and sampling settings (posterior samples cannot be kept).
     axes : str, optional
         Axes of the input (default: from OME-Zarr metadata, else the training data's).
-    tile : int
+    tile : int or sequence of int
         Window side in pixels fed to the network, halo included.
     seed : int
         Seed of the posterior sampling (block ``b`` uses ``seed + b``).
@@ -540,7 +558,7 @@ def predict_run(
     pattern: str = "*",
     target: str | Path | None = None,
     save_samples: bool = False,
-    tile: int = 512,
+    tile: int | Sequence[int] = 512,
     seed: int = 0,
     progress: bool = True,
     say: Optional[Say] = None,
@@ -567,8 +585,9 @@ def predict_run(
         samples, and ``<name>_sampling.png`` and ``.json``.
     save_samples : bool
         Also write the samples (leading ``Q`` axis) and ``<name>_sampling.png``.
-    tile : int
-        Largest tile side in pixels fed to the network, halo included.
+    tile : int or sequence of int
+        Largest tile side in pixels fed to the network, halo included: one for every spatial
+        axis or one per axis (``(Z, Y, X)`` for a volume model, e.g. ``(16, 256, 256)``).
     seed : int
         Seed of the posterior sampling.
     progress : bool
@@ -635,7 +654,7 @@ def predict(
     sample_batch: int = 10,
     save_samples: bool = False,
     target: str | Path | None = None,
-    tile: int = 512,
+    tile: int | Sequence[int] = 512,
     seed: int = 0,
     out_of_core: bool = False,
     progress: bool = True,
@@ -672,8 +691,9 @@ def predict(
         Run only: also write the samples and the sampling view.
     target : str or pathlib.Path, optional
         Run only: ground truth for the PSNR table (see :func:`predict_run`).
-    tile : int
-        Largest tile (block, for a package) side in pixels, halo included.
+    tile : int or sequence of int
+        Largest tile (block, for a package) side in pixels, halo included: one for every spatial
+        axis or one per axis (``(Z, Y, X)`` for a volume model, e.g. ``(16, 256, 256)``).
     seed : int
         Run only: seed of the posterior sampling.
     out_of_core : bool

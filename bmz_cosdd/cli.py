@@ -116,7 +116,7 @@ def predict(
     sample_batch: Annotated[int, typer.Option(help="Samples decoded at once.")] = 10,
     save_samples: Annotated[bool, typer.Option(help="Also write the individual samples (leading Q axis) and <name>_sampling.png: a few samples, the MMSE and the per-pixel std.")] = False,
     target: Annotated[Optional[Path], typer.Option(help="Ground truth file or folder (paired by file name): print the PSNR of the mean of 1, 10, 100 samples and write <name>_sampling.png and .json.", show_default=False)] = None,
-    tile: Annotated[int, typer.Option(help="Largest tile side (halo included) fed to the network.")] = 512,
+    tile: Annotated[str, typer.Option(help="Largest tile side (halo included) fed to the network: one size, or one per spatial axis, e.g. 16,256,256 (Z,Y,X) for a volume model.")] = "512",
     seed: Annotated[int, typer.Option(help="Seed of the posterior sampling.")] = 0,
     out_of_core: Annotated[bool, typer.Option("--out-of-core", help="Predict TIFF inputs block by block from a memory map, resumably (always for Zarr / OME-Zarr inputs and TIFFs over 1 GiB).")] = False,
     quiet: Annotated[bool, typer.Option(help="No progress bars (the tiles of an image, shown on an interactive terminal for images of many tiles; out-of-core blocks).")] = False,
@@ -130,7 +130,8 @@ def predict(
     Zarr / OME-Zarr inputs (and large TIFFs) are predicted out of core into the same container, resumably."""
     report = api.predict(
         run, inputs, out, axes=axes, pattern=pattern, estimator=estimator, samples=samples, sample_batch=sample_batch,
-        save_samples=save_samples, target=target, tile=tile, seed=seed, out_of_core=out_of_core, progress=not quiet,
+        save_samples=save_samples, target=target, tile=api.parse_tile(tile), seed=seed, out_of_core=out_of_core,
+        progress=not quiet,
         checkpoint=checkpoint, device=device, weight_format=weight_format, trust_code=trust_code, say=_say,
         on_written=lambda path: typer.echo(str(path)),
     )

@@ -30,7 +30,7 @@ import json
 import os
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 import yaml
 
+from bmz_cosdd.data.axes import per_axis
 from bmz_cosdd.data.io import atomic_write_bytes, atomic_write_text
 from bmz_cosdd.errors import UserError
 
@@ -70,14 +71,27 @@ class RunSample:
     padded: bool = False
 
 
-def package_grid(halo: int, size_step: int) -> tuple[int, int]:
+def package_grid(halo: int | Sequence[int], size_step: int | Sequence[int]) -> tuple[Any, Any]:
     """(halo, minimum size) a package declares for a network of receptive-field ``halo`` and ``size_step``.
 
     The halo is rounded up to the step; the minimum size is ``2 * halo + 1`` rounded up to the
-    step (bioimageio.spec and deepImageJ require ``min - 2 * halo >= 1``).
+    step (bioimageio.spec and deepImageJ require ``min - 2 * halo >= 1``). Ints give ints; a
+    sequence for either (one value per spatial axis, e.g. an anisotropic volume model's
+    (Z, Y, X)) gives tuples per axis.
+
+    Examples
+    --------
+    >>> package_grid(10, 4)
+    (12, 28)
+    >>> package_grid((3, 10, 10), (1, 4, 4))
+    ((3, 12, 12), (7, 28, 28))
     """
-    halo = -(-int(halo) // size_step) * size_step
-    return halo, -(-(2 * halo + 1) // size_step) * size_step
+    if isinstance(halo, (int, np.integer)) and isinstance(size_step, (int, np.integer)):
+        rounded = -(-int(halo) // int(size_step)) * int(size_step)
+        return rounded, -(-(2 * rounded + 1) // int(size_step)) * int(size_step)
+    n = len(halo) if not isinstance(halo, (int, np.integer)) else len(size_step)
+    pairs = [package_grid(h, s) for h, s in zip(per_axis(halo, n), per_axis(size_step, n))]
+    return tuple(h for h, _ in pairs), tuple(m for _, m in pairs)
 
 
 def _pid_alive(pid: int) -> bool:

@@ -10,6 +10,8 @@ array's own order, e.g. ``"YX"``, ``"SYX"`` or ``"ZCYX"``.  Inside the package
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import numpy as np
 
 from bmz_cosdd.errors import UserError
@@ -209,3 +211,24 @@ def restore_axes(samples: np.ndarray, axes: str, shape: tuple[int, ...]) -> np.n
     unflat = samples.reshape([full[a] for a in canonical])
     # Output dimension i holds the user's axis axes[i]; find it in canonical order.
     return np.transpose(unflat, [canonical.index(a) for a in axes])
+
+
+def per_axis(value: int | Sequence[int], n_spatial: int) -> tuple[int, ...]:
+    """A size, step or halo as one int per spatial axis (an int applies to every axis).
+
+    Examples
+    --------
+    >>> per_axis(8, 3), per_axis((1, 8, 8), 3)
+    ((8, 8, 8), (1, 8, 8))
+
+    Raises
+    ------
+    ValueError
+        If a sequence does not hold exactly ``n_spatial`` values.
+    """
+    if isinstance(value, (int, np.integer)):
+        return (int(value),) * n_spatial
+    values = tuple(int(v) for v in value)
+    if len(values) != n_spatial:
+        raise ValueError(f"expected 1 or {n_spatial} values (one per spatial axis), got {values}")
+    return values

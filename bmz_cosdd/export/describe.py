@@ -68,9 +68,9 @@ def _channel_names(n: int) -> list[str]:
     return [str(i) for i in range(n)]
 
 
-def _spatial_output_axes(v0_5: Any, halo: int, spatial_axes: Sequence[str]) -> list:
+def _spatial_output_axes(v0_5: Any, halos: Sequence[int], spatial_axes: Sequence[str]) -> list:
     axes = []
-    for aid in spatial_axes:
+    for aid, halo in zip(spatial_axes, halos):
         size = v0_5.SizeReference(tensor_id=v0_5.TensorId(INPUT_ID), axis_id=v0_5.AxisId(aid))
         if halo > 0:
             axes.append(v0_5.SpaceOutputAxisWithHalo(id=v0_5.AxisId(aid), size=size, halo=halo))
@@ -145,10 +145,8 @@ def describe_model(content: PackageContent, files: dict[str, Any], with_test_out
         v0_5.BatchAxis(),
         v0_5.ChannelAxis(id=v0_5.AxisId("channel"), channel_names=channel_names),
         *[
-            v0_5.SpaceInputAxis(
-                id=v0_5.AxisId(aid), size=v0_5.ParameterizedSize(min=c.size_min, step=c.size_step)
-            )
-            for aid in c.spatial_axes
+            v0_5.SpaceInputAxis(id=v0_5.AxisId(aid), size=v0_5.ParameterizedSize(min=low, step=step))
+            for aid, low, step in zip(c.spatial_axes, c.mins, c.steps)
         ],
     ]
     inputs = [
@@ -169,7 +167,7 @@ def describe_model(content: PackageContent, files: dict[str, Any], with_test_out
         if name == "samples":
             axes.append(v0_5.IndexOutputAxis(id=v0_5.AxisId("index"), size=int(c.n_samples)))
         axes.append(v0_5.ChannelAxis(id=v0_5.AxisId("channel"), channel_names=channel_names))
-        axes.extend(_spatial_output_axes(v0_5, c.halo, c.spatial_axes))
+        axes.extend(_spatial_output_axes(v0_5, c.halos, c.spatial_axes))
         offset = [0.0] * c.n_channels if name == "std" else list(c.mean)
         outputs.append(
             v0_5.OutputTensorDescr(

@@ -17,13 +17,14 @@ from dataclasses import dataclass, field
 from datetime import date
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 
 from bmz_cosdd import __version__
 from bmz_cosdd.config import load_yaml
+from bmz_cosdd.data.axes import per_axis
 from bmz_cosdd.data.io import load_images
 from bmz_cosdd.data.normalisation import normalise
 from bmz_cosdd.data.splits import split_images
@@ -125,7 +126,8 @@ class PackageResult:
     notes: list[str]
 
 
-def _test_image(trained: TrainedModel, run: RunFolder, size_min: int, size_step: int) -> tuple[np.ndarray, str]:
+def _test_image(trained: TrainedModel, run: RunFolder, size_min: tuple[int, ...],
+                size_step: tuple[int, ...]) -> tuple[np.ndarray, str]:
     """The raw (1, C, [Z,] Y, X) test image and a sentence on where it came from, for the model card.
 
     It is the image the run stored when training started (a crop of a validation image), so a
@@ -137,11 +139,12 @@ def _test_image(trained: TrainedModel, run: RunFolder, size_min: int, size_step:
         return _test_image_from_data(trained, size_min, size_step)
     image = sample.image
     window = [slice(None)]
-    for extent in image.shape[1:]:
-        size = extent // size_step * size_step
-        if size < size_min:
+    for extent, step, low in zip(image.shape[1:], size_step, size_min):
+        size = extent // step * step
+        if size < low:
             raise UserError(f"the run's test image ({' x '.join(map(str, image.shape[1:]))}) is smaller than this"
-                            f" package's minimum size {size_min}; retrain with this version of bmz-cosdd")
+                            f" package's minimum size {' x '.join(map(str, size_min))}; retrain with this version"
+                            f" of bmz-cosdd")
         start = (extent - size) // 2
         window.append(slice(start, start + size))
     raw = np.ascontiguousarray(image[tuple(window)][None], dtype=np.float32)
@@ -152,7 +155,8 @@ def _test_image(trained: TrainedModel, run: RunFolder, size_min: int, size_step:
     return raw, text + "."
 
 
-def _test_image_from_data(trained: TrainedModel, size_min: int, size_step: int) -> tuple[np.ndarray, str]:
+def _test_image_from_data(trained: TrainedModel, size_min: tuple[int, ...],
+                          size_step: tuple[int, ...]) -> tuple[np.ndarray, str]:
     """A raw crop of the first validation image, read from the training data (runs without a stored sample)."""
     from bmz_cosdd.training.session import package_sample
 
@@ -251,9 +255,9 @@ class _Plan:
     options: ExportOptions
     exported: ExportedModel
     module: torch.nn.Module
-    halo: int
-    size_min: int
-    size_step: int
+    halo: tuple[int, ...]  # per spatial axis: (Y, X) or (Z, Y, X)
+    size_min: tuple[int, ...]
+    size_step: tuple[int, ...]
     raw: np.ndarray
     test_text: str
 
@@ -367,8 +371,8 @@ def _plan(run: RunFolder, trained: TrainedModel, options: ExportOptions) -> _Pla
     """Ask the method for its inference module, fit the package's grid to it and cut the test image."""
     exported = trained.method.export(trained.model, trained.config.model, options)
     module = exported.module.eval()
-    step = exported.size_step
-    halo, size_min = package_grid(exported.halo, step)
+    step = per_axis(exported.size_step, exported.spatial_dims)
+    halo, size_min = package_grid(per_axis(exported.halo, exported.spatial_dims), step)
     raw, test_text = _test_image(trained, run, size_min, step)
     return _Plan(run=run, trained=trained, options=options, exported=exported, module=module, halo=halo,
                  size_min=size_min, size_step=step, raw=raw, test_text=test_text)
@@ -418,6 +422,13 @@ def _package_name(meta: PackageMeta, method: Any) -> str:
     return meta.name or f"{method.name} denoiser"
 
 
+def _per_axis_text(values: Sequence[int], spatial_dims: int) -> str:
+    """``16`` when every axis agrees, else ``z 4, y 16, x 16`` (the model card's sizes)."""
+    if len(set(values)) == 1:
+        return str(values[0])
+    return ", ".join(f"{axis} {value}" for axis, value in zip("zyx"[3 - spatial_dims:], values))
+
+
 def _card_fields(plan: _Plan, meta: PackageMeta, out: Path, formats: list[str]) -> dict[str, Any]:
     """The values the model card templates are filled with."""
     trained, exported, method = plan.trained, plan.exported, plan.method
@@ -429,7 +440,9 @@ def _card_fields(plan: _Plan, meta: PackageMeta, out: Path, formats: list[str]) 
         "package_name": out.name, "method_name": method.name,
         "outputs_text": ", ".join(exported.outputs),
         "n_channels": trained.stats.n_channels,
-        "size_min": plan.size_min, "size_step": plan.size_step, "halo": plan.halo,
+        "size_min": _per_axis_text(plan.size_min, exported.spatial_dims),
+        "size_step": _per_axis_text(plan.size_step, exported.spatial_dims),
+        "halo": _per_axis_text(plan.halo, exported.spatial_dims),
         **_layout_fields(exported.spatial_dims),
         "mean": [round(v, 6) for v in trained.stats.mean], "std": [round(v, 6) for v in trained.stats.std],
         "data_text": ", ".join(Path(p).name for p in config.data.paths),

@@ -25,6 +25,7 @@ from typing import Any, NoReturn, Sequence
 
 import numpy as np
 
+from bmz_cosdd.data.axes import per_axis
 from bmz_cosdd.errors import UserError
 
 #: Output names a stochastic model may offer, in this order; the first given is the main one.
@@ -106,7 +107,9 @@ class PackageContent:
         Channels of input and outputs.
     size_min, size_step, halo
         Spatial (y and x, and z in 3-D) sizes accepted are ``size_min + k * size_step``;
-        ``halo`` pixels each side of a tile are context. ``size_min - 2 * halo >= 1``.
+        ``halo`` pixels each side of a tile are context. ``size_min - 2 * halo >= 1``. Each is
+        one int for every spatial axis or one per axis in the order of ``spatial_axes`` (an
+        anisotropic volume model has a smaller minimum, step and halo along z).
     mean, std
         Per-channel training statistics (raw intensities, float64).
     outputs
@@ -153,9 +156,9 @@ class PackageContent:
     documentation: Path
     covers: list[Path]
     n_channels: int
-    size_min: int
-    size_step: int
-    halo: int
+    size_min: int | tuple[int, ...]
+    size_step: int | tuple[int, ...]
+    halo: int | tuple[int, ...]
     mean: list[float]
     std: list[float]
     outputs: list[str]
@@ -178,6 +181,21 @@ class PackageContent:
     def spatial_axes(self) -> tuple[str, ...]:
         """The package's spatial axis ids, slowest first."""
         return ("z", "y", "x")[3 - self.spatial_dims:]
+
+    @property
+    def mins(self) -> tuple[int, ...]:
+        """``size_min`` per spatial axis (order of :attr:`spatial_axes`)."""
+        return per_axis(self.size_min, self.spatial_dims)
+
+    @property
+    def steps(self) -> tuple[int, ...]:
+        """``size_step`` per spatial axis."""
+        return per_axis(self.size_step, self.spatial_dims)
+
+    @property
+    def halos(self) -> tuple[int, ...]:
+        """``halo`` per spatial axis."""
+        return per_axis(self.halo, self.spatial_dims)
 
 
 # --------------------------------------------------------------------------- checks
@@ -300,10 +318,15 @@ def check_content(content: PackageContent) -> None:
         _fail(f"n_channels must be >= 1, got {c.n_channels}")
     if c.spatial_dims not in (2, 3):
         _fail(f"spatial_dims must be 2 or 3, got {c.spatial_dims}")
-    if c.size_step < 1 or c.size_min < 1 or c.halo < 0:
-        _fail(f"size_min and size_step must be >= 1 and halo >= 0, got {c.size_min}, {c.size_step}, {c.halo}")
-    if c.size_min - 2 * c.halo < 1:
-        _fail(f"size_min - 2*halo must be >= 1 (bioimage.io rule), got {c.size_min} - 2*{c.halo}")
+    try:
+        grid = list(zip(c.mins, c.steps, c.halos))
+    except ValueError as exc:
+        _fail(f"size_min, size_step and halo need 1 or {c.spatial_dims} values: {exc}")
+    for low, step, halo in grid:
+        if step < 1 or low < 1 or halo < 0:
+            _fail(f"size_min and size_step must be >= 1 and halo >= 0, got {c.size_min}, {c.size_step}, {c.halo}")
+        if low - 2 * halo < 1:
+            _fail(f"size_min - 2*halo must be >= 1 (bioimage.io rule), got {c.size_min} - 2*{c.halo}")
     if len(c.mean) != c.n_channels or len(c.std) != c.n_channels:
         _fail(f"mean and std need {c.n_channels} values, got {len(c.mean)} and {len(c.std)}")
     for s in c.std:
@@ -338,8 +361,8 @@ def check_content(content: PackageContent) -> None:
         _fail(f"test input must be float32, got {arr.dtype}")
     if not np.isfinite(arr).all():
         _fail("test input contains NaN or infinite values")
-    for size in arr.shape[2:]:
-        if size < c.size_min or (size - c.size_min) % c.size_step:
+    for size, low, step in zip(arr.shape[2:], c.mins, c.steps):
+        if size < low or (size - low) % step:
             _fail(f"test input spatial sizes must be {c.size_min} + k*{c.size_step}, got {arr.shape[2:]}")
     _check_file(c.torchscript, "torchscript weights")
     plain_release(c.pytorch_version)

@@ -43,7 +43,8 @@ from bmz_cosdd.data.io import atomic_write_text
 from bmz_cosdd.data.normalisation import normalise
 from bmz_cosdd.errors import UserError
 from bmz_cosdd.inference.predictor import TrainedModel, prediction_context, resolve_options, tile_function, to_raw
-from bmz_cosdd.inference.tiling import check_tile, pad_mode, spatial_sizes, tile_warning
+from bmz_cosdd.data.axes import per_axis
+from bmz_cosdd.inference.tiling import check_tile, effective_halo, pad_mode, spatial_sizes, tile_warning
 from bmz_cosdd.methods.base import PredictOptions
 
 __all__ = ["Block", "block_grid", "block_progress", "is_out_of_core_input", "output_path", "predict_out_of_core"]
@@ -194,12 +195,13 @@ def predict_out_of_core(
     spatial = _spatial_axes(trained)
     if "Z" in spatial and "Z" not in source.axes:
         raise UserError(f"{source.path.name}: this model denoises volumes; its axes {source.axes} have no Z")
-    step, halo = trained.method.size_step(trained.model), trained.method.halo(trained.model)
-    tiles = check_tile(tile, halo, step, len(spatial))
+    steps = per_axis(trained.method.size_step(trained.model), len(spatial))
+    halos = per_axis(trained.method.halo(trained.model), len(spatial))
+    tiles = check_tile(tile, halos, steps, len(spatial))
     plane = [source.shape[source.axes.index(a)] for a in spatial]
-    warning = tile_warning(plane, tiles, halo, step)
-    halo = -(-halo // step) * step
-    block = tuple((t - 2 * halo) // step * step for t in tiles)
+    warning = tile_warning(plane, tiles, halos, steps)
+    halos = tuple(effective_halo(h, s) for h, s in zip(halos, steps))
+    block = tuple((t - 2 * h) // s * s for t, h, s in zip(tiles, halos, steps))
     _check_chunks(source, spatial, tiles)
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
@@ -218,7 +220,7 @@ def predict_out_of_core(
         "input": str(source.path.resolve()), "shape": list(source.shape), "axes": source.axes,
         "model": str(trained.source.resolve()), "model_step": trained.step, "estimator": options.estimator,
         "samples": options.samples, "sample_batch": options.sample_batch, "seed": seed, "tile": list(tiles),
-        "block": list(block), "halo": halo,
+        "block": list(block), "halo": list(halos),
     }
     record_path = out / f".{_stem(source.path)}.blockwise.json"
     record = _load_record(record_path)
@@ -245,10 +247,10 @@ def predict_out_of_core(
             for blk in grid:
                 if p * len(grid) + blk.index < done:
                     continue
-                window = _read_window(source, fixed, spatial, [s - halo for s in blk.start],
-                                      [b + 2 * halo for b in block])
+                window = _read_window(source, fixed, spatial, [s - h for s, h in zip(blk.start, halos)],
+                                      [b + 2 * h for b, h in zip(block, halos)])
                 x = torch.from_numpy(normalise(window, trained.stats, spatial_dims=len(spatial)))[None]
-                inner = (Ellipsis,) + tuple(slice(halo, halo + n) for n in blk.size)
+                inner = (Ellipsis,) + tuple(slice(h, h + n) for n, h in zip(blk.size, halos))
                 outputs = {name: value[inner].float().cpu().numpy() for name, value in run_tile(x, blk.index).items()}
                 for name, value in to_raw(trained, outputs).items():
                     if name not in targets:

@@ -1,10 +1,13 @@
 """Predict images and volumes of any size in overlapping tiles so that no seams appear.
 
-Each tile is the inner region plus ``halo`` pixels of context on every side of
+Each tile is the inner region plus ``halo`` pixels of context on each side of
 every spatial axis; only the inner region of each output is kept. Tile origins
 fall on multiples of the network's size step, so a translation-equivariant
 network gives exactly the same values tiled as in one piece whenever the halo
-covers its receptive field. Images are (C, Y, X), volumes (C, Z, Y, X).
+covers its receptive field. Images are (C, Y, X), volumes (C, Z, Y, X). The halo
+and the size step are one number for every axis or one per spatial axis: an
+anisotropic 3-D network (z kept at full resolution, short z kernels) has a
+smaller halo and step along Z than along Y and X.
 """
 
 from __future__ import annotations
@@ -17,11 +20,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from bmz_cosdd.data.axes import per_axis
 from bmz_cosdd.errors import UserError
 
 __all__ = [
-    "TileProgress", "check_tile", "effective_halo", "pad_mode", "predict_tiled", "smallest_tile", "spatial_sizes",
-    "suggested_tile", "tile_layout", "tile_warning",
+    "TileProgress", "check_tile", "effective_halo", "pad_mode", "per_axis", "predict_tiled", "smallest_tile",
+    "spatial_sizes", "suggested_tile", "tile_layout", "tile_warning",
 ]
 
 # Tiling rule: a tile should keep at least half of its side: its kept core (tile - 2 x halo) is at least half the
@@ -85,38 +89,56 @@ def _sizes_text(sizes: Sequence[int]) -> str:
     return " x ".join(str(int(s)) for s in sizes)
 
 
-def check_tile(tile: int | Sequence[int], halo: int, step: int, n_spatial: int) -> tuple[int, ...]:
-    """``tile`` per spatial axis, refused in one line when it keeps no core (suggesting :func:`suggested_tile`)."""
+def _tile_option(sizes: Sequence[int]) -> str:
+    """Sizes as ``--tile`` takes them: one number when they agree, else comma-separated per axis."""
+    return str(sizes[0]) if len(set(sizes)) == 1 else ",".join(str(int(s)) for s in sizes)
+
+
+def _suggested(halos: Sequence[int], steps: Sequence[int]) -> str:
+    return _tile_option([suggested_tile(h, s) for h, s in zip(halos, steps)])
+
+
+def check_tile(tile: int | Sequence[int], halo: int | Sequence[int], step: int | Sequence[int],
+               n_spatial: int) -> tuple[int, ...]:
+    """``tile`` per spatial axis, refused in one line when it keeps no core along some axis.
+
+    ``halo`` and ``step`` are one value or one per spatial axis; the refusal suggests
+    :func:`suggested_tile` per axis (e.g. ``--tile 16,256,256`` for an anisotropic volume model).
+    """
     sizes = spatial_sizes(tile, n_spatial)
-    if min(sizes) < smallest_tile(halo, step):
+    halos, steps = per_axis(halo, n_spatial), per_axis(step, n_spatial)
+    if any(t < smallest_tile(h, s) for t, h, s in zip(sizes, halos, steps)):
+        kept = [effective_halo(h, s) for h, s in zip(halos, steps)]
         raise UserError(
-            f"--tile {_sizes_text(sizes) if len(set(sizes)) > 1 else sizes[0]} is too small for this model (halo"
-            f" {effective_halo(halo, step)} px each side): use --tile {suggested_tile(halo, step)} or more, which"
-            f" keeps at least half of each tile's side"
+            f"--tile {_tile_option(sizes)} is too small for this model (halo {_sizes_text(kept)} px each side):"
+            f" use --tile {_suggested(halos, steps)} or more, which keeps at least half of each tile's side"
         )
     return sizes
 
 
-def tile_warning(shape: Sequence[int], tile: int | Sequence[int], halo: int, step: int) -> Optional[str]:
+def tile_warning(shape: Sequence[int], tile: int | Sequence[int], halo: int | Sequence[int],
+                 step: int | Sequence[int]) -> Optional[str]:
     """One line when tiling an image of spatial ``shape`` wastes most of the work, else None.
 
     Warns when, along an axis cut into more than one tile, a tile keeps under half of its side (for square 2-D
     tiles: under a quarter of its pixels); the line gives the number of tiles and the suggested --tile.
+    ``halo`` and ``step`` are one value or one per spatial axis.
     """
-    sizes = spatial_sizes(tile, len(shape))
-    h = effective_halo(halo, step)
-    layout = [tile_layout(size, t, h, step) for size, t in zip(shape, sizes)]
-    cores = [max(step, (t - 2 * h) // step * step) for t in sizes]
-    wasteful = any(n > 1 and c < KEPT_SIDE * (c + 2 * h) for (_, n), c in zip(layout, cores))
+    n = len(shape)
+    sizes, halos, steps = spatial_sizes(tile, n), per_axis(halo, n), per_axis(step, n)
+    kept_halos = [effective_halo(h, s) for h, s in zip(halos, steps)]
+    layout = [tile_layout(size, t, h, s) for size, t, h, s in zip(shape, sizes, kept_halos, steps)]
+    cores = [max(s, (t - 2 * h) // s * s) for t, h, s in zip(sizes, kept_halos, steps)]
+    wasteful = any(count > 1 and c < KEPT_SIDE * (c + 2 * h) for (_, count), c, h in zip(layout, cores, kept_halos))
     if not wasteful:
         return None
-    count = math.prod(n for _, n in layout)
-    tile_text = _sizes_text(sizes) if len(set(sizes)) > 1 else str(sizes[0])
+    count = math.prod(k for _, k in layout)
+    halo_text = _sizes_text(kept_halos) if len(set(kept_halos)) > 1 else str(kept_halos[0])
     return (
-        f"warning: --tile {tile_text} keeps only {_sizes_text(cores)} px of every"
-        f" {_sizes_text([c + 2 * h for c in cores])} px tile (halo {h} px each side): {count} tiles for this"
-        f" {_sizes_text(shape)} image; use --tile {suggested_tile(halo, step)} or more (keeps at least half of each"
-        f" tile's side)"
+        f"warning: --tile {_tile_option(sizes)} keeps only {_sizes_text(cores)} px of every"
+        f" {_sizes_text([c + 2 * h for c, h in zip(cores, kept_halos)])} px tile (halo {halo_text} px each side):"
+        f" {count} tiles for this {_sizes_text(shape)} image; use --tile {_suggested(halos, steps)} or more (keeps"
+        f" at least half of each tile's side)"
     )
 
 
@@ -136,8 +158,8 @@ def predict_tiled(
     fn: Callable[[Tensor], dict[str, Tensor]],
     image: np.ndarray,
     tile: int | Sequence[int],
-    halo: int,
-    step: int,
+    halo: int | Sequence[int],
+    step: int | Sequence[int],
     on_tile: Optional[Callable[[int, int], None]] = None,
 ) -> dict[str, np.ndarray]:
     """Apply ``fn`` to overlapping tiles of ``image`` and stitch the outputs.
@@ -153,9 +175,10 @@ def predict_tiled(
         Largest tile length fed to ``fn`` along each spatial axis, halo included:
         one for every axis, or one per spatial axis (e.g. ``(64, 512, 512)``).
     halo
-        Context on each side of every spatial axis; rounded up to a multiple of ``step``.
+        Context on each side of every spatial axis (one value, or one per spatial axis); rounded up
+        to a multiple of ``step``.
     step
-        Sizes fed to ``fn`` are multiples of this.
+        Sizes fed to ``fn`` are multiples of this (one value, or one per spatial axis).
     on_tile
         Called as ``on_tile(done, total)`` after each tile.
 
@@ -164,17 +187,19 @@ def predict_tiled(
     dict
         The stitched outputs, float32 numpy arrays cropped to the image's spatial shape.
     """
-    halo = _round_up(max(halo, 0), step)
     shape = image.shape[1:]
-    layout = [tile_layout(size, t, halo, step) for size, t in zip(shape, spatial_sizes(tile, len(shape)))]
+    steps = per_axis(step, len(shape))
+    halos = [effective_halo(h, s) for h, s in zip(per_axis(halo, len(shape)), steps)]
+    layout = [tile_layout(size, t, h, s) for size, t, h, s in zip(shape, spatial_sizes(tile, len(shape)), halos, steps)]
     inner = [length for length, _ in layout]
     totals = [length * count for length, count in layout]
-    padded = _pad(image, [(halo, halo + total - size) for size, total in zip(shape, totals)])
-    keep = (Ellipsis,) + tuple(slice(halo, halo + length) for length in inner)
+    padded = _pad(image, [(h, h + total - size) for size, total, h in zip(shape, totals, halos)])
+    keep = (Ellipsis,) + tuple(slice(h, h + length) for length, h in zip(inner, halos))
     origins = list(itertools.product(*(range(0, total, length) for total, length in zip(totals, inner))))
     outputs: dict[str, np.ndarray] = {}
     for done, origin in enumerate(origins, 1):
-        window = padded[(slice(None),) + tuple(slice(o, o + length + 2 * halo) for o, length in zip(origin, inner))]
+        window = padded[(slice(None),) + tuple(slice(o, o + length + 2 * h)
+                                               for o, length, h in zip(origin, inner, halos))]
         target = (Ellipsis,) + tuple(slice(o, o + length) for o, length in zip(origin, inner))
         result = fn(torch.from_numpy(np.ascontiguousarray(window, dtype=np.float32))[None])
         for name, value in result.items():

@@ -6,7 +6,7 @@ import dataclasses
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -14,6 +14,7 @@ import torch
 from bmz_cosdd import __version__
 from bmz_cosdd.artifacts.run_folder import RunFolder, RunSample, package_grid, settings_from_record
 from bmz_cosdd.config import RunConfig, from_dict, DataConfig, TrainConfig
+from bmz_cosdd.data.axes import per_axis
 from bmz_cosdd.data.crops import RandomCrops, fixed_val_crops
 from bmz_cosdd.data.io import Image, load_images
 from bmz_cosdd.data.normalisation import NormStats, compute_stats, normalise
@@ -248,7 +249,7 @@ class _Setup:
 
     method: Any
     model: torch.nn.Module
-    step: int
+    step: tuple[int, ...]  # per spatial axis: (Y, X) or (Z, Y, X)
     crops: RandomCrops
     val_crops: torch.Tensor
     device: torch.device
@@ -264,14 +265,14 @@ def _setup(config: RunConfig, method: Method, data: PreparedData, init_state: di
         except RuntimeError as exc:
             raise UserError(f"the package's weights do not fit its architecture: {str(exc).splitlines()[0]}") from None
     model = model.to(device)
-    step = method.size_step(model)
-    if config.data.crop_size % step:
-        raise UserError(
-            f"data.crop_size ({config.data.crop_size}) must be a multiple of {step} for this architecture"
-        )
     shape = crop_shape(config.data)
-    if shape[0] % step:
-        raise UserError(f"data.crop_depth ({shape[0]}) must be a multiple of {step} for this architecture")
+    step = per_axis(method.size_step(model), len(shape))
+    if config.data.crop_size % step[-1]:
+        raise UserError(
+            f"data.crop_size ({config.data.crop_size}) must be a multiple of {step[-1]} for this architecture"
+        )
+    if shape[0] % step[0]:
+        raise UserError(f"data.crop_depth ({shape[0]}) must be a multiple of {step[0]} for this architecture")
     generator = torch.Generator().manual_seed(config.train.seed + 1)
     crops = RandomCrops(data.train, shape, generator)
     val_crops = fixed_val_crops(data.val, shape, config.data.val_crops)
@@ -320,19 +321,22 @@ def assess_run(
 SAMPLE_SIDE = {2: 256, 3: 64}
 
 
-def package_sample(image: Image, size_step: int, size_min: int, spatial_dims: int) -> RunSample:
+def package_sample(image: Image, size_step: int | Sequence[int], size_min: int | Sequence[int],
+                   spatial_dims: int) -> RunSample:
     """The image a package of this model is tested with: a centred crop of a raw validation image.
 
     Every side is a multiple of ``size_step``, at least the package's minimum size ``size_min``
-    (:func:`~bmz_cosdd.artifacts.run_folder.package_grid`) and at most :data:`SAMPLE_SIDE`. A
-    validation image smaller than the minimum is extended by reflection (``numpy.pad`` mode
+    (:func:`~bmz_cosdd.artifacts.run_folder.package_grid`) and at most :data:`SAMPLE_SIDE`; both
+    are one value or one per spatial axis (an anisotropic volume model's Z differs from Y and X).
+    A validation image smaller than the minimum is extended by reflection (``numpy.pad`` mode
     ``symmetric``) and the sample says so.
     """
-    limit = max(size_min, SAMPLE_SIDE[spatial_dims] // size_step * size_step)
+    steps, mins = per_axis(size_step, spatial_dims), per_axis(size_min, spatial_dims)
     window, pads = [slice(None)], [(0, 0)]
-    for extent in image.data.shape[1:]:
-        usable = extent // size_step * size_step
-        size = min(max(usable, size_min), limit)
+    for extent, step, low in zip(image.data.shape[1:], steps, mins):
+        limit = max(low, SAMPLE_SIDE[spatial_dims] // step * step)
+        usable = extent // step * step
+        size = min(max(usable, low), limit)
         if extent >= size:
             start = (extent - size) // 2
             window.append(slice(start, start + size))

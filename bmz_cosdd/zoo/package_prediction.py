@@ -32,7 +32,7 @@ def predict_files_with_package(
     out_dir: str | Path,
     pattern: str = "*",
     weight_format: Optional[str] = None,
-    block: int = 512,
+    block: int | Sequence[int] = 512,
     device: Optional[str] = None,
     on_image: Optional[Callable[[Path, int, int], None]] = None,
     trust_code: bool = False,
@@ -58,7 +58,8 @@ def predict_files_with_package(
         that source is byte-identical to the one this version of bmz-cosdd writes for the
         package (and its callable is ours, with no ``import_from``), or ``trust_code``.
     block
-        Largest block side; larger images are predicted in blocks with the model's halo.
+        Largest block side, one for every spatial axis or one per axis; larger images are
+        predicted in blocks with the model's halo.
     device
         ``cpu`` or ``cuda`` (default: core's choice).
     trust_code
@@ -124,11 +125,15 @@ def predict_files_with_package(
     return written
 
 
-def _blocksize(shape: Sequence[int], block: int, mins: Sequence[int], steps: Sequence[int]) -> Optional[int]:
-    """The ParameterizedSize ``n`` of blocks no larger than ``block`` nor the image; None: one piece."""
-    if all(size <= block for size in shape):
+def _blocksize(shape: Sequence[int], block: int | Sequence[int], mins: Sequence[int],
+               steps: Sequence[int]) -> Optional[int]:
+    """The ParameterizedSize ``n`` of blocks no larger than ``block`` (per axis) nor the image; None: one piece."""
+    blocks = [int(block)] * len(shape) if isinstance(block, (int, np.integer)) else [int(b) for b in block]
+    if len(blocks) != len(shape):
+        raise UserError(f"--tile needs 1 or {len(shape)} sizes (one per spatial axis), got {len(blocks)}")
+    if all(size <= b for size, b in zip(shape, blocks)):
         return None
-    ns = [(min(block, size) - low) // step for size, low, step in zip(shape, mins, steps) if step]
+    ns = [(min(b, size) - low) // step for size, b, low, step in zip(shape, blocks, mins, steps) if step]
     return max(0, min(ns)) if ns else None
 
 

@@ -1,0 +1,124 @@
+"""How a 3-D network treats z: which levels pool it and how far each level's kernels reach along it.
+
+Microscopy stacks are usually anisotropic (a z step 2-5 times the pixel size) and thin (tens of
+planes). A network that pools and convolves z like y and x then has a z receptive field, halo,
+minimum size and size step far larger than the stack warrants. The automatic layout follows the
+rule of nnU-Net (Isensee et al., Nature Methods 18, 2021): at each level, an axis gets a kernel
+of 3 (context from its neighbours) and is pooled only while its spacing is within twice the
+finest spacing at that level; in-plane pooling doubles the y/x spacing, so z joins in once the
+in-plane resolution has come down to it. Two limits of the data come on top: pooling z must leave
+at least two planes of a training crop, and the z receptive field must fit the stack (its
+minimum package size, ``2 * halo + 1`` planes, at most the stack's depth), taken off the coarsest
+levels first.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence
+
+#: A level convolves along z (kernel 3) and may pool z while the z spacing is at most this many
+#: times the in-plane spacing at that level (nnU-Net's anisotropy threshold).
+ANISOTROPY_LIMIT = 2.0
+#: Planes a training crop keeps at the coarsest z-pooled level.
+MIN_CROP_PLANES = 2
+
+
+@dataclass
+class ZLayout:
+    """The z treatment of a 3-D network, per level (finest first), and why it was chosen.
+
+    Attributes
+    ----------
+    z_pool
+        One per level: whether that level's down-sampling (and the matching up-sampling)
+        includes z. Levels that do not down-sample at all hold False.
+    z_kernel
+        One per level: the z extent of the level's convolution kernels (3 or 1).
+    reason
+        One sentence for the run's notes: the voxel size and stack depth it came from.
+    """
+
+    z_pool: list[bool]
+    z_kernel: list[int]
+    reason: str
+
+
+def choose_z_layout(
+    downsamples: Sequence[bool],
+    z_ratio: Optional[float],
+    crop_depth: int,
+    stack_depth: int,
+    z_halo: Callable[[list[bool], list[int]], int],
+) -> ZLayout:
+    """The automatic z layout of a 3-D network.
+
+    Parameters
+    ----------
+    downsamples
+        One per level (finest first): whether the level down-samples y and x.
+    z_ratio
+        The z step divided by the pixel size in y/x, from the file's metadata; None when the
+        file records none (then z counts as sampled like y and x).
+    crop_depth
+        Planes of the training crops.
+    stack_depth
+        Planes of the thinnest training stack: the z halo must let a package accept it.
+    z_halo
+        The network's z receptive field (planes each side) for a layout, e.g. from the
+        network's per-axis ``receptive_fields`` or the method's halo rule.
+
+    Returns
+    -------
+    ZLayout
+        Per-level pooling and kernels, and the reason.
+
+    Examples
+    --------
+    >>> rf = lambda pool, kernel: sum(k // 2 * 2 ** sum(pool[:i]) for i, k in enumerate(kernel))
+    >>> layout = choose_z_layout([True, True], 4.0, 16, 40, rf)  # z step 4 px: z joins at the second level
+    >>> layout.z_kernel, layout.z_pool
+    ([1, 3], [False, True])
+    >>> choose_z_layout([True, True], 1.0, 16, 40, rf).z_pool
+    [True, True]
+    >>> choose_z_layout([True, True], 1.0, 16, 4, rf).z_kernel  # a 4-plane stack: halo at most 1 plane
+    [3, 1]
+    """
+    ratio = float(z_ratio) if z_ratio and z_ratio > 0 else 1.0
+    z_pool, z_kernel = [], []
+    xy, z, planes = 1.0, ratio, int(crop_depth)
+    for down in downsamples:
+        near = z <= ANISOTROPY_LIMIT * xy
+        z_kernel.append(3 if near else 1)
+        pool = bool(down) and near and planes // 2 >= MIN_CROP_PLANES
+        z_pool.append(pool)
+        if down:
+            xy *= 2
+        if pool:
+            z *= 2
+            planes //= 2
+    trimmed = 0
+    for level in reversed(range(len(z_kernel))):  # fit the stack: drop z context from the coarsest level down
+        if 2 * z_halo(z_pool, z_kernel) + 1 <= stack_depth:
+            break
+        if z_kernel[level] > 1 or z_pool[level]:
+            z_kernel[level], z_pool[level] = 1, False
+            trimmed += 1
+    source = f"z step {ratio:.3g} x the pixel size" if z_ratio else "no voxel size recorded (z taken as y and x)"
+    levels = len(z_kernel)
+    reason = (f"z layout (auto): {source}, {stack_depth}-plane stack, {crop_depth}-plane crops: z pooled at"
+              f" {sum(z_pool)} of {levels} levels, z kernels {','.join(map(str, z_kernel))} (finest first;"
+              f" nnU-Net's rule: context and pooling along z only where planes are within"
+              f" {ANISOTROPY_LIMIT:g}x the pixel spacing); z halo {z_halo(z_pool, z_kernel)} planes")
+    if trimmed:
+        reason += f" ({trimmed} coarse level(s) without z context, so a {stack_depth}-plane stack fits)"
+    return ZLayout(z_pool, z_kernel, reason)
+
+
+def z_ratio_of(sizes: dict[str, float]) -> Optional[float]:
+    """z step / y-x pixel size from physical sizes in micrometres (``{"X": .., "Y": .., "Z": ..}``), or None."""
+    z, y, x = sizes.get("Z"), sizes.get("Y"), sizes.get("X")
+    inplane = [s for s in (y, x) if s]
+    if not z or not inplane:
+        return None
+    return float(z) / (sum(inplane) / len(inplane))
