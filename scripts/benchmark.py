@@ -21,12 +21,28 @@ import sys
 import time
 
 
+#: Parameters of the reference implementation (krulllab/COSDD) at its default configuration, per part
+#: (counted by this project's developers; shared notes, methods-facts.md).
+REFERENCE_PARAMETERS = {"vae": 3_580_000, "ar_decoder": 211_000, "signal_decoder": 111_000, "total": 3_898_762}
+#: Why the parts differ, as far as established: the signal decoder matches exactly; the others do not.
+REFERENCE_DIFFERENCES = {
+    "signal_decoder": "the same network: four 3x3 convolutions of width 64 (111,361 parameters)",
+    "ar_decoder": "8 layers of 1 x 5 kernels, 64 filters, 3 Gaussians in both; about 29k parameters fewer"
+                  " here, in how the layers take the latent (which layer differs is not established)",
+    "vae": "the same width (64), levels (8) and latent channels (32), one gated residual block per level"
+           " and direction here; the reference's stem, merges and blocks hold about 0.86M more (two blocks"
+           " per level here would be 4.03M); which of its blocks hold them is not established",
+}
+
+
 def model_values(args: argparse.Namespace) -> dict:
     if args.preset == "reference":
-        # The reference implementation's default: features 64, 8 levels of 32 latent channels, 3 Gaussians.
-        return {"preset": "small", "n_levels": 8, "latent_channels": [32], "features": 64,
-                "ar_hidden": 64, "signal_hidden": 128, "n_gaussians": 3, "direction": "x"}
-    return {"preset": args.preset, "direction": "x"}
+        # The reference implementation's default: features 64, 8 levels of 32 latent channels, 3 Gaussians,
+        # an 8-layer noise decoder of width 64 and a signal decoder of width 64.
+        return {"preset": "small", "n_levels": 8, "latent_channels": [32], "features": 64, "ar_hidden": 64,
+                "ar_layers": 8, "signal_hidden": 64, "n_gaussians": 3, "direction": "x"}
+    # No training data here to size the noise decoder's field from: the paper's 8 layers (49 px).
+    return {"preset": args.preset, "direction": "x", "ar_layers": 8}
 
 
 def peak_rss_mib() -> float:
@@ -68,8 +84,10 @@ def phase_train(args: argparse.Namespace) -> dict:
     if device.type == "cuda":
         torch.cuda.synchronize()
     seconds = (time.perf_counter() - start) / args.steps
+    parts = {name: sum(p.numel() for p in child.parameters()) for name, child in model.named_children()}
     out = {
         "parameters": sum(p.numel() for p in model.parameters()),
+        "parameters_per_part": parts,
         "batch": args.batch,
         "crop": args.crop,
         "direct_denoiser": args.direct_denoiser,
@@ -147,6 +165,14 @@ def main() -> None:
         results[phase] = json.loads(proc.stdout.strip().splitlines()[-1])
     import torch
 
+    comparison = {}
+    if args.preset == "reference":
+        parts = results["train"]["parameters_per_part"]
+        comparison = {"reference_parameters": {
+            part: {"reference": count, "here": parts.get(part, results["train"]["parameters"]),
+                   "why": REFERENCE_DIFFERENCES.get(part, "")}
+            for part, count in REFERENCE_PARAMETERS.items()}}
+        comparison["reference_parameters"]["total"]["here"] = results["train"]["parameters"]
     print(json.dumps({
         "config": {"preset": args.preset, **model_values(args)},
         "device": args.device,
@@ -154,6 +180,7 @@ def main() -> None:
         "threads": args.threads or torch.get_num_threads(),
         "machine": platform.processor() or platform.machine(),
         **results,
+        **comparison,
     }, indent=1))
 
 
