@@ -37,10 +37,7 @@ REFERENCE_DIFFERENCES = {
 
 def model_values(args: argparse.Namespace) -> dict:
     if args.preset == "reference":
-        # The reference implementation's default: features 64, 8 levels of 32 latent channels, 3 Gaussians,
-        # an 8-layer noise decoder of width 64 and a signal decoder of width 64.
-        return {"preset": "small", "n_levels": 8, "latent_channels": [32], "features": 64, "ar_hidden": 64,
-                "ar_layers": 8, "signal_hidden": 64, "n_gaussians": 3, "direction": "x"}
+        return {"preset": "reference", "direction": "x"}  # PRESETS in bmz_cosdd/methods/cosdd/config.py
     # No training data here to size the noise decoder's field from: the paper's 8 layers (49 px).
     return {"preset": args.preset, "direction": "x", "ar_layers": 8}
 

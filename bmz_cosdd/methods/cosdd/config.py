@@ -22,7 +22,7 @@ class COSDDConfig:
     Parameters
     ----------
     preset
-        Name of the preset the other values started from (``tiny``, ``small``, ``large``).
+        Name of the preset the other values started from (``tiny``, ``small``, ``large``, ``reference``).
         ``auto`` (the default of :func:`cosdd_config`) is resolved when the config is built:
         see :data:`AUTO_PRESETS`.
     preset_auto
@@ -98,6 +98,13 @@ PRESETS: dict[str, dict[str, Any]] = {
     "small": dict(
         n_levels=6, latent_channels=[32] * 5 + [64], features=32, ar_hidden=32,
         signal_hidden=64, direct_features=32, direct_depth=3,
+    ),
+    # The reference implementation's default (krulllab/COSDD): width 64, 8 levels of 32 latent channels,
+    # an 8-layer noise decoder of width 64 (49 px field) and a signal decoder of width 64; for comparisons
+    # with it (scripts/benchmark.py prints the parameters per part against the reference's).
+    "reference": dict(
+        n_levels=8, latent_channels=[32] * 8, features=64, ar_hidden=64, ar_layers=8, signal_hidden=64,
+        n_gaussians=3, direct_features=32, direct_depth=3,
     ),
     # For tests, the demo and quick CPU trials; not a quality setting.
     "tiny": dict(
