@@ -1057,7 +1057,9 @@ def inspect(
     data : sequence of str or pathlib.Path
         Noisy image files or folders (TIFF, NPY, PNG).
     axes : str
-        Axes of the stored arrays, e.g. ``YX``, ``SYX``, ``CYX``, ``TYX``.
+        Axes of the stored arrays, e.g. ``YX``, ``SYX``, ``CYX``, ``TYX``; with ``Z`` (``ZYX``,
+        ``SZYX``, ``CZYX``) the images are volumes and the correlation along z (across planes) is
+        measured too.
     out : str or pathlib.Path
         The PNG report; a JSON with the same name is written beside it.
     pattern : str

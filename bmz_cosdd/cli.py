@@ -170,7 +170,7 @@ def evaluate(
 @app.command("inspect")
 def inspect_noise(
     data: Annotated[List[Path], typer.Argument(help="Noisy image files or folders (TIFF, NPY, PNG).")],
-    axes: Annotated[str, typer.Option(help="Axes of the stored arrays, e.g. YX, SYX, CYX, TYX.")] = "YX",
+    axes: Annotated[str, typer.Option(help="Axes of the stored arrays, e.g. YX, SYX, CYX, TYX; with Z (ZYX, SZYX, CZYX) the images are volumes and the correlation along z is measured too.")] = "YX",
     pattern: Annotated[str, typer.Option(help="Glob pattern inside folders.")] = "*",
     out: Annotated[Path, typer.Option(help="The PNG report (a JSON with the same name is written beside it).")] = Path("noise_report.png"),
     run: Annotated[Optional[Path], typer.Option(help="Noise = residual against this trained run's prediction.", show_default=False)] = None,
@@ -183,7 +183,7 @@ def inspect_noise(
     max_lag: Annotated[int, typer.Option(help="Largest lag measured, in pixels.")] = 16,
     threshold: Annotated[float, typer.Option(help="Correlation above which the noise counts as correlated.")] = 0.1,
 ) -> None:
-    """Estimate the noise from the data: its spatial correlation (x, y, 2-D map), variance against signal, and
+    """Estimate the noise from the data: its spatial correlation (x, y, z for volumes; 2-D map), variance against signal, and
     each method's settings for it (COSDD --direction, StructN2V --struct-mask, whether a pixel noise model fits)."""
     report = api.inspect(
         data, axes, out, pattern=pattern, run=run, dark=dark, dark_axes=dark_axes, region=region,

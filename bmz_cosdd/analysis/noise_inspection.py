@@ -2,13 +2,21 @@
 
 ``bmz-cosdd inspect`` estimates the noise from the data alone and reports
 
-- the 2-D spatial autocorrelation of a noise estimate,
-- the correlation along x and y with the correlation length, measured by
+- the 2-D spatial autocorrelation of a noise estimate (within planes, for volumes),
+- the correlation along x and y (and z, across the planes of volumes) with the
+  correlation length, measured by
   :func:`bmz_cosdd.data.noise_correlation.estimate_noise_correlation` (the
   estimator behind COSDD's ``--direction auto`` and StructN2V's
   ``--struct-mask auto``, so the report and those options always agree),
-- the noise variance against the signal,
+- the noise variance against the signal (for volumes, over every voxel of the
+  examined blocks),
 - and every method's advice for this noise (``Method.advise``).
+
+Volumes (axes with ``Z``, at least
+:data:`~bmz_cosdd.data.noise_correlation.MIN_PLANES` planes) are examined as
+their central blocks of contiguous planes
+(:func:`~bmz_cosdd.data.noise_correlation.examined_volumes`); every noise
+estimate below is then made within each plane, so that none mixes planes.
 
 Where the noise estimate comes from (:class:`NoiseSource`):
 
@@ -38,6 +46,7 @@ from bmz_cosdd.data.noise_correlation import (
     axis_residual,
     estimate_noise_correlation,
     examined_images,
+    examined_volumes,
 )
 from bmz_cosdd.errors import UserError
 
@@ -72,16 +81,17 @@ class NoiseSource:
     description : str
         How the noise was estimated, for the report.
     noisy : list of numpy.ndarray
-        The images the noise came from, (C, Y, X) float64 (shown in the report).
+        The images the noise came from, (C, Y, X) float64, or blocks of volumes
+        (C, Z, Y, X) (shown in the report).
     noise : list of numpy.ndarray
-        Noise estimates, (C, Y, X) float64, zero mean.
+        Noise estimates aligned with ``noisy``, float64, zero mean.
     signal : list of numpy.ndarray or None
         Signal estimates aligned with ``noise``; None when there is only one level.
     correlation_input : list of numpy.ndarray
         What the correlation estimator is given: the noisy images themselves for
         ``smooth`` (it removes the signal in its own unbiased way), else the noise.
     flat : list of numpy.ndarray or None
-        Per image, (Y, X) bool: the pixels whose noise estimate is trusted (a
+        Per image, ([Z,] Y, X) bool: the pixels whose noise estimate is trusted (a
         smoothing residual also holds edges and thin structures; only the
         flatter half of each image is used). None: every pixel.
     holds_signal : bool
@@ -100,27 +110,59 @@ class NoiseSource:
     holds_signal: bool = False
 
     def trusted(self, index: int) -> np.ndarray:
-        """(Y, X) bool mask of image ``index``'s trusted pixels."""
+        """([Z,] Y, X) bool mask of image ``index``'s trusted pixels."""
         if self.flat is None:
-            return np.ones(self.noise[index].shape[-2:], dtype=bool)
+            return np.ones(self.noise[index].shape[1:], dtype=bool)
         return self.flat[index]
+
+    @property
+    def volumes(self) -> bool:
+        """True when the arrays are blocks of volumes (C, Z, Y, X)."""
+        return self.noise[0].ndim == 4
+
+    def count(self) -> str:
+        """What the noise was measured on, e.g. ``3 image(s)`` or ``1 volume(s) of 24 planes``."""
+        if not self.volumes:
+            return f"{len(self.noise)} image(s)"
+        planes = sorted({a.shape[1] for a in self.noise})
+        span = str(planes[0]) if len(planes) == 1 else f"{planes[0]}-{planes[-1]}"
+        return f"{len(self.noise)} volume(s) of {span} planes"
 
 
 def _bounded(images: Sequence[np.ndarray]) -> list[np.ndarray]:
-    """The images the noise is measured on (see :func:`~bmz_cosdd.data.noise_correlation.examined_images`)."""
-    arrays = examined_images(images)
+    """The arrays the noise is measured on: volumes of enough planes as their central blocks
+    (:func:`~bmz_cosdd.data.noise_correlation.examined_volumes`), else 2-D images or a volume's planes
+    (:func:`~bmz_cosdd.data.noise_correlation.examined_images`)."""
+    arrays = examined_volumes(images) or examined_images(images)
     if not arrays:
         raise UserError("no images to inspect")
     return arrays
 
 
+def _in_plane(array: np.ndarray, sigma: float) -> tuple[float, ...]:
+    """Gaussian sigmas for ``array`` (.., Y, X) that smooth within each Y-X plane only."""
+    return (0.0,) * (array.ndim - 2) + (sigma, sigma)
+
+
+def _in_plane_slope(channel: np.ndarray, sigma: float) -> np.ndarray:
+    """Gradient magnitude of a (Y, X) image, or of every plane of a (Z, Y, X) volume, at scale ``sigma``."""
+    from scipy import ndimage
+
+    planes = channel.reshape(-1, *channel.shape[-2:])
+    return np.stack([ndimage.gaussian_gradient_magnitude(p, sigma) for p in planes]).reshape(channel.shape)
+
+
 def noise_from_smoothing(images: Sequence[np.ndarray], sigma: float = 2.0) -> NoiseSource:
     """Noise as the residual against a Gaussian smoothing of each image.
+
+    Volumes are smoothed within each plane (sigma 0 along Z), so that the
+    signal estimate does not mix planes: noise correlated along z stays in the
+    residual, and coarse Z steps do not blur the signal.
 
     Parameters
     ----------
     images : sequence of numpy.ndarray
-        Noisy images, (C, Y, X) or (Y, X), raw intensities.
+        Noisy images, (C, Y, X) or (Y, X), or volumes (C, Z, Y, X), raw intensities.
     sigma : float, default 2.0
         Standard deviation of the Gaussian in pixels.
 
@@ -133,12 +175,12 @@ def noise_from_smoothing(images: Sequence[np.ndarray], sigma: float = 2.0) -> No
     if sigma <= 0:
         raise UserError(f"--smooth-sigma must be positive, got {sigma}")
     noisy = _bounded(images)
-    signal = [ndimage.gaussian_filter(a, sigma=(0, sigma, sigma), mode="reflect") for a in noisy]
+    signal = [ndimage.gaussian_filter(a, sigma=_in_plane(a, sigma), mode="reflect") for a in noisy]
     noise = [a - s for a, s in zip(noisy, signal)]
     flat = []
     for s in signal:
-        # Edges leak into the residual; keep the half of the image with the weakest gradient.
-        slope = sum(ndimage.gaussian_gradient_magnitude(c, sigma) / max(float(c.std()), 1e-12) for c in s)
+        # Edges leak into the residual; keep the half of the image (volume) with the weakest gradient.
+        slope = sum(_in_plane_slope(c, sigma) / max(float(c.std()), 1e-12) for c in s)
         flat.append(slope <= np.median(slope))
     return NoiseSource(
         "smooth", f"residual against a Gaussian smoothing (sigma {sigma:g} px), flatter half of each image",
@@ -158,10 +200,12 @@ def noise_from_predictions(images: Sequence[np.ndarray], predictions: Sequence[n
 
 
 def noise_from_dark(frames: Sequence[np.ndarray]) -> NoiseSource:
-    """Noise from dark frames (acquired without light): each frame minus its own mean, per channel."""
+    """Noise from dark frames (acquired without light): each frame (each plane of a volume) minus its own mean,
+    per channel."""
     dark = _bounded(frames)
-    noise = [a - a.mean(axis=(1, 2), keepdims=True) for a in dark]
-    return NoiseSource("dark", f"{len(dark)} dark frame(s), each minus its mean", dark, noise, None, noise)
+    noise = [a - a.mean(axis=(-2, -1), keepdims=True) for a in dark]
+    what = "dark volume(s), each plane" if dark[0].ndim == 4 else "dark frame(s), each"
+    return NoiseSource("dark", f"{len(dark)} {what} minus its mean", dark, noise, None, noise)
 
 
 def parse_region(text: str) -> tuple[slice, slice]:
@@ -178,7 +222,8 @@ def parse_region(text: str) -> tuple[slice, slice]:
 
 
 def noise_from_region(images: Sequence[np.ndarray], region: str) -> NoiseSource:
-    """Noise from a region of each image that holds no structure (e.g. background): region minus its mean."""
+    """Noise from a region of each image that holds no structure (e.g. background): region minus its mean
+    (for volumes, the region of every plane, each minus its mean)."""
     ys, xs = parse_region(region)
     crops = []
     for a in images:
@@ -186,11 +231,11 @@ def noise_from_region(images: Sequence[np.ndarray], region: str) -> NoiseSource:
         a = a[None] if a.ndim == 2 else a
         if ys.stop > a.shape[-2] or xs.stop > a.shape[-1]:
             raise UserError(f"--region {region} lies outside an image of {a.shape[-2]} x {a.shape[-1]} px")
-        crops.append(a[:, ys, xs])
+        crops.append(a[..., ys, xs])
     if min(crops[0].shape[-2:]) < 16:
         raise UserError(f"--region {region} is too small; give at least 16 x 16 px")
     noisy = _bounded(crops)
-    noise = [a - a.mean(axis=(1, 2), keepdims=True) for a in noisy]
+    noise = [a - a.mean(axis=(-2, -1), keepdims=True) for a in noisy]
     return NoiseSource("region", f"empty region {region} of each image, minus its mean", noisy, noise, None, noise)
 
 
@@ -251,7 +296,10 @@ def signal_dependence(source: NoiseSource, direction: str = "none", bins: int = 
 
     ``direction`` is the measured noise direction; for sources whose noise
     estimate still holds signal, the variance comes from the residual against a
-    prediction along the other axis (along y for pixel-independent noise).
+    prediction along the other in-plane axis (along y for pixel-independent
+    noise and noise correlated along z: a prediction within the plane, exact for
+    noise independent along y). For volumes (C, Z, Y, X) every voxel of the
+    examined blocks enters the bins and the fit, all planes pooled.
     Clipped pixels (the data's minimum or maximum, see :mod:`bmz_cosdd.data.clipping`)
     are left out, with every residual they enter, and named in ``clipped``.
     """
@@ -261,10 +309,10 @@ def signal_dependence(source: NoiseSource, direction: str = "none", bins: int = 
     warnings = [f"{end.describe('examined pixels')}; they are left out of the variance fit" for end in ends]
     if source.holds_signal and source.signal is not None:
         axis = 1 if direction == "y" else 0  # predict across the correlation: 1 = along x, 0 = along y
-        trim = (slice(None), slice(2, -2), slice(None)) if axis == 0 else (slice(None), slice(None), slice(2, -2))
-        residuals = [np.stack([axis_residual(c, axis) for c in a]) for a in source.noisy]
+        trim = (Ellipsis, slice(2, -2), slice(None)) if axis == 0 else (Ellipsis, slice(2, -2))
+        residuals = [axis_residual(a, axis) for a in source.noisy]  # per plane of every channel
         # a residual predicts each pixel from 2 neighbours either side along the axis: a clipped one spoils it
-        keep = [ndimage.maximum_filter1d(m.view(np.uint8), size=5, axis=axis + 1, mode="nearest")[trim] == 0
+        keep = [ndimage.maximum_filter1d(m.view(np.uint8), size=5, axis=axis - 2, mode="nearest")[trim] == 0
                 for m in clipped]
         noise = np.concatenate([r[k] for r, k in zip(residuals, keep)])
         signal_parts = [s[trim][k] for s, k in zip(source.signal, keep)]
@@ -305,7 +353,8 @@ def signal_dependence(source: NoiseSource, direction: str = "none", bins: int = 
 
 
 def _autocorrelation_map(source: NoiseSource, max_lag: int) -> np.ndarray:
-    """Correlation coefficient of the noise at lags (dy, dx) in [-max_lag, max_lag]^2, averaged over images.
+    """Correlation coefficient of the noise at lags (dy, dx) in [-max_lag, max_lag]^2, averaged over images
+    (over the planes of volumes).
 
     Computed by FFT with zero padding (no wrap-around) over the trusted pixels
     only, divided by the number of trusted pixel pairs at each lag; outliers
@@ -313,29 +362,34 @@ def _autocorrelation_map(source: NoiseSource, max_lag: int) -> np.ndarray:
     """
     total = np.zeros((2 * max_lag + 1, 2 * max_lag + 1))
     weight = 0.0
-    for index, image in enumerate(source.noise):
-        mask = source.trusted(index).astype(np.float64)
-        for channel in image:
-            kept = channel[mask > 0]
-            if kept.size < 2:
-                continue
-            r = channel - kept.mean()
-            spread = 1.4826 * float(np.median(np.abs(kept - np.median(kept))))
-            if spread <= 0:
-                continue
-            r = np.clip(r, -_CLIP_SIGMAS * spread, _CLIP_SIGMAS * spread) * mask
-            h, w = r.shape
-            shape = (2 * h, 2 * w)
-            spectrum = np.fft.rfft2(r, shape)
-            products = np.fft.irfft2(spectrum * np.conj(spectrum), shape)
-            counts = np.fft.irfft2(np.abs(np.fft.rfft2(mask, shape)) ** 2, shape)
-            lags = np.r_[-max_lag : max_lag + 1]
-            window = np.ix_(lags % shape[0], lags % shape[1])
-            cov = products[window] / np.maximum(np.round(counts[window]), 1)
-            if cov[max_lag, max_lag] <= 0:
-                continue
-            total += cov / cov[max_lag, max_lag] * kept.size
-            weight += kept.size
+    planes = (
+        (plane, mask.astype(np.float64))
+        for index, image in enumerate(source.noise)
+        for channel in image  # (Y, X), or (Z, Y, X) for volumes
+        for plane, mask in zip(channel.reshape(-1, *channel.shape[-2:]),
+                               source.trusted(index).reshape(-1, *channel.shape[-2:]))
+    )
+    for plane, mask in planes:
+        kept = plane[mask > 0]
+        if kept.size < 2:
+            continue
+        r = plane - kept.mean()
+        spread = 1.4826 * float(np.median(np.abs(kept - np.median(kept))))
+        if spread <= 0:
+            continue
+        r = np.clip(r, -_CLIP_SIGMAS * spread, _CLIP_SIGMAS * spread) * mask
+        h, w = r.shape
+        shape = (2 * h, 2 * w)
+        spectrum = np.fft.rfft2(r, shape)
+        products = np.fft.irfft2(spectrum * np.conj(spectrum), shape)
+        counts = np.fft.irfft2(np.abs(np.fft.rfft2(mask, shape)) ** 2, shape)
+        lags = np.r_[-max_lag : max_lag + 1]
+        window = np.ix_(lags % shape[0], lags % shape[1])
+        cov = products[window] / np.maximum(np.round(counts[window]), 1)
+        if cov[max_lag, max_lag] <= 0:
+            continue
+        total += cov / cov[max_lag, max_lag] * kept.size
+        weight += kept.size
     if weight == 0:
         raise UserError("the noise estimate is constant; nothing to inspect")
     return total / weight
@@ -349,10 +403,10 @@ class NoiseReport:
     ----------
     source : NoiseSource
     correlation : NoiseCorrelation
-        Correlation along x and y and the noise direction.
+        Correlation along x and y (and z, for volumes) and the noise direction.
     autocorrelation : numpy.ndarray
         (2L+1, 2L+1) map of the noise estimate's correlation coefficient at lags
-        (dy, dx), centre = lag 0.
+        (dy, dx), centre = lag 0 (within planes, for volumes).
     dependence : SignalDependence
     advice : dict
         Method name -> advice for this noise.
@@ -373,8 +427,12 @@ class NoiseReport:
     def summary_lines(self) -> list[str]:
         """The printed recommendation."""
         lines = [
-            f"noise estimate: {self.source.description} ({len(self.source.noise)} image(s))",
+            f"noise estimate: {self.source.description} ({self.source.count()})",
             f"correlation: {self.correlation.describe()}",
+        ]
+        if self.correlation.correlation_z is not None:
+            lines.append(f"correlation along z (across planes): {self.correlation.describe_axis('z')}")
+        lines += [
             f"signal dependence: {self.dependence.describe()}",
             f"pixel noise model: {self.pixel_noise_model}",
             "recommended settings:",
@@ -384,10 +442,13 @@ class NoiseReport:
         return lines
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form."""
+        """JSON-ready form (for volumes, ``source.planes`` gives each examined block's Z planes)."""
+        source: dict[str, Any] = {"kind": self.source.kind, "description": self.source.description,
+                                  "images": len(self.source.noise)}
+        if self.source.volumes:
+            source["planes"] = [int(a.shape[1]) for a in self.source.noise]
         return {
-            "source": {"kind": self.source.kind, "description": self.source.description,
-                       "images": len(self.source.noise)},
+            "source": source,
             "noise_correlation": self.correlation.to_dict(),
             "signal_dependence": {
                 "signal": self.dependence.signal, "variance": self.dependence.variance,
@@ -403,9 +464,10 @@ class NoiseReport:
 
 def _pixel_noise_model_text(correlation: NoiseCorrelation, dependence: SignalDependence) -> str:
     if not correlation.pixel_independent:
+        unit = "planes" if correlation.direction == "z" else "px"
         return (
             f"does not fit: the noise is correlated along {correlation.direction} over"
-            f" {correlation.length(correlation.direction)} px, which p(x | s) per pixel cannot describe"
+            f" {correlation.length(correlation.direction)} {unit}, which p(x | s) per pixel cannot describe"
         )
     if dependence.dependent:
         return "fits: pixel-independent, signal-dependent noise; fit a GMM with `bmz-cosdd noise-model fit`"
@@ -459,20 +521,26 @@ def inspect_noise(
     )
 
 
+_AXIS_COLOURS = {"x": "tab:blue", "y": "tab:orange", "z": "tab:purple"}
+
+
 def _profiles(ax: Any, correlation: NoiseCorrelation) -> None:
-    lags = np.arange(1, correlation.max_lag + 1)
-    for axis, colour in (("x", "tab:blue"), ("y", "tab:orange")):
+    for axis in correlation.axes:
         values = correlation.correlation(axis)
         length = correlation.length(axis)
-        ax.plot(lags, values, "o-", ms=3, lw=1.2, color=colour, label=f"along {axis} (length {length} px)")
+        colour = _AXIS_COLOURS[axis]
+        unit = "planes" if axis == "z" else "px"
+        ax.plot(np.arange(1, len(values) + 1), values, "o-", ms=3, lw=1.2, color=colour,
+                label=f"along {axis} (length {length} {unit})")
         if length:
             ax.axvline(length, color=colour, ls=":", lw=1)
     ax.axhline(correlation.threshold, color="gray", ls="--", lw=0.8, label=f"threshold ±{correlation.threshold:g}")
     ax.axhline(-correlation.threshold, color="gray", ls="--", lw=0.8)
     ax.axhline(0, color="black", lw=0.5)
-    ax.set_xlabel("lag (pixels)")
+    ax.set_xlabel("lag (pixels; planes along z)" if "z" in correlation.axes else "lag (pixels)")
     ax.set_ylabel("correlation coefficient")
-    ax.set_title(f"noise correlation along x and y: direction {correlation.direction}", fontsize=10)
+    along = " and ".join(correlation.axes) if len(correlation.axes) == 2 else "x, y and z"
+    ax.set_title(f"noise correlation along {along}: direction {correlation.direction}", fontsize=10)
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
 
@@ -492,18 +560,23 @@ def _variance_plot(ax: Any, dependence: SignalDependence) -> None:
 
 
 def write_noise_report(report: NoiseReport, path: str | Path) -> None:
-    """Write the PNG report: image, noise estimate, autocorrelation map, profiles, variance, advice."""
+    """Write the PNG report: image, noise estimate, autocorrelation map, profiles (with z for volumes),
+    variance, advice. Volumes are shown by the middle plane of the first block."""
     from bmz_cosdd.plotting import display_range, pyplot, save_figure, show_image
 
     plt = pyplot()
     fig, axes = plt.subplots(2, 3, figsize=(15, 9.5))
-    image = report.source.noisy[0][0]
-    noise = report.source.noise[0][0]
-    show_image(axes[0, 0], image[:256, :256], "input (first image, channel 0)")
-    lo, hi = display_range(noise[report.source.trusted(0)], 1, 99)
+    image, noise, trusted = report.source.noisy[0][0], report.source.noise[0][0], report.source.trusted(0)
+    where = "first image, channel 0"
+    if report.source.volumes:
+        middle = image.shape[0] // 2
+        image, noise, trusted = image[middle], noise[middle], trusted[middle]
+        where = f"first volume, channel 0, plane {middle}"
+    show_image(axes[0, 0], image[:256, :256], f"input ({where})")
+    lo, hi = display_range(noise[trusted], 1, 99)
     bound = max(abs(lo), abs(hi))
     title = "noise estimate" if report.source.flat is None else "noise estimate (grey: edges, not used)"
-    shown_noise = np.where(report.source.trusted(0), noise, np.nan)[:256, :256]
+    shown_noise = np.where(trusted, noise, np.nan)[:256, :256]
     show_image(axes[0, 1], shown_noise, title, "intensity", (-bound, bound), cmap="RdBu_r")
     axes[0, 1].set_facecolor("0.6")
     lag = (report.autocorrelation.shape[0] - 1) // 2
@@ -512,7 +585,8 @@ def write_noise_report(report: NoiseReport, path: str | Path) -> None:
     off = np.nanmax(np.abs(shown)) or 1.0
     artist = axes[0, 2].imshow(shown, cmap="RdBu_r", vmin=-off, vmax=off, extent=(-lag - 0.5, lag + 0.5, lag + 0.5,
                                                                                    -lag - 0.5))
-    axes[0, 2].set_title("2-D autocorrelation of the noise estimate\n(lag 0 left blank)", fontsize=10)
+    within = " within planes" if report.source.volumes else ""
+    axes[0, 2].set_title(f"2-D autocorrelation of the noise estimate{within}\n(lag 0 left blank)", fontsize=10)
     axes[0, 2].set_xlabel("lag along x (pixels)")
     axes[0, 2].set_ylabel("lag along y (pixels)")
     bar = fig.colorbar(artist, ax=axes[0, 2], fraction=0.046, pad=0.04)
@@ -535,20 +609,33 @@ def write_noise_report(report: NoiseReport, path: str | Path) -> None:
 
 def predictions_of_run(run: str | Path, images: Sequence[np.ndarray], samples: int,
                        on_image: Callable[[int, int], None] | None = None) -> tuple[list[np.ndarray], str]:
-    """Each image's prediction by a trained run (its first estimator; ``samples`` for stochastic ones)."""
+    """Each image's prediction by a trained run (its first estimator; ``samples`` for stochastic ones).
+
+    ``images`` are (C, Y, X), or volumes (C, Z, Y, X): predicted whole by a 3-D run, plane by plane by a 2-D one.
+    """
     from bmz_cosdd.inference.predictor import load_run, predict_image
     from bmz_cosdd.methods.base import PredictOptions
 
     trained = load_run(run)
     options = PredictOptions(estimator=trained.method.estimators[0], samples=samples)
+
+    def predicted(image: np.ndarray) -> np.ndarray:
+        if image.ndim == 4 and trained.config.data.spatial_dims == 2:
+            return np.stack([predicted(image[:, z]) for z in range(image.shape[1])], axis=1)
+        outputs = predict_image(trained, np.asarray(image, dtype=np.float32), options)
+        return outputs.get(options.estimator, next(iter(outputs.values()))).astype(np.float64)
+
     out = []
     for i, image in enumerate(images):
-        outputs = predict_image(trained, np.asarray(image, dtype=np.float32), options)
-        main = outputs.get(options.estimator, next(iter(outputs.values())))
-        out.append(main.astype(np.float64))
+        out.append(predicted(np.asarray(image)))
         if on_image is not None:
             on_image(i + 1, len(images))
     return out, f"run {Path(run).name} ({trained.method.name}, step {trained.step})"
+
+
+def _spatial_dims(axes: str) -> int:
+    """3 (volumes) for axes with ``Z``, else 2."""
+    return 3 if "Z" in str(axes).upper() else 2
 
 
 def inspect_files(
@@ -574,7 +661,9 @@ def inspect_files(
     data : sequence of str or pathlib.Path
         Image files or folders (TIFF, NPY, PNG).
     axes : str
-        Axes of the stored arrays, e.g. ``"YX"``, ``"SYX"``.
+        Axes of the stored arrays, e.g. ``"YX"``, ``"SYX"``; with ``Z`` (``"ZYX"``, ``"SZYX"``,
+        ``"CZYX"``) every sample is a volume and the noise correlation along z is measured too
+        (volumes of at least :data:`~bmz_cosdd.data.noise_correlation.MIN_PLANES` planes).
     out : str or pathlib.Path
         The PNG report; the JSON goes beside it with the suffix ``.json``.
     pattern : str, default "*"
@@ -585,7 +674,7 @@ def inspect_files(
         Dark frames: the noise is each frame minus its mean (``data`` is then
         only shown, not measured).
     dark_axes : str, optional
-        Axes of the dark frames (default: ``axes``).
+        Axes of the dark frames (default: ``axes``); with ``Z``, dark volumes.
     region : str, optional
         ``"Y0:Y1,X0:X1"``: an empty region of every image to take the noise from.
     smooth_sigma : float, default 2.0
@@ -624,9 +713,11 @@ def inspect_files(
         raise UserError(f"give one noise source, not {' and '.join(chosen)}")
     if crop_size < 3:
         raise UserError(f"--crop-size must be at least 3, got {crop_size}")
-    images = [im.data for im in load_images(list(data), pattern, axes)]
+    images = [im.data for im in load_images(list(data), pattern, axes, _spatial_dims(axes))]
     if dark:
-        source = noise_from_dark([im.data for im in load_images(list(dark), pattern, dark_axes or axes)])
+        dark_axes = dark_axes or axes
+        source = noise_from_dark([im.data for im in load_images(list(dark), pattern, dark_axes,
+                                                                _spatial_dims(dark_axes))])
     elif region:
         source = noise_from_region(images, region)
     elif run is not None:

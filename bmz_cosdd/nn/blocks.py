@@ -3,10 +3,30 @@ factories that pick a layer's 2-D or 3-D class.
 
 All modules are TorchScript-compatible (``torch.jit.script``) and take tensors
 shaped (B, C, Y, X), or (B, C, Z, Y, X) with ``spatial_dims=3``.
+
+Anisotropic volumes
+-------------------
+Microscopy stacks are often thin (tens of planes) with a Z step several times the
+pixel size, so the 3-D networks can treat Z differently per resolution level:
+
+- ``z_pool[l]``: whether the pooling of level ``l`` (and the matching upsampling)
+  halves Z too; without it only Y and X are halved (:class:`Downsample` and
+  :class:`Upsample` with ``pool_z=False``, stride / scale (1, 2, 2));
+- ``z_kernel[l]``: the Z extent of the convolutions of level ``l`` (odd; 0 or
+  None = the Y/X extent, the isotropic default); 1 means no mixing along Z.
+
+The defaults (Z pooled everywhere, Z extent as Y and X) give exactly the
+isotropic networks. A caller that knows the voxel size can follow the nnU-Net
+rule (Isensee et al., Nature Methods 2021): going down the levels, pool an axis
+and use kernel 3 along it only while its spacing is within 2x of the finest
+spacing of that level (each pooling doubles the spacing of the pooled axes), and
+kernel 1 otherwise. 2-D networks ignore both settings.
+
+Receptive fields are computed analytically, per axis, with :class:`Reach`.
 """
 
 
-from typing import Final, List, Type, Union
+from typing import Final, List, NamedTuple, Optional, Sequence, Tuple, Type, Union
 
 import torch
 from torch import Tensor, nn
@@ -15,7 +35,11 @@ __all__ = [
     "GatedResBlock",
     "Downsample",
     "Upsample",
+    "Reach",
+    "anisotropy",
+    "same_conv",
     "check_odd_kernel",
+    "check_z_kernel",
     "check_multiples",
     "check_spatial_dims",
     "check_spatial_size",
@@ -31,6 +55,15 @@ def check_odd_kernel(kernel_size: int) -> None:
     """Raise ``ValueError`` unless ``kernel_size`` is a positive odd integer ("same" padding needs it)."""
     if kernel_size < 1 or kernel_size % 2 != 1:
         raise ValueError(f"kernel_size must be a positive odd integer, got {kernel_size}")
+
+
+def check_z_kernel(z_kernel: Optional[int]) -> int:
+    """Return the Z extent of a convolution as an int: 0 (or None) = as Y and X, else a positive odd integer."""
+    if z_kernel is None or z_kernel == 0:
+        return 0
+    if z_kernel < 1 or z_kernel % 2 != 1:
+        raise ValueError(f"z_kernel must be a positive odd integer (or 0 for the Y/X size), got {z_kernel}")
+    return int(z_kernel)
 
 
 def check_spatial_dims(spatial_dims: int) -> int:
@@ -60,8 +93,16 @@ def channel_dropout_class(spatial_dims: int) -> Union[Type[nn.Dropout2d], Type[n
     return nn.Dropout3d if check_spatial_dims(spatial_dims) == 3 else nn.Dropout2d
 
 
-def check_multiples(sizes: List[int], step: int) -> None:
-    """Raise ``ValueError`` unless every spatial size ([Z,] Y, X) is a multiple of ``step``.
+def _and_join(items: List[str]) -> str:
+    return ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def check_multiples(sizes: List[int], step: List[int]) -> None:
+    """Raise ``ValueError`` unless every spatial size ([Z,] Y, X) is a multiple of its step.
+
+    ``step`` holds one step per axis ([Z,] Y, X); eager callers may pass one int for
+    every axis. (The annotation says ``List[int]`` so that scripted graphs hold no
+    ``Union``: TorchScript drops the int branch, torch 2.0 loads the result.)
 
     Examples
     --------
@@ -69,21 +110,124 @@ def check_multiples(sizes: List[int], step: int) -> None:
     Traceback (most recent call last):
     ...
     ValueError: input Z, Y and X must be multiples of 4, got 8 x 16 x 18
+    >>> check_multiples([3, 16, 18], [1, 4, 4])
+    Traceback (most recent call last):
+    ...
+    ValueError: input Z, Y and X must be multiples of 1, 4 and 4, got 3 x 16 x 18
     """
-    for size in sizes:
-        if size % step != 0:
+    steps = [step for _ in sizes] if isinstance(step, int) else step
+    if len(steps) != len(sizes):
+        raise ValueError(f"got {len(steps)} steps for {len(sizes)} spatial sizes")
+    for i in range(len(sizes)):
+        if sizes[i] % steps[i] != 0:
             names = ["Z", "Y", "X"][3 - len(sizes):]
-            axes = ", ".join(names[:-1]) + " and " + names[-1]
+            multiple = str(steps[0]) if min(steps) == max(steps) else _and_join([str(s) for s in steps])
             got = " x ".join([str(s) for s in sizes])
-            raise ValueError(f"input {axes} must be multiples of {step}, got {got}")
+            raise ValueError(f"input {_and_join(names)} must be multiples of {multiple}, got {got}")
 
 
-def check_spatial_size(x: Tensor, step: int, spatial_dims: int) -> None:
-    """Raise ``ValueError`` unless ``x`` is (B, C, [Z,] Y, X) with every spatial size a multiple of ``step``."""
+def check_spatial_size(x: Tensor, step: List[int], spatial_dims: int) -> None:
+    """Raise ``ValueError`` unless ``x`` is (B, C, [Z,] Y, X) with every spatial size a multiple of its step.
+
+    ``step`` holds one step per axis ([Z,] Y, X); eager callers may pass one int for
+    every axis (see :func:`check_multiples`).
+    """
     if x.dim() != spatial_dims + 2:
         names = ["Z", "Y", "X"][3 - spatial_dims:]
         raise ValueError(f"expected a (B, C, {', '.join(names)}) input, got {x.dim()} dimensions")
     check_multiples(x.shape[2:], step)
+
+
+def anisotropy(
+    z_pool: Optional[Sequence[bool]],
+    z_kernel: Optional[Sequence[Optional[int]]],
+    n_pool: int,
+    n_kernel: int,
+    spatial_dims: int,
+) -> Tuple[List[bool], List[int]]:
+    """Checked per-level Z settings of a network: (``z_pool``, ``z_kernel``) as lists.
+
+    ``z_pool`` must have ``n_pool`` entries and ``z_kernel`` ``n_kernel`` (each odd, or
+    0 / None for the Y/X extent); None stands for the isotropic default (all True,
+    all 0). 2-D networks have no Z: the lengths and values are still checked, then
+    the defaults are returned.
+    """
+    pool = [True] * n_pool
+    kernel = [0] * n_kernel
+    if z_pool is not None:
+        if len(z_pool) != n_pool:
+            raise ValueError(f"z_pool must have {n_pool} entries, got {len(z_pool)}")
+        pool = [bool(p) for p in z_pool]
+    if z_kernel is not None:
+        if len(z_kernel) != n_kernel:
+            raise ValueError(f"z_kernel must have {n_kernel} entries, got {len(z_kernel)}")
+        kernel = [check_z_kernel(k) for k in z_kernel]
+    if check_spatial_dims(spatial_dims) == 2:
+        return [True] * n_pool, [0] * n_kernel
+    return pool, kernel
+
+
+def same_conv(
+    cin: int, cout: int, kernel_size: int, spatial_dims: int, z_kernel: int = 0, bias: bool = True
+) -> nn.Module:
+    """A "same"-padded convolution, ``kernel_size`` along every axis but Z, ``z_kernel`` (0 = ``kernel_size``) along Z.
+
+    With ``z_kernel`` 0 (or equal to ``kernel_size``, or in 2-D) it is exactly
+    ``conv_class(spatial_dims)(cin, cout, kernel_size, padding=kernel_size // 2, bias=bias)``.
+    """
+    conv = conv_class(spatial_dims)
+    z_kernel = check_z_kernel(z_kernel)
+    if spatial_dims == 2 or z_kernel in (0, kernel_size):
+        return conv(cin, cout, kernel_size, padding=kernel_size // 2, bias=bias)
+    return conv(
+        cin, cout, (z_kernel, kernel_size, kernel_size), padding=(z_kernel // 2, kernel_size // 2, kernel_size // 2),
+        bias=bias,
+    )
+
+
+class Reach(NamedTuple):
+    """Receptive field along one axis, by interval arithmetic (plain Python, not scripted).
+
+    A feature at grid index ``o`` of grid step ``step`` (in input pixels) depends on
+    input pixels ``step * o + lo`` to ``step * o + hi``. Start from ``Reach()`` (the
+    input itself) and apply the network's layers in order; where paths join, take
+    :meth:`merge`. Borders (padding) are ignored, so the result is exact away from
+    them.
+
+    Examples
+    --------
+    >>> Reach().conv(3).down().conv(3).up()
+    Reach(lo=-6, hi=5, step=1)
+    """
+
+    lo: int = 0
+    hi: int = 0
+    step: int = 1
+
+    def conv(self, kernel: int) -> "Reach":
+        """A "same" convolution of odd extent ``kernel`` with stride 1."""
+        r = (kernel // 2) * self.step
+        return Reach(self.lo - r, self.hi + r, self.step)
+
+    def down(self, kernel: int = 3) -> "Reach":
+        """A "same"-padded strided convolution (stride 2) of odd extent ``kernel``: output o reads 2o - r .. 2o + r."""
+        r = (kernel // 2) * self.step
+        return Reach(self.lo - r, self.hi + r, 2 * self.step)
+
+    def up(self) -> "Reach":
+        """Linear x2 interpolation (``align_corners=False``): fine index p reads coarse p/2 - 1 .. (p + 1)/2."""
+        return Reach(self.lo - self.step, self.hi + self.step // 2, self.step // 2)
+
+    def merge(self, other: "Reach") -> "Reach":
+        """Union of two paths on the same grid (concatenation, addition)."""
+        if other.step != self.step:
+            raise ValueError(f"cannot merge grids of steps {self.step} and {other.step}")
+        return Reach(min(self.lo, other.lo), max(self.hi, other.hi), self.step)
+
+    @property
+    def halfwidth(self) -> int:
+        """Largest distance between an output pixel and an input pixel that can change it."""
+        return max(-self.lo, self.hi)
 
 
 def sum_except_batch(t: Tensor) -> Tensor:
@@ -114,6 +258,8 @@ class GatedResBlock(nn.Module):
         Dropout probability applied after the first activation.
     spatial_dims : {2, 3}, default 2
         Tensors (B, C, Y, X) or (B, C, Z, Y, X).
+    z_kernel : int, default 0
+        In 3-D, odd Z extent of the two spatial convolutions; 0 = ``kernel_size`` (isotropic).
 
     Examples
     --------
@@ -125,17 +271,22 @@ class GatedResBlock(nn.Module):
     spatial_dims: Final[int]
 
     def __init__(
-        self, channels: int, kernel_size: int = 3, batch_norm: bool = True, dropout: float = 0.0, spatial_dims: int = 2
+        self,
+        channels: int,
+        kernel_size: int = 3,
+        batch_norm: bool = True,
+        dropout: float = 0.0,
+        spatial_dims: int = 2,
+        z_kernel: int = 0,
     ) -> None:
         super().__init__()
         check_odd_kernel(kernel_size)
         self.spatial_dims = check_spatial_dims(spatial_dims)
         conv = conv_class(spatial_dims)
-        pad = kernel_size // 2
         self.channels = channels
-        self.conv1 = conv(channels, channels, kernel_size, padding=pad, bias=not batch_norm)
+        self.conv1 = same_conv(channels, channels, kernel_size, spatial_dims, z_kernel, bias=not batch_norm)
         self.norm1 = _norm(channels, batch_norm, spatial_dims)
-        self.conv2 = conv(channels, channels, kernel_size, padding=pad, bias=not batch_norm)
+        self.conv2 = same_conv(channels, channels, kernel_size, spatial_dims, z_kernel, bias=not batch_norm)
         self.norm2 = _norm(channels, batch_norm, spatial_dims)
         self.act = nn.Mish()
         self.drop = nn.Dropout(dropout)
@@ -151,9 +302,11 @@ class GatedResBlock(nn.Module):
 
 
 class Downsample(nn.Module):
-    """Halve every spatial size (Y and X, and Z in 3-D) with a strided 3x3 convolution (stride 2, padding 1).
+    """Halve the spatial sizes (Y and X, and Z in 3-D unless ``pool_z=False``) with a strided 3x3 convolution.
 
-    An input of size n gives ceil(n / 2); even sizes are halved exactly.
+    Stride 2 and padding 1 along every halved axis: an input of size n gives
+    ceil(n / 2), even sizes are halved exactly. An axis that is not halved (Z with
+    ``pool_z=False``) keeps its size: stride 1 along it, extent ``z_kernel``.
 
     Parameters
     ----------
@@ -161,23 +314,42 @@ class Downsample(nn.Module):
         Input and output channels.
     spatial_dims : {2, 3}, default 2
         Tensors (B, C, Y, X) or (B, C, Z, Y, X).
+    pool_z : bool, default True
+        In 3-D, halve Z too; False gives stride (1, 2, 2). Ignored in 2-D.
+    z_kernel : int, default 0
+        Z extent (odd) of the convolution when ``pool_z`` is False; 0 = 3, as Y and X.
+        When Z is halved the extent stays 3: a stride-2 kernel of extent 1 would
+        skip every other plane.
+
+    Examples
+    --------
+    >>> Downsample(4, 8, spatial_dims=3, pool_z=False)(torch.zeros(1, 4, 5, 16, 16)).shape
+    torch.Size([1, 8, 5, 8, 8])
     """
 
     spatial_dims: Final[int]
+    pool_z: Final[bool]
 
-    def __init__(self, cin: int, cout: int, spatial_dims: int = 2) -> None:
+    def __init__(self, cin: int, cout: int, spatial_dims: int = 2, pool_z: bool = True, z_kernel: int = 0) -> None:
         super().__init__()
         self.spatial_dims = check_spatial_dims(spatial_dims)
-        self.conv = conv_class(spatial_dims)(cin, cout, 3, stride=2, padding=1)
+        self.pool_z = bool(pool_z)
+        z_kernel = check_z_kernel(z_kernel) or 3
+        if spatial_dims == 3 and not pool_z:
+            self.conv = nn.Conv3d(cin, cout, (z_kernel, 3, 3), stride=(1, 2, 2), padding=(z_kernel // 2, 1, 1))
+        else:
+            self.conv = conv_class(spatial_dims)(cin, cout, 3, stride=2, padding=1)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.conv(x)
 
 
 class Upsample(nn.Module):
-    """Double every spatial size: bi- or trilinear interpolation (``align_corners=False``), then a 1x1 convolution.
+    """Double the spatial sizes: bi- or trilinear interpolation (``align_corners=False``), then a 1x1 convolution.
 
     Interpolation rather than transposed convolution avoids checkerboard artefacts.
+    In 3-D with ``pool_z=False`` only Y and X are doubled (scale factors (1, 2, 2);
+    a scale of 1 reproduces Z exactly).
 
     Parameters
     ----------
@@ -185,14 +357,23 @@ class Upsample(nn.Module):
         Input and output channels.
     spatial_dims : {2, 3}, default 2
         Tensors (B, C, Y, X) (bilinear) or (B, C, Z, Y, X) (trilinear).
+    pool_z : bool, default True
+        In 3-D, double Z too (undoing a :class:`Downsample` that halved it). Ignored in 2-D.
+
+    Examples
+    --------
+    >>> Upsample(8, 4, spatial_dims=3, pool_z=False)(torch.zeros(1, 8, 5, 8, 8)).shape
+    torch.Size([1, 4, 5, 16, 16])
     """
 
-    # Final: TorchScript compiles only the branch of this module's dimensionality.
+    # Final: TorchScript compiles only the branch of this module's dimensionality and Z scaling.
     spatial_dims: Final[int]
+    pool_z: Final[bool]
 
-    def __init__(self, cin: int, cout: int, spatial_dims: int = 2) -> None:
+    def __init__(self, cin: int, cout: int, spatial_dims: int = 2, pool_z: bool = True) -> None:
         super().__init__()
         self.spatial_dims = check_spatial_dims(spatial_dims)
+        self.pool_z = bool(pool_z)
         self.conv = conv_class(spatial_dims)(cin, cout, 1)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -201,7 +382,10 @@ class Upsample(nn.Module):
         # A scale factor rather than an output size: ONNX then gets a Resize by scales,
         # which works for every input size (a size is traced as a constant).
         if self.spatial_dims == 3:
-            x = torch.ops.aten.upsample_trilinear3d(x, None, False, [2.0, 2.0, 2.0])
+            if self.pool_z:
+                x = torch.ops.aten.upsample_trilinear3d(x, None, False, [2.0, 2.0, 2.0])
+            else:
+                x = torch.ops.aten.upsample_trilinear3d(x, None, False, [1.0, 2.0, 2.0])
         else:
             x = torch.ops.aten.upsample_bilinear2d(x, None, False, [2.0, 2.0])
         return self.conv(x)

@@ -20,7 +20,17 @@ Layout (``depth`` stages, level ``i`` with ``features * 2**i`` channels)
   conv blocks; the output has ``features`` channels at input resolution.
 
 With ``spatial_dims=3`` every layer is its 3-D counterpart (volumes (B, C, Z, Y, X);
-down- and upsampling act on Z too, upsampling is trilinear).
+down- and upsampling act on Z too by default, upsampling is trilinear).
+
+Anisotropic volumes (``spatial_dims=3``), as for the U-Net: ``z_pool[i]`` (``depth``
+entries, stage 0 = finest) says whether stage ``i``'s downsampling and the
+matching decoder upsampling act on Z; ``z_kernel[i]`` (``depth + 1`` entries) is the
+Z extent of the convolutions at stage ``i``'s resolution: its encoder conv blocks,
+its downsampling convolution where that keeps Z, and its decoder conv blocks;
+the last entry is the latent resolution's (the decoder's first conv block). The
+1x1 posterior is unaffected. Choose them with the nnU-Net rule (Isensee et al.,
+Nature Methods 2021): pool Z and convolve along it only while its spacing is
+within 2x of the finest; see :mod:`bmz_cosdd.nn.blocks`.
 
 The signal head (features -> image channels) is not part of this module.
 
@@ -30,19 +40,22 @@ This file is bundled into exported model packages and compiled with
 """
 
 
-from typing import Final, List, Optional, Tuple
+from typing import Final, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
 
 from bmz_cosdd.nn.blocks import (
     Downsample,
+    Reach,
     Upsample,
+    anisotropy,
     batch_norm_class,
     channel_dropout_class,
     check_spatial_dims,
     check_spatial_size,
     conv_class,
+    same_conv,
     sum_except_batch,
 )
 
@@ -52,15 +65,32 @@ __all__ = ["DivNoisingVAE"]
 class _ConvBlock(nn.Module):
     """3x3 "same" conv, optional batch norm, ReLU, optional channel dropout."""
 
-    def __init__(self, cin: int, cout: int, batch_norm: bool, dropout: float, spatial_dims: int) -> None:
+    def __init__(
+        self, cin: int, cout: int, batch_norm: bool, dropout: float, spatial_dims: int, z_kernel: int = 0
+    ) -> None:
         super().__init__()
-        self.conv = conv_class(spatial_dims)(cin, cout, 3, padding=1, bias=not batch_norm)
+        self.conv = same_conv(cin, cout, 3, spatial_dims, z_kernel, bias=not batch_norm)
         self.norm = batch_norm_class(spatial_dims)(cout) if batch_norm else nn.Identity()
         self.act = nn.ReLU()
         self.drop = channel_dropout_class(spatial_dims)(dropout) if dropout > 0.0 else nn.Identity()
 
     def forward(self, x: Tensor) -> Tensor:
         return self.drop(self.act(self.norm(self.conv(x))))
+
+
+def _receptive_field(pool: List[bool], extents: List[int]) -> int:
+    """Half-width along one axis: ``pool[i]`` whether stage i halves it, ``extents[i]`` its conv extent per stage."""
+    depth = len(pool)
+    f = Reach()
+    for i in range(depth):
+        f = f.conv(extents[i]).conv(extents[i])
+        f = f.down(3) if pool[i] else f.conv(extents[i])
+    f = f.conv(extents[depth])  # the posterior is 1x1; the decoder's first block
+    for i in range(depth - 1, -1, -1):
+        if pool[i]:
+            f = f.up()
+        f = f.conv(extents[i]).conv(extents[i])
+    return f.halfwidth
 
 
 class DivNoisingVAE(nn.Module):
@@ -87,6 +117,13 @@ class DivNoisingVAE(nn.Module):
         Channel dropout (``nn.Dropout2d``, ``nn.Dropout3d`` in 3-D) after each conv block's activation.
     spatial_dims : {2, 3}, default 2
         Images (B, C, Y, X) or volumes (B, C, Z, Y, X).
+    z_pool : sequence of bool, optional
+        3-D only: ``depth`` entries (stage 0 = finest); whether that stage's
+        downsampling and the matching upsampling halve / double Z. None = all True.
+    z_kernel : sequence of int, optional
+        3-D only: ``depth + 1`` odd Z extents of the convolutions per stage, the last
+        for the latent resolution (see the module docstring); 0 or None = 3, as Y and
+        X. None = all isotropic.
 
     Attributes
     ----------
@@ -96,7 +133,17 @@ class DivNoisingVAE(nn.Module):
         ``[latent]``.
     features : int
     size_step : int
-        ``2 ** depth``; every input spatial size ([Z,] Y, X) must be a multiple of it.
+        ``2 ** depth``; every input Y and X size must be a multiple of it.
+    size_steps : tuple of int
+        The step per spatial axis, (Y, X) or (Z, Y, X); Z's is ``2 ** sum(z_pool)``.
+    receptive_fields : tuple of int
+        Per spatial axis, (Y, X) or (Z, Y, X): an upper bound on the distance between
+        an output feature and an input pixel that can change it (encoder, posterior,
+        decoder), computed analytically.
+    z_pool : list of bool
+        As given (all True by default and in 2-D).
+    z_kernel : list of int
+        As given, 0 for the Y/X extent (all 0 by default and in 2-D).
     spatial_dims : int
 
     Notes
@@ -111,14 +158,20 @@ class DivNoisingVAE(nn.Module):
     >>> features, kl = vae(torch.zeros(1, 1, 32, 48))
     >>> features.shape, kl[0].shape
     (torch.Size([1, 8, 32, 48]), torch.Size([1]))
+    >>> thin = DivNoisingVAE(1, depth=2, features=4, latent=2, spatial_dims=3, z_pool=[False, False])
+    >>> thin.size_steps, thin.latent_shapes([3, 16, 16])
+    ((1, 4, 4), [[2, 3, 4, 4]])
     """
 
+    # size_steps and receptive_fields (tuples) get their TorchScript types from their values.
     n_levels: int
     latent_channels: List[int]
     features: int
     size_step: int
     depth: int
     latent: int
+    z_pool: List[bool]
+    z_kernel: List[int]
     spatial_dims: Final[int]
 
     def __init__(
@@ -130,6 +183,8 @@ class DivNoisingVAE(nn.Module):
         batch_norm: bool = True,
         dropout: float = 0.0,
         spatial_dims: int = 2,
+        z_pool: Optional[Sequence[bool]] = None,
+        z_kernel: Optional[Sequence[int]] = None,
     ) -> None:
         super().__init__()
         self.spatial_dims = check_spatial_dims(spatial_dims)
@@ -147,37 +202,49 @@ class DivNoisingVAE(nn.Module):
         self.size_step = 2**depth
         self.depth = depth
         self.latent = latent
+        z_pools, z_kernels = anisotropy(z_pool, z_kernel, depth, depth + 1, spatial_dims)
+        self.z_pool = z_pools
+        self.z_kernel = z_kernels
+        yx_field = _receptive_field([True] * depth, [3] * (depth + 1))
+        if spatial_dims == 3:
+            z_field = _receptive_field(z_pools, [k or 3 for k in z_kernels])
+            self.size_steps = (2 ** sum(z_pools), self.size_step, self.size_step)
+            self.receptive_fields = (z_field, yx_field, yx_field)
+        else:
+            self.size_steps = (self.size_step, self.size_step)
+            self.receptive_fields = (yx_field, yx_field)
 
         widths = [features * 2**i for i in range(depth)]
         encoder: List[nn.Module] = []
         cin = in_channels
-        for width in widths:
-            encoder.append(_ConvBlock(cin, width, batch_norm, dropout, spatial_dims))
-            encoder.append(_ConvBlock(width, width, batch_norm, dropout, spatial_dims))
-            encoder.append(Downsample(width, width, spatial_dims))
+        for i, width in enumerate(widths):
+            encoder.append(_ConvBlock(cin, width, batch_norm, dropout, spatial_dims, z_kernels[i]))
+            encoder.append(_ConvBlock(width, width, batch_norm, dropout, spatial_dims, z_kernels[i]))
+            encoder.append(Downsample(width, width, spatial_dims, z_pools[i], z_kernels[i]))
             cin = width
         self.encoder = nn.Sequential(*encoder)
         deepest = widths[-1]
         self.posterior = conv_class(spatial_dims)(deepest, 2 * latent, 1)
 
-        decoder: List[nn.Module] = [_ConvBlock(latent, deepest, batch_norm, dropout, spatial_dims)]
+        decoder: List[nn.Module] = [_ConvBlock(latent, deepest, batch_norm, dropout, spatial_dims, z_kernels[depth])]
         cin = deepest
-        for width in widths[::-1]:
-            decoder.append(Upsample(cin, width, spatial_dims))
-            decoder.append(_ConvBlock(width, width, batch_norm, dropout, spatial_dims))
-            decoder.append(_ConvBlock(width, width, batch_norm, dropout, spatial_dims))
+        for i in range(depth - 1, -1, -1):
+            width = widths[i]
+            decoder.append(Upsample(cin, width, spatial_dims, z_pools[i]))
+            decoder.append(_ConvBlock(width, width, batch_norm, dropout, spatial_dims, z_kernels[i]))
+            decoder.append(_ConvBlock(width, width, batch_norm, dropout, spatial_dims, z_kernels[i]))
             cin = width
         self.decoder = nn.Sequential(*decoder)
 
     def bottom_up(self, x: Tensor) -> List[Tensor]:
-        """Encoder features ``[h]``, h of shape (B, C_deepest, *spatial / size_step).
+        """Encoder features ``[h]``, h of shape (B, C_deepest, *spatial / size_steps) (per axis).
 
         Parameters
         ----------
         x : Tensor
-            (B, in_channels, [Z,] Y, X), every spatial size a multiple of ``size_step``.
+            (B, in_channels, [Z,] Y, X), every spatial size a multiple of its ``size_steps`` entry.
         """
-        check_spatial_size(x, self.size_step, self.spatial_dims)
+        check_spatial_size(x, [s for s in self.size_steps], self.spatial_dims)
         return [self.encoder(x)]
 
     def posterior_params(self, h: Tensor) -> Tuple[Tensor, Tensor]:
@@ -252,7 +319,8 @@ class DivNoisingVAE(nn.Module):
 
     @torch.jit.export
     def latent_shapes(self, spatial: List[int]) -> List[List[int]]:
-        """``[[latent, *(spatial // size_step)]]`` for an input of spatial size ``spatial`` ([Z,] Y, X)."""
+        """``[[latent, *(spatial // size_steps)]]`` for an input of spatial size ``spatial`` ([Z,] Y, X)."""
         if len(spatial) != self.spatial_dims:
             raise ValueError(f"spatial must hold {self.spatial_dims} sizes, got {len(spatial)}")
-        return [[self.latent] + [s // self.size_step for s in spatial]]
+        steps = [s for s in self.size_steps]
+        return [[self.latent] + [spatial[i] // steps[i] for i in range(len(spatial))]]

@@ -27,6 +27,17 @@ add their own full-resolution layers, so none is spent here). The input x enters
 the output only through the sampled latents. Prediction, which needs no KL, can
 skip the priors with ``compute_kl=False``: per posterior sample the top-down
 path then costs only the posterior and decoding convolutions.
+
+Anisotropic volumes (``spatial_dims=3``): ``z_pool[l]`` says whether level ``l``'s
+downsampling (where ``downsample[l]``) and the matching upsampling act on Z;
+``z_kernel[l]`` is the Z extent of level ``l``'s convolutions: its gated residual
+blocks (both paths and the posterior's merge block), its prior and posterior
+convolutions, and its downsampling convolution where that keeps Z. The 5x5 stem
+belongs to level 0; it stays 2 wider than the blocks along Z (5 for
+``z_kernel[0] = 3``) unless ``z_kernel[0] = 1`` (no mixing along Z), which makes it
+1 x 5 x 5. Choose them with the nnU-Net rule (Isensee et al., Nature Methods
+2021): pool Z and convolve along it only while its spacing is within 2x of the
+finest; see :mod:`bmz_cosdd.nn.blocks`.
 """
 
 
@@ -38,11 +49,14 @@ from torch import Tensor, nn
 from bmz_cosdd.nn.blocks import (
     Downsample,
     GatedResBlock,
+    Reach,
     Upsample,
+    anisotropy,
     check_multiples,
     check_spatial_dims,
     check_spatial_size,
     conv_class,
+    same_conv,
     sum_except_batch,
 )
 
@@ -101,19 +115,76 @@ def _flag_at(flags: Optional[List[bool]], level: int) -> bool:
     return flags[level]
 
 
-def _blocks(features: int, n: int, batch_norm: bool, dropout: float, spatial_dims: int) -> nn.Sequential:
+def _blocks(
+    features: int, n: int, batch_norm: bool, dropout: float, spatial_dims: int, z_kernel: int = 0
+) -> nn.Sequential:
     return nn.Sequential(
-        *[GatedResBlock(features, batch_norm=batch_norm, dropout=dropout, spatial_dims=spatial_dims) for _ in range(n)]
+        *[
+            GatedResBlock(
+                features, batch_norm=batch_norm, dropout=dropout, spatial_dims=spatial_dims, z_kernel=z_kernel
+            )
+            for _ in range(n)
+        ]
     )
+
+
+def _stem_z_kernel(z_kernel: int) -> int:
+    # The 5x5 stem is 2 wider than the level-0 blocks; along Z too, unless level 0 keeps planes apart.
+    if z_kernel in (0, 1):
+        return z_kernel
+    return z_kernel + 2
+
+
+def _receptive_field(
+    downsample: List[bool], halved: List[bool], deactivated: List[bool], extents: List[int], stem: int, n_blocks: int
+) -> int:
+    """Half-width along one axis of the whole network (every path from the input to the output features).
+
+    ``halved[l]``: level l's downsampling halves this axis; ``extents[l]``: the
+    extent along it of level l's convolutions; ``stem``: the stem's extent.
+    """
+    top = len(downsample) - 1
+    f = Reach().conv(stem)
+    bu: List[Reach] = []
+    for level, k in enumerate(extents):
+        if halved[level]:
+            f = f.down(3)
+        elif downsample[level]:
+            f = f.conv(k)  # a downsampling that keeps this axis
+        for _ in range(2 * n_blocks):
+            f = f.conv(k)
+        bu.append(f)
+    h = bu[top].conv(extents[top])  # the top posterior
+    for level in range(top, -1, -1):
+        k = extents[level]
+        if level < top:
+            if deactivated[level]:
+                z = h.conv(k)  # drawn from the prior
+            else:
+                z = h.merge(bu[level]).conv(k).conv(k).conv(k)  # merge block, then the posterior
+            h = h.merge(z)
+        for _ in range(2 * n_blocks):
+            h = h.conv(k)
+        if halved[level]:
+            h = h.up()
+    return h.halfwidth
 
 
 class _BottomUpLevel(nn.Module):
     def __init__(
-        self, features: int, n_blocks: int, downsample: bool, batch_norm: bool, dropout: float, spatial_dims: int
+        self,
+        features: int,
+        n_blocks: int,
+        downsample: bool,
+        batch_norm: bool,
+        dropout: float,
+        spatial_dims: int,
+        pool_z: bool = True,
+        z_kernel: int = 0,
     ) -> None:
         super().__init__()
-        self.down = Downsample(features, features, spatial_dims) if downsample else nn.Identity()
-        self.blocks = _blocks(features, n_blocks, batch_norm, dropout, spatial_dims)
+        self.down = Downsample(features, features, spatial_dims, pool_z, z_kernel) if downsample else nn.Identity()
+        self.blocks = _blocks(features, n_blocks, batch_norm, dropout, spatial_dims, z_kernel)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.blocks(self.down(x))
@@ -124,17 +195,17 @@ class _TopLevel(nn.Module):
 
     def __init__(
         self, features: int, latent: int, n_blocks: int, upsample: bool, batch_norm: bool, dropout: float,
-        spatial_dims: int,
+        spatial_dims: int, pool_z: bool = True, z_kernel: int = 0,
     ) -> None:
         super().__init__()
         self.latent = latent
         conv = conv_class(spatial_dims)
         self.prior_mean = nn.Parameter(torch.zeros([1, latent] + [1] * spatial_dims))
         self.prior_logvar = nn.Parameter(torch.zeros([1, latent] + [1] * spatial_dims))
-        self.posterior = conv(features, 2 * latent, 3, padding=1)
+        self.posterior = same_conv(features, 2 * latent, 3, spatial_dims, z_kernel)
         self.z_in = conv(latent, features, 1)
-        self.blocks = _blocks(features, n_blocks, batch_norm, dropout, spatial_dims)
-        self.up = Upsample(features, features, spatial_dims) if upsample else nn.Identity()
+        self.blocks = _blocks(features, n_blocks, batch_norm, dropout, spatial_dims, z_kernel)
+        self.up = Upsample(features, features, spatial_dims, pool_z) if upsample else nn.Identity()
 
     def prior(self, like: Tensor) -> Tuple[Tensor, Tensor]:
         logvar = self.prior_logvar.clamp(-20.0, 10.0)
@@ -174,12 +245,14 @@ class _TopDownLevel(nn.Module):
         dropout: float,
         deactivated: bool = False,
         spatial_dims: int = 2,
+        pool_z: bool = True,
+        z_kernel: int = 0,
     ) -> None:
         super().__init__()
         self.latent = latent
         self.deactivated = deactivated
         conv = conv_class(spatial_dims)
-        self.prior_conv = conv(features, 2 * latent, 3, padding=1)
+        self.prior_conv = same_conv(features, 2 * latent, 3, spatial_dims, z_kernel)
         if deactivated:
             self.merge = nn.Identity()
             self.merge_block = nn.Identity()
@@ -187,12 +260,12 @@ class _TopDownLevel(nn.Module):
         else:
             self.merge = conv(2 * features, features, 1)
             self.merge_block = GatedResBlock(
-                features, batch_norm=batch_norm, dropout=dropout, spatial_dims=spatial_dims
+                features, batch_norm=batch_norm, dropout=dropout, spatial_dims=spatial_dims, z_kernel=z_kernel
             )
-            self.posterior = conv(features, 2 * latent, 3, padding=1)
+            self.posterior = same_conv(features, 2 * latent, 3, spatial_dims, z_kernel)
         self.z_in = conv(features + latent, features, 1)
-        self.blocks = _blocks(features, n_blocks, batch_norm, dropout, spatial_dims)
-        self.up = Upsample(features, features, spatial_dims) if upsample else nn.Identity()
+        self.blocks = _blocks(features, n_blocks, batch_norm, dropout, spatial_dims, z_kernel)
+        self.up = Upsample(features, features, spatial_dims, pool_z) if upsample else nn.Identity()
 
     def prior(self, h: Tensor) -> Tuple[Tensor, Tensor]:
         return _split_gaussian(self.prior_conv(h), self.latent)
@@ -250,7 +323,16 @@ class LadderVAE(nn.Module):
         information (HDN_3-6): it equals the level's conditional prior, the level adds
         no KL, and prediction should take its mean (``use_mean``).
     spatial_dims : {2, 3}, default 2
-        Images (B, C, Y, X) or volumes (B, C, Z, Y, X); downsampling halves Z too.
+        Images (B, C, Y, X) or volumes (B, C, Z, Y, X); downsampling halves Z too
+        unless ``z_pool`` says otherwise.
+    z_pool : sequence of bool, optional
+        3-D only: ``n_levels`` entries (index 0 = finest); ``z_pool[l]`` says whether
+        level ``l``'s downsampling and the matching upsampling halve / double Z
+        (it matters only where ``downsample[l]``). None = all True (isotropic).
+    z_kernel : sequence of int, optional
+        3-D only: ``n_levels`` odd Z extents of each level's convolutions (0 or
+        None = as Y and X; the stem follows level 0, see the module docstring).
+        None = all isotropic.
 
     Attributes
     ----------
@@ -262,7 +344,19 @@ class LadderVAE(nn.Module):
     deactivated : list of bool
         Whether level ``l`` is deactivated.
     size_step : int
-        ``2 ** sum(downsample)``; every input spatial size ([Z,] Y, X) must be a multiple of it.
+        ``2 ** sum(downsample)``; every input Y and X size must be a multiple of it.
+    size_steps : tuple of int
+        The step per spatial axis, (Y, X) or (Z, Y, X); Z's counts only the levels
+        that downsample with ``z_pool``.
+    receptive_fields : tuple of int
+        Per spatial axis, (Y, X) or (Z, Y, X): an upper bound on the distance between
+        an output feature and an input pixel that can change it, through every path
+        (bottom-up, posteriors, top-down); borders aside it is reached along the
+        longest path. Computed analytically (:class:`bmz_cosdd.nn.blocks.Reach`).
+    z_pool : list of bool
+        As given (all True by default and in 2-D).
+    z_kernel : list of int
+        As given, 0 for the Y/X extent (all 0 by default and in 2-D).
     spatial_dims : int
 
     Notes
@@ -278,14 +372,22 @@ class LadderVAE(nn.Module):
     >>> features, kl = vae(torch.zeros(1, 1, 32, 48))
     >>> features.shape, len(kl)
     (torch.Size([1, 16, 32, 48]), 4)
+    >>> thin = LadderVAE(1, 4, 2, 4, spatial_dims=3, z_pool=[False, False, True, True], z_kernel=[1, 1, 3, 3])
+    >>> thin.size_steps
+    (2, 4, 4)
+    >>> thin.eval()(torch.zeros(1, 1, 6, 16, 16))[0].shape
+    torch.Size([1, 4, 6, 16, 16])
     """
 
+    # size_steps and receptive_fields (tuples) get their TorchScript types from their values.
     n_levels: int
     latent_channels: List[int]
     features: int
     downsample: List[bool]
     deactivated: List[bool]
     size_step: int
+    z_pool: List[bool]
+    z_kernel: List[int]
     spatial_dims: Final[int]
 
     def __init__(
@@ -300,6 +402,8 @@ class LadderVAE(nn.Module):
         dropout: float = 0.0,
         deactivated: Optional[Sequence[int]] = None,
         spatial_dims: int = 2,
+        z_pool: Optional[Sequence[bool]] = None,
+        z_kernel: Optional[Sequence[int]] = None,
     ) -> None:
         super().__init__()
         self.spatial_dims = check_spatial_dims(spatial_dims)
@@ -320,24 +424,46 @@ class LadderVAE(nn.Module):
         if off and (off[0] < 0 or off[-1] >= n_levels - 1):
             raise ValueError(f"deactivated levels must be in 0..{n_levels - 2} (the top cannot be), got {off}")
         self.deactivated = [level in off for level in range(n_levels)]
+        z_pools, z_kernels = anisotropy(z_pool, z_kernel, n_levels, n_levels, spatial_dims)
+        self.z_pool = z_pools
+        self.z_kernel = z_kernels
+        yx_field = _receptive_field(
+            self.downsample, self.downsample, self.deactivated, [3] * n_levels, 5, blocks_per_level
+        )
+        if spatial_dims == 3:
+            z_halved = [d and p for d, p in zip(self.downsample, z_pools)]
+            z_field = _receptive_field(
+                self.downsample, z_halved, self.deactivated, [k or 3 for k in z_kernels],
+                _stem_z_kernel(z_kernels[0]) or 5, blocks_per_level,
+            )
+            self.size_steps = (2 ** sum(z_halved), self.size_step, self.size_step)
+            self.receptive_fields = (z_field, yx_field, yx_field)
+        else:
+            self.size_steps = (self.size_step, self.size_step)
+            self.receptive_fields = (yx_field, yx_field)
 
-        self.stem = conv_class(spatial_dims)(in_channels, features, 5, padding=2)
+        self.stem = same_conv(in_channels, features, 5, spatial_dims, _stem_z_kernel(z_kernels[0]))
         self.bu_levels = nn.ModuleList(
             [
-                _BottomUpLevel(features, blocks_per_level, self.downsample[level], batch_norm, dropout, spatial_dims)
+                _BottomUpLevel(
+                    features, blocks_per_level, self.downsample[level], batch_norm, dropout, spatial_dims,
+                    z_pools[level], z_kernels[level],
+                )
                 for level in range(n_levels)
             ]
         )
         top = n_levels - 1
         self.top = _TopLevel(
-            features, channels[top], blocks_per_level, self.downsample[top], batch_norm, dropout, spatial_dims
+            features, channels[top], blocks_per_level, self.downsample[top], batch_norm, dropout, spatial_dims,
+            z_pools[top], z_kernels[top],
         )
         # Ordered from just below the top down to level 0, the order of the top-down pass.
         self.td_levels = nn.ModuleList(
             [
                 _TopDownLevel(
                     features, channels[level], blocks_per_level, self.downsample[level], batch_norm, dropout,
-                    deactivated=self.deactivated[level], spatial_dims=spatial_dims,
+                    deactivated=self.deactivated[level], spatial_dims=spatial_dims, pool_z=z_pools[level],
+                    z_kernel=z_kernels[level],
                 )
                 for level in range(top - 1, -1, -1)
             ]
@@ -349,9 +475,9 @@ class LadderVAE(nn.Module):
         Parameters
         ----------
         x : Tensor
-            (B, in_channels, [Z,] Y, X), every spatial size a multiple of ``size_step``.
+            (B, in_channels, [Z,] Y, X), every spatial size a multiple of its ``size_steps`` entry.
         """
-        check_spatial_size(x, self.size_step, self.spatial_dims)
+        check_spatial_size(x, [s for s in self.size_steps], self.spatial_dims)
         h = self.stem(x)
         out: List[Tensor] = []
         for level in self.bu_levels:
@@ -425,20 +551,21 @@ class LadderVAE(nn.Module):
         shapes: List[List[int]] = []
         for level in range(self.n_levels):
             if self.downsample[level]:
-                sizes = [(s + 1) // 2 for s in sizes]
+                keep_z = self.spatial_dims == 3 and not self.z_pool[level]
+                sizes = [s if axis == 0 and keep_z else (s + 1) // 2 for axis, s in enumerate(sizes)]
             shapes.append([self.latent_channels[level]] + sizes)
         return shapes
 
     def sample_prior(self, n: int, spatial: Sequence[int], generator: Optional[torch.Generator] = None) -> Tensor:
         """Features (n, features, *spatial) decoded from latents drawn from the prior.
 
-        ``spatial`` is ([Z,] Y, X), every size a multiple of ``size_step``. Eager only.
+        ``spatial`` is ([Z,] Y, X), every size a multiple of its ``size_steps`` entry. Eager only.
         ``generator`` (optional) is used for every draw; the draws are made on its
         device and moved to the model's device.
         """
         sizes = [int(s) for s in spatial]
         shapes = self.latent_shapes(sizes)
-        check_multiples(sizes, self.size_step)
+        check_multiples(sizes, list(self.size_steps))
         device = self.top.prior_mean.device
         dtype = self.top.prior_mean.dtype
         gen_device = device if generator is None else generator.device

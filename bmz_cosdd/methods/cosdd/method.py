@@ -81,33 +81,32 @@ class COSDD:
         notes = [f"preset (auto): {config.preset}. {AUTO_PRESET_REASON}"] if config.preset_auto else []
         noise = None
         needs_noise = config.ar_layers is None or config.context_dropout is None
-        if config.direction == "auto" or (needs_noise and config.direction in ("x", "y")):
+        if config.direction == "auto" or (needs_noise and config.direction in ("x", "y", "z")):
             noise = estimate_noise_correlation(list(train_images))
         if config.direction == "auto":
             config = replace(config, direction=noise.direction)
             notes.append(f"noise direction (auto): {noise.direction}. {noise.describe()}")
-            if data.spatial_dims == 3:
-                notes.append("auto measures x and y within the Z planes; for noise correlated along Z pass"
-                             " --direction z")
-        if config.direction in ("none", "z") or noise is None:
-            # Blind decoder (none), or along z where the correlation is not measured: the paper's settings.
+        measured = noise is not None and config.direction in noise.axes
+        if config.direction == "none" or not measured:
+            # Blind decoder (none), or along z in stacks too thin to measure: the paper's settings.
             layers = 1 if config.direction == "none" else LONG_FIELD_LAYERS
             config = replace(config, ar_layers=layers if config.ar_layers is None else config.ar_layers,
                              context_dropout=(0.0 if config.direction == "none" else 0.5)
                              if config.context_dropout is None else config.context_dropout)
             if config.direction == "z" and needs_noise:
                 notes.append(f"noise decoder (auto): field {receptive_field(config.ar_layers, config.ar_kernel)} px"
-                             " along z, the paper's, and context dropout 0.5 (the correlation along z is not"
-                             " measured)")
+                             " along z, the paper's, and context dropout 0.5 (the correlation along z is measured"
+                             " only on stacks of at least 4 planes)")
             return config, notes
         length, score = noise.length(config.direction), noise.score(config.direction)
+        lags = noise.lags(config.direction)
         if config.ar_layers is None:
-            layers = ar_field_for(length, noise.max_lag, config.ar_kernel)
+            layers = ar_field_for(length, lags, config.ar_kernel)
             config = replace(config, ar_layers=layers)
             notes.append(
                 f"noise decoder field (auto): {receptive_field(layers, config.ar_kernel)} px along"
                 f" {config.direction} ({layers} layer{'s' if layers > 1 else ''}) for a correlation length of"
-                f" {length} px" + (" or more" if length >= noise.max_lag else ""))
+                f" {length} px" + (" or more" if length >= lags else ""))
         if config.context_dropout is None:
             config = replace(config, context_dropout=context_dropout_for(score))
             notes.append(f"context dropout (auto): {config.context_dropout:g} for a noise correlation of {score:.2f}"

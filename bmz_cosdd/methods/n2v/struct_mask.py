@@ -251,9 +251,13 @@ def mask_for(noise: NoiseCorrelation, crop_size: int) -> MaskChoice:
     -------
     MaskChoice
     """
+    across_planes = noise.direction == "z"
+    noise = noise.in_plane()  # a blind mask lies within one plane: it cannot hide a correlation across planes
     listed = {axis: [round(float(v), 4) for v in noise.correlation(axis)] for axis in AXES}
+    planes = ("; the noise is also correlated along z (across planes), which a blind mask within a plane cannot"
+              " hide (COSDD --direction z models it)") if across_planes else ""
     if noise.pixel_independent:
-        reason = f"{noise.describe()}; N2V's blind spot suffices"
+        reason = f"{noise.describe()}; N2V's blind spot suffices" + planes
         return MaskChoice("none", None, 1, listed["x"], listed["y"], reason)
     axis = noise.direction
     reach = noise.length(axis)
@@ -265,6 +269,7 @@ def mask_for(noise: NoiseCorrelation, crop_size: int) -> MaskChoice:
         reason += f" (capped by the crop size {crop_size}; the correlation reaches lag {reach})"
     if noise.cross_correlated:
         reason += f"; a line mask does not hide the correlation along {noise.cross_correlated}"
+    reason += planes
     return MaskChoice(f"{axis}:{span}", axis, span, listed["x"], listed["y"], reason)
 
 
