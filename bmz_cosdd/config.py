@@ -60,6 +60,8 @@ Odd = Annotated[int, Field(ge=1), AfterValidator(_odd)]
 PositiveList = Annotated[list[Positive], BeforeValidator(_comma_separated)]
 FloatList = Annotated[list[float], BeforeValidator(_comma_separated)]
 PathList = Annotated[list[str], BeforeValidator(_one_or_more)]
+BoolList = Annotated[list[bool], BeforeValidator(_comma_separated)]
+OddList = Annotated[list[Odd], BeforeValidator(_comma_separated)]
 
 
 def one_of(*choices: Any) -> AfterValidator:

@@ -82,3 +82,12 @@ def assert_readable_png(path, min_height: int = 300, min_width: int = 600, min_i
     assert pixels.shape[0] >= min_height and pixels.shape[1] >= min_width, pixels.shape
     assert pixels.std() > 0.1, pixels.std()
     assert (pixels.min(-1) < 0.9).mean() > min_ink  # a blank figure is white
+
+
+def yx_grid(trained) -> tuple[int, int]:
+    """(size step, halo) of a loaded run along x (a method gives one value or one per spatial axis)."""
+    from bmz_cosdd.data.axes import per_axis
+
+    dims = trained.config.data.spatial_dims
+    return (per_axis(trained.method.size_step(trained.model), dims)[-1],
+            per_axis(trained.method.halo(trained.model), dims)[-1])

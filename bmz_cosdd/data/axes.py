@@ -232,3 +232,17 @@ def per_axis(value: int | Sequence[int], n_spatial: int) -> tuple[int, ...]:
     if len(values) != n_spatial:
         raise ValueError(f"expected 1 or {n_spatial} values (one per spatial axis), got {values}")
     return values
+
+
+def per_axis_text(values: Sequence[int]) -> str:
+    """Per-axis sizes for a sentence: ``16`` when every axis agrees, else ``z 4, y 16, x 16``.
+
+    Examples
+    --------
+    >>> per_axis_text((16, 16)), per_axis_text((4, 16, 16))
+    ('16', 'z 4, y 16, x 16')
+    """
+    values = [int(v) for v in values]
+    if len(set(values)) == 1:
+        return str(values[0])
+    return ", ".join(f"{axis} {value}" for axis, value in zip("zyx"[3 - len(values):], values))

@@ -17,14 +17,14 @@ from dataclasses import dataclass, field
 from datetime import date
 from importlib import resources
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
 from bmz_cosdd import __version__
 from bmz_cosdd.config import load_yaml
-from bmz_cosdd.data.axes import per_axis
+from bmz_cosdd.data.axes import per_axis, per_axis_text
 from bmz_cosdd.data.io import load_images
 from bmz_cosdd.data.normalisation import normalise
 from bmz_cosdd.data.splits import split_images
@@ -422,13 +422,6 @@ def _package_name(meta: PackageMeta, method: Any) -> str:
     return meta.name or f"{method.name} denoiser"
 
 
-def _per_axis_text(values: Sequence[int], spatial_dims: int) -> str:
-    """``16`` when every axis agrees, else ``z 4, y 16, x 16`` (the model card's sizes)."""
-    if len(set(values)) == 1:
-        return str(values[0])
-    return ", ".join(f"{axis} {value}" for axis, value in zip("zyx"[3 - spatial_dims:], values))
-
-
 def _card_fields(plan: _Plan, meta: PackageMeta, out: Path, formats: list[str]) -> dict[str, Any]:
     """The values the model card templates are filled with."""
     trained, exported, method = plan.trained, plan.exported, plan.method
@@ -440,9 +433,8 @@ def _card_fields(plan: _Plan, meta: PackageMeta, out: Path, formats: list[str]) 
         "package_name": out.name, "method_name": method.name,
         "outputs_text": ", ".join(exported.outputs),
         "n_channels": trained.stats.n_channels,
-        "size_min": _per_axis_text(plan.size_min, exported.spatial_dims),
-        "size_step": _per_axis_text(plan.size_step, exported.spatial_dims),
-        "halo": _per_axis_text(plan.halo, exported.spatial_dims),
+        "size_min": per_axis_text(plan.size_min), "size_step": per_axis_text(plan.size_step),
+        "halo": per_axis_text(plan.halo),
         **_layout_fields(exported.spatial_dims),
         "mean": [round(v, 6) for v in trained.stats.mean], "std": [round(v, 6) for v in trained.stats.std],
         "data_text": ", ".join(Path(p).name for p in config.data.paths),

@@ -16,13 +16,38 @@ from typing import Sequence
 PACKAGE = "bmz_cosdd"
 
 
+def _defined_names(tree: ast.Module) -> set[str]:
+    """Top-level functions, classes and assigned names of a module."""
+    names: set[str] = set()
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, ast.Assign):
+            names.update(t.id for t in node.targets if isinstance(t, ast.Name) and t.id != "__all__")
+        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            names.add(node.target.id)
+    return names
+
+
 def bundle_sources(modules: Sequence[ModuleType], title: str) -> str:
-    """Return one Python source holding ``modules`` in the given order (dependencies first)."""
+    """Return one Python source holding ``modules`` in the given order (dependencies first).
+
+    Raises
+    ------
+    ValueError
+        If two modules define the same top-level name: in one namespace the later definition
+        would silently replace the earlier one.
+    """
     imports: list[str] = []
     bodies: list[str] = []
+    owners: dict[str, str] = {}
     for module in modules:
         source = inspect.getsource(module)
         tree = ast.parse(source)
+        for name in sorted(_defined_names(tree)):
+            if owners.setdefault(name, module.__name__) != module.__name__:
+                raise ValueError(f"{owners[name]} and {module.__name__} both define {name}: rename one before"
+                                 " bundling them into one architecture file")
         lines = source.splitlines()
         drop: set[int] = set()
         for node in tree.body:

@@ -15,7 +15,7 @@ levels first.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 #: A level convolves along z (kernel 3) and may pool z while the z spacing is at most this many
 #: times the in-plane spacing at that level (nnU-Net's anisotropy threshold).
@@ -113,6 +113,29 @@ def choose_z_layout(
     if trimmed:
         reason += f" ({trimmed} coarse level(s) without z context, so a {stack_depth}-plane stack fits)"
     return ZLayout(z_pool, z_kernel, reason)
+
+
+def auto_z_layout(data: Any, train_images: Sequence[Any], downsamples: Sequence[bool],
+                  z_halo: Callable[[list[bool], list[int]], int]) -> ZLayout:
+    """:func:`choose_z_layout` for a run: voxel size from the first training file's metadata, stack depth
+    from the thinnest training volume, crop depth from the data settings.
+
+    Parameters
+    ----------
+    data
+        The run's :class:`~bmz_cosdd.config.DataConfig` (``paths``, ``pattern``, ``crop_depth``, ``crop_size``).
+    train_images
+        The training volumes, each (C, Z, Y, X).
+    downsamples, z_halo
+        As for :func:`choose_z_layout`.
+    """
+    from bmz_cosdd.data.io import find_files
+    from bmz_cosdd.data.physical_sizes import read_physical_sizes
+
+    files = [f for item in data.paths for f in find_files(item, data.pattern)]
+    ratio = z_ratio_of(read_physical_sizes(files[0])) if files else None
+    stack = min(int(image.shape[-3]) for image in train_images)
+    return choose_z_layout(downsamples, ratio, data.crop_depth or data.crop_size, stack, z_halo)
 
 
 def z_ratio_of(sizes: dict[str, float]) -> Optional[float]:

@@ -150,11 +150,13 @@ class Method(Protocol):
         built without it gets the values it needs from its state dict.
         """
 
-    def size_step(self, model: nn.Module) -> int:
-        """Spatial sizes the model accepts are multiples of this."""
+    def size_step(self, model: nn.Module) -> int | tuple[int, ...]:
+        """Spatial sizes the model accepts are multiples of this: one value, or one per spatial axis
+        ((Y, X), or (Z, Y, X) for volumes, where an anisotropic network's z step is smaller)."""
 
-    def halo(self, model: nn.Module) -> int:
-        """Context in pixels each side of a tile that prediction should add."""
+    def halo(self, model: nn.Module) -> int | tuple[int, ...]:
+        """Context in pixels each side of a tile that prediction should add: one value, or one per
+        spatial axis (as :meth:`size_step`)."""
 
     def training_losses(
         self, model: nn.Module, batch: torch.Tensor, generator: torch.Generator
@@ -207,7 +209,8 @@ class ExportedModel:
     """A scriptable inference module and what a package needs to describe it.
 
     ``module`` takes a normalised (B, C, Y, X) input, or (B, C, Z, Y, X) when
-    ``spatial_dims`` is 3, whose spatial sizes are multiples of ``size_step``, and
+    ``spatial_dims`` is 3, whose spatial sizes are multiples of ``size_step`` (``size_step``
+    and ``halo``: one value, or one per spatial axis), and
     returns ``outputs`` in normalised units; ``builder`` called with
     ``builder_kwargs`` rebuilds it (for state-dict weights), and ``source_modules``
     (dependencies first) hold everything ``builder`` needs. ``card`` names the model-card
@@ -220,8 +223,8 @@ class ExportedModel:
     builder: Any
     builder_kwargs: dict[str, Any]
     source_modules: list[Any]
-    size_step: int
-    halo: int
+    size_step: int | tuple[int, ...]
+    halo: int | tuple[int, ...]
     n_samples: int | None
     cite: list[tuple[str, str]]
     tags: list[str]

@@ -78,7 +78,7 @@ class _ConvBlock(nn.Module):
         return self.drop(self.act(self.norm(self.conv(x))))
 
 
-def _receptive_field(pool: List[bool], extents: List[int]) -> int:
+def _divnoising_receptive_field(pool: List[bool], extents: List[int]) -> int:
     """Half-width along one axis: ``pool[i]`` whether stage i halves it, ``extents[i]`` its conv extent per stage."""
     depth = len(pool)
     f = Reach()
@@ -205,9 +205,9 @@ class DivNoisingVAE(nn.Module):
         z_pools, z_kernels = anisotropy(z_pool, z_kernel, depth, depth + 1, spatial_dims)
         self.z_pool = z_pools
         self.z_kernel = z_kernels
-        yx_field = _receptive_field([True] * depth, [3] * (depth + 1))
+        yx_field = _divnoising_receptive_field([True] * depth, [3] * (depth + 1))
         if spatial_dims == 3:
-            z_field = _receptive_field(z_pools, [k or 3 for k in z_kernels])
+            z_field = _divnoising_receptive_field(z_pools, [k or 3 for k in z_kernels])
             self.size_steps = (2 ** sum(z_pools), self.size_step, self.size_step)
             self.receptive_fields = (z_field, yx_field, yx_field)
         else:

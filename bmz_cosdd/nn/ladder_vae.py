@@ -135,7 +135,7 @@ def _stem_z_kernel(z_kernel: int) -> int:
     return z_kernel + 2
 
 
-def _receptive_field(
+def _ladder_receptive_field(
     downsample: List[bool], halved: List[bool], deactivated: List[bool], extents: List[int], stem: int, n_blocks: int
 ) -> int:
     """Half-width along one axis of the whole network (every path from the input to the output features).
@@ -427,12 +427,12 @@ class LadderVAE(nn.Module):
         z_pools, z_kernels = anisotropy(z_pool, z_kernel, n_levels, n_levels, spatial_dims)
         self.z_pool = z_pools
         self.z_kernel = z_kernels
-        yx_field = _receptive_field(
+        yx_field = _ladder_receptive_field(
             self.downsample, self.downsample, self.deactivated, [3] * n_levels, 5, blocks_per_level
         )
         if spatial_dims == 3:
             z_halved = [d and p for d, p in zip(self.downsample, z_pools)]
-            z_field = _receptive_field(
+            z_field = _ladder_receptive_field(
                 self.downsample, z_halved, self.deactivated, [k or 3 for k in z_kernels],
                 _stem_z_kernel(z_kernels[0]) or 5, blocks_per_level,
             )

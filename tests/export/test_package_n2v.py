@@ -21,7 +21,7 @@ from bmz_cosdd.artifacts.package_reader import read_package_descr  # noqa: E402
 from bmz_cosdd.inference.predictor import load_run  # noqa: E402
 from bmz_cosdd.methods.base import ExportOptions, PredictOptions  # noqa: E402
 from bmz_cosdd.training.session import train  # noqa: E402
-from helpers import tiny_blind_spot_config  # noqa: E402
+from helpers import tiny_blind_spot_config, yx_grid  # noqa: E402
 
 CITATIONS = {
     "n2v": "10.48550/arXiv.1811.10980",
@@ -61,8 +61,7 @@ def test_package_validates_with_one_input_one_output_and_its_card(method, runs, 
     descr = read_package_descr(out)
     assert len(descr.inputs) == 1 and len(descr.outputs) == 1 and str(descr.outputs[0].id) == "denoised"
     trained = load_run(runs / method)
-    step = trained.method.size_step(trained.model)
-    halo = trained.method.halo(trained.model)
+    step, halo = yx_grid(trained)
     size = descr.inputs[0].axes[2].size
     assert size.step == step == 4  # depth 2
     assert size.min >= 2 * halo + 1 and size.min % step == 0

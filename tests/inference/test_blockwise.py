@@ -19,7 +19,7 @@ from bmz_cosdd.data.synthetic import make_dataset
 from bmz_cosdd.inference.blockwise import block_grid, predict_out_of_core
 from bmz_cosdd.inference.predictor import load_run, predict_image
 from bmz_cosdd.methods.base import PredictOptions
-from helpers import assert_one_line_error, run_cli, tiny_blind_spot_config
+from helpers import assert_one_line_error, run_cli, tiny_blind_spot_config, yx_grid
 
 TILE = 96
 
@@ -45,7 +45,7 @@ def _zarr(path: Path, image: np.ndarray, chunks: tuple[int, ...]) -> Path:
 
 def _block(run: Path) -> int:
     trained = load_run(run)
-    step, halo = trained.method.size_step(trained.model), trained.method.halo(trained.model)
+    step, halo = yx_grid(trained)
     halo = -(-halo // step) * step
     return (TILE - 2 * halo) // step * step
 
@@ -144,7 +144,7 @@ def test_killed_process_restarts_where_it_stopped(tmp_path, n2v_run):
 
 def _block_for_tile(run: Path, tile: int) -> int:
     trained = load_run(run)
-    step, halo = trained.method.size_step(trained.model), trained.method.halo(trained.model)
+    step, halo = yx_grid(trained)
     halo = -(-halo // step) * step
     return (tile - 2 * halo) // step * step
 

@@ -24,7 +24,7 @@ from bmz_cosdd.inference.tiling import (
     tile_layout,
     tile_warning,
 )
-from helpers import assert_one_line_error, run_cli, tiny_blind_spot_config
+from helpers import assert_one_line_error, run_cli, tiny_blind_spot_config, yx_grid
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +47,7 @@ def stack(tmp_path_factory) -> Path:
 
 def _model(run: Path) -> tuple[int, int]:
     trained = load_run(run)
-    return trained.method.size_step(trained.model), trained.method.halo(trained.model)
+    return yx_grid(trained)
 
 
 def _keeps_half(tile: int, halo: int, step: int) -> bool:

@@ -19,7 +19,7 @@ from bmz_cosdd.methods.registry import get_method
 from bmz_cosdd.artifacts.run_folder import RunFolder
 from bmz_cosdd.training.checkpoints import load_checkpoint
 from bmz_cosdd.training.session import build_config, resume, train
-from helpers import tiny_blind_spot_config
+from helpers import tiny_blind_spot_config, yx_grid
 
 FAMILY = ("n2v", "n2v2", "structn2v", "psf-n2v")
 
@@ -94,7 +94,7 @@ def test_each_variant_trains_resumes_exactly_and_tiles_exactly(method, noisy_sta
     image = np.random.default_rng(1).normal(100, 10, size=(1, 70, 90)).astype(np.float32)
     options = PredictOptions(estimator=trained.method.estimators[-1])
     whole = predict_image(trained, image, options, tile=4096)
-    step, halo = trained.method.size_step(trained.model), trained.method.halo(trained.model)
+    step, halo = yx_grid(trained)
     tiled = predict_image(trained, image, options, tile=step * 2 + 2 * -(-halo // step) * step)
     assert set(whole) == ({"denoised", "deconvolved"} if method == "psf-n2v" else {"denoised"})
     for name in whole:

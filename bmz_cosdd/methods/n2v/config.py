@@ -6,7 +6,8 @@ from typing import Annotated, Any, Optional, Union
 
 from pydantic import BeforeValidator, Field
 
-from bmz_cosdd.config import NonNegative, NonNegativeFloat, Odd, Positive, PositiveFloat, from_dict, one_of, settings
+from bmz_cosdd.config import (BoolList, NonNegative, NonNegativeFloat, Odd, OddList, Positive, PositiveFloat, from_dict,
+                              one_of, settings)
 from bmz_cosdd.methods.n2v.masker import REPLACEMENTS
 
 
@@ -48,6 +49,12 @@ class N2VConfig:
     positivity, background
         PSF-N2V: weight of the penalty on the deconvolved output falling below
         ``background`` (raw intensities; the camera offset).
+    z_pool, z_kernel
+        Volumes (``spatial_dims`` 3): per U-Net level (finest first) whether its pooling
+        includes z (``depth`` entries), and the z extent of its convolutions (``depth + 1``
+        entries, the bottleneck last; 1 or 3). None (the default) chooses them when the run
+        starts from the voxel size and the stack depth (:mod:`bmz_cosdd.methods.anisotropy`);
+        the run's config.yaml records the choice. Unused for 2-D images.
     """
 
     depth: Positive = 2
@@ -65,6 +72,8 @@ class N2VConfig:
     psf_size: NonNegative = 0
     positivity: NonNegativeFloat = 1.0
     background: float = 0.0
+    z_pool: Optional[BoolList] = None
+    z_kernel: Optional[OddList] = None
 
     @property
     def has_psf(self) -> bool:

@@ -15,13 +15,16 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from bmz_cosdd.data.axes import per_axis_text
 from bmz_cosdd.errors import UserError
+from bmz_cosdd.methods.anisotropy import auto_z_layout
 from bmz_cosdd.methods.base import CliOption, ExportedModel, ExportOptions, OptimiserSpec, PredictOptions
 from bmz_cosdd.methods.n2v.architecture import BlindSpotNet, build_blind_spot_model
 from bmz_cosdd.methods.n2v.config import N2VConfig, n2v_config
 from bmz_cosdd.methods.n2v.masker import BlindSpotMasker
 from bmz_cosdd.methods.n2v.psf import gaussian_psf, read_psf
 from bmz_cosdd.methods.n2v.struct_mask import estimate_struct_mask, format_struct_mask, mask_for, parse_struct_mask
+from bmz_cosdd.nn.unet import unet_receptive_field
 
 
 class BlindSpotModel(nn.Module):
@@ -36,6 +39,7 @@ class BlindSpotModel(nn.Module):
         self.net = BlindSpotNet(
             n_channels, config.depth, config.features, config.kernel_size, config.batch_norm,
             config.blur_pool, config.top_skip, config.psf_size, spatial_dims=spatial_dims,
+            z_pool=_z(config.z_pool, spatial_dims), z_kernel=_z(config.z_kernel, spatial_dims),
         )
         if psf is not None:
             self.net.psf.set_kernel(psf)
@@ -84,9 +88,18 @@ _OPTIONS: dict[str, tuple[Any, str]] = {
     "psf_file": (str, "2-D PSF image (TIFF or .npy); overrides --psf-sigma."),
     "positivity": (float, "Weight of the positivity loss on the deconvolved output."),
     "background": (float, "Background (camera offset) in raw intensities, the deconvolution's zero."),
+    "z_pool": (str, "Volumes: per U-Net level (finest first) whether pooling includes z, e.g. 0,1 (default: from"
+                    " the voxel size and stack depth)."),
+    "z_kernel": (str, "Volumes: z extent of each level's convolutions, bottleneck last, e.g. 1,3,3 (default: from"
+                      " the voxel size and stack depth)."),
 }
 _COMMON_OPTIONS = ("depth", "features", "kernel_size", "batch_norm", "blur_pool", "top_skip",
-                   "masked_fraction", "window", "replacement")
+                   "masked_fraction", "window", "replacement", "z_pool", "z_kernel")
+
+
+def _z(values: Any, spatial_dims: int) -> Any:
+    """A z setting for the network: a list for volumes, None for 2-D images (where it has no meaning)."""
+    return list(values) if values is not None and spatial_dims == 3 else None
 
 
 @dataclass
@@ -132,6 +145,14 @@ class BlindSpotMethod:
             config = replace(config, struct_mask=None if choice.spec == "none" else choice.spec)
             notes.append(f"struct mask (auto): {choice.spec}. {choice.reason}")
         _blind_mask(config, data.crop_size)  # span larger than the crop: one clear line now
+        if data.spatial_dims == 3 and (config.z_pool is None or config.z_kernel is None):
+            layout = auto_z_layout(data, train_images, [True] * config.depth + [False],
+                                   lambda pool, kernel: unet_receptive_field(
+                                       config.depth, config.kernel_size, config.blur_pool, config.top_skip,
+                                       pool=pool[:config.depth], kernels=kernel))
+            config = replace(config, z_pool=config.z_pool or layout.z_pool[:config.depth],
+                             z_kernel=config.z_kernel or layout.z_kernel)
+            notes.append(layout.reason)
         kernel = _psf_kernel(config)
         config = replace(config, psf_size=0 if kernel is None else int(kernel.shape[0]))
         if kernel is not None and kernel.shape[0] > data.crop_size:
@@ -152,11 +173,11 @@ class BlindSpotMethod:
             floor = [0.0] * n_channels
         return BlindSpotModel(config, n_channels, psf, floor, spatial_dims)
 
-    def size_step(self, model: nn.Module) -> int:
-        return int(model.net.size_step)
+    def size_step(self, model: nn.Module) -> tuple[int, ...]:
+        return tuple(int(s) for s in model.net.size_steps)
 
-    def halo(self, model: nn.Module) -> int:
-        return int(model.net.halo)
+    def halo(self, model: nn.Module) -> tuple[int, ...]:
+        return tuple(int(h) for h in model.net.halos)
 
     def training_losses(self, model: nn.Module, batch: Tensor, generator: torch.Generator) -> dict[str, Tensor]:
         masked = model.masker(batch, generator)
@@ -202,6 +223,8 @@ class BlindSpotMethod:
             "top_skip": config.top_skip, "psf_size": config.psf_size, "deconvolved": estimator == "deconvolved",
             "spatial_dims": int(model.spatial_dims),
         }
+        if int(model.spatial_dims) == 3:
+            kwargs.update(z_pool=list(model.net.unet.z_pool), z_kernel=list(model.net.unet.z_kernel))
         module = build_blind_spot_model(**kwargs)
         module.load_state_dict(model.net.state_dict())
         blind = _blind_mask(config, None)
@@ -212,7 +235,9 @@ class BlindSpotMethod:
                 f"{config.kernel_size} convolutions, batch norm {'on' if config.batch_norm else 'off'}, "
                 f"{'max-blur-pool' if config.blur_pool else 'max-pool'}, "
                 f"{'with' if config.top_skip else 'without'} the full-resolution skip; receptive field "
-                f"{model.net.unet.receptive_field} px each side"
+                f"{per_axis_text(model.net.unet.receptive_fields)} px each side"
+                + (f"; z pooled at levels {list(model.net.unet.z_pool)}, z kernels {list(model.net.unet.z_kernel)}"
+                   if int(model.spatial_dims) == 3 else "")
             ),
             "masking": (
                 f"{config.masked_fraction:.2%} of the pixels per crop (stratified), replaced by "
@@ -225,7 +250,8 @@ class BlindSpotMethod:
         }
         return ExportedModel(
             module=module.eval(), outputs=[estimator], builder=build_blind_spot_model, builder_kwargs=kwargs,
-            source_modules=[blocks, unet, psf, architecture], size_step=module.size_step, halo=module.halo,
+            source_modules=[blocks, unet, psf, architecture], size_step=tuple(module.size_steps),
+            halo=tuple(module.halos),
             n_samples=None, cite=self.cite,
             tags=["denoising", f"{model.spatial_dims}d", "pytorch", "self-supervised", *self.tags],
             card=[f"{self.name}.md", "blind_spot.md"], card_fields=fields, spatial_dims=int(model.spatial_dims),
