@@ -17,6 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence
 
+from bmz_cosdd.artifacts.run_folder import package_grid
+
 #: A level convolves along z (kernel 3) and may pool z while the z spacing is at most this many
 #: times the in-plane spacing at that level (nnU-Net's anisotropy threshold).
 ANISOTROPY_LIMIT = 2.0
@@ -49,7 +51,7 @@ def choose_z_layout(
     z_ratio: Optional[float],
     crop_depth: int,
     stack_depth: int,
-    z_halo: Callable[[list[bool], list[int]], int],
+    z_halo: Optional[Callable[[list[bool], list[int]], int]] = None,
 ) -> ZLayout:
     """The automatic z layout of a 3-D network.
 
@@ -65,8 +67,10 @@ def choose_z_layout(
     stack_depth
         Planes of the thinnest training stack: the z halo must let a package accept it.
     z_halo
-        The network's z receptive field (planes each side) for a layout, e.g. from the
-        network's per-axis ``receptive_fields`` or the method's halo rule.
+        The network's exact z halo (planes each side) for a layout, for networks whose halo is
+        their receptive field (the blind-spot U-Net): coarse levels lose their z context until
+        the package's minimum z size fits the stack. None: the layout is not trimmed (a sampling
+        model's halo is a setting, capped with :func:`fitted_z_halo` instead).
 
     Returns
     -------
@@ -81,7 +85,7 @@ def choose_z_layout(
     ([1, 3], [False, True])
     >>> choose_z_layout([True, True], 1.0, 16, 40, rf).z_pool
     [True, True]
-    >>> choose_z_layout([True, True], 1.0, 16, 4, rf).z_kernel  # a 4-plane stack: halo at most 1 plane
+    >>> choose_z_layout([True, True], 1.0, 8, 8, rf).z_kernel  # an 8-plane stack: the coarse level loses z
     [3, 1]
     """
     ratio = float(z_ratio) if z_ratio and z_ratio > 0 else 1.0
@@ -98,8 +102,9 @@ def choose_z_layout(
             z *= 2
             planes //= 2
     trimmed = 0
-    for level in reversed(range(len(z_kernel))):  # fit the stack: drop z context from the coarsest level down
-        if 2 * z_halo(z_pool, z_kernel) + 1 <= stack_depth:
+    for level in reversed(range(len(z_kernel)) if z_halo is not None else []):
+        # fit the stack: drop z context from the coarsest level down
+        if package_grid(z_halo(z_pool, z_kernel), 2 ** sum(z_pool))[1] <= stack_depth:
             break
         if z_kernel[level] > 1 or z_pool[level]:
             z_kernel[level], z_pool[level] = 1, False
@@ -109,14 +114,16 @@ def choose_z_layout(
     reason = (f"z layout (auto): {source}, {stack_depth}-plane stack, {crop_depth}-plane crops: z pooled at"
               f" {sum(z_pool)} of {levels} levels, z kernels {','.join(map(str, z_kernel))} (finest first;"
               f" nnU-Net's rule: context and pooling along z only where planes are within"
-              f" {ANISOTROPY_LIMIT:g}x the pixel spacing); z halo {z_halo(z_pool, z_kernel)} planes")
+              f" {ANISOTROPY_LIMIT:g}x the pixel spacing)")
+    if z_halo is not None:
+        reason += f"; z halo {z_halo(z_pool, z_kernel)} planes"
     if trimmed:
         reason += f" ({trimmed} coarse level(s) without z context, so a {stack_depth}-plane stack fits)"
     return ZLayout(z_pool, z_kernel, reason)
 
 
 def auto_z_layout(data: Any, train_images: Sequence[Any], downsamples: Sequence[bool],
-                  z_halo: Callable[[list[bool], list[int]], int]) -> ZLayout:
+                  z_halo: Optional[Callable[[list[bool], list[int]], int]] = None) -> ZLayout:
     """:func:`choose_z_layout` for a run: voxel size from the first training file's metadata, stack depth
     from the thinnest training volume, crop depth from the data settings.
 
@@ -136,6 +143,64 @@ def auto_z_layout(data: Any, train_images: Sequence[Any], downsamples: Sequence[
     ratio = z_ratio_of(read_physical_sizes(files[0])) if files else None
     stack = min(int(image.shape[-3]) for image in train_images)
     return choose_z_layout(downsamples, ratio, data.crop_depth or data.crop_size, stack, z_halo)
+
+
+def resolve_vae_z(config: Any, data: Any, train_images: Sequence[Any], downsamples: Sequence[bool], n_pool: int,
+                  build_vae: Callable[[Any], Any], name: str = "VAE") -> tuple[Any, list[str]]:
+    """A sampling model's ``z_pool``, ``z_kernel`` (when None: :func:`auto_z_layout`) and ``z_halo``.
+
+    The z halo (when None) is the model's ``halo`` capped by the VAE's z receptive field and by
+    the thinnest training stack (:func:`fitted_z_halo`): a sampling model's halo is context, not
+    an exact receptive field, and its package must take the stacks it was trained on.
+
+    Parameters
+    ----------
+    config
+        A method's settings with ``z_pool``, ``z_kernel``, ``z_halo`` and ``halo``.
+    data, train_images, downsamples
+        As for :func:`auto_z_layout`.
+    n_pool
+        Entries of ``z_pool`` the VAE takes (its levels, or its poolings).
+    build_vae
+        Builds the 3-D VAE of a resolved config (for its ``receptive_fields`` and ``size_steps``).
+    name
+        The network, for the notes.
+
+    Returns
+    -------
+    tuple
+        The config with the three settings resolved, and the lines for the run's notes.
+    """
+    from dataclasses import replace
+
+    notes = []
+    if config.z_pool is None or config.z_kernel is None:
+        layout = auto_z_layout(data, train_images, downsamples)
+        config = replace(config, z_pool=config.z_pool or layout.z_pool[:n_pool],
+                         z_kernel=config.z_kernel or layout.z_kernel)
+        notes.append(layout.reason.replace("z layout (auto)", f"{name} z layout (auto)"))
+    if config.z_halo is None:
+        vae = build_vae(config)
+        stack = min(int(image.shape[-3]) for image in train_images)
+        z_halo = fitted_z_halo(min(config.halo, vae.receptive_fields[0]), vae.size_steps[0], stack)
+        config = replace(config, z_halo=z_halo)
+        notes.append(f"z halo (auto): {z_halo} planes above and below each tile (the halo {config.halo}, the"
+                     f" {name}'s z field {vae.receptive_fields[0]}, and a package must take the {stack}-plane stack)")
+    return config, notes
+
+
+def fitted_z_halo(halo: int, z_step: int, stack_depth: int) -> int:
+    """The largest z halo up to ``halo`` whose package minimum z size fits a stack of ``stack_depth`` planes.
+
+    Examples
+    --------
+    >>> fitted_z_halo(32, 2, 16), fitted_z_halo(3, 1, 16)
+    (6, 3)
+    """
+    for h in range(max(int(halo), 0), 0, -1):
+        if package_grid(h, z_step)[1] <= stack_depth:
+            return h
+    return 0
 
 
 def z_ratio_of(sizes: dict[str, float]) -> Optional[float]:

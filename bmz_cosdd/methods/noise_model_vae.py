@@ -16,8 +16,9 @@ from typing import Any, Callable, Optional
 import torch
 from torch import Tensor, nn
 
-from bmz_cosdd.config import NonNegative, NonNegativeFloat, Positive, settings
+from bmz_cosdd.config import BoolList, NonNegative, NonNegativeFloat, OddList, Positive, settings
 from bmz_cosdd.errors import TrainingDiverged, UserError
+from bmz_cosdd.methods.anisotropy import resolve_vae_z
 from bmz_cosdd.methods.base import CliOption, ExportedModel, ExportOptions, OptimiserSpec, PredictOptions
 from bmz_cosdd.methods.vae_diagnostics import latent_diagnostics
 from bmz_cosdd.methods.vae_export import export_sampling_model, sampler_for
@@ -50,6 +51,12 @@ class NoiseModelSettings:
         The decoder from the VAE's features to the signal.
     halo
         Context in pixels added around each tile at prediction.
+    z_pool, z_kernel, z_halo
+        Volumes (``spatial_dims`` 3): per VAE level (finest first) whether its down-sampling
+        includes z and the z extent of its convolutions (1 or 3), and the context in planes
+        above and below each tile. None (the default) chooses them when the run starts from the
+        voxel size and the stack depth (:func:`bmz_cosdd.methods.anisotropy.resolve_vae_z`).
+        Unused for 2-D images.
     """
 
     noise_model: Optional[str] = None
@@ -62,6 +69,9 @@ class NoiseModelSettings:
     signal_layers: Positive = 1
     signal_hidden: Positive = 64
     halo: NonNegative = 32
+    z_pool: Optional[BoolList] = None
+    z_kernel: Optional[OddList] = None
+    z_halo: Optional[NonNegative] = None
 
 
 class NoiseModelVAE(nn.Module):
@@ -86,6 +96,9 @@ class NoiseModelVAE(nn.Module):
         self.free_bits = settings.free_bits
         self.collapse_kl = settings.collapse_kl
         self.halo = settings.halo
+        self.spatial_dims = int(getattr(vae, "spatial_dims", 2))
+        # Context above and below a tile: the setting, or the halo capped by the VAE's z field.
+        self.z_halo = min(settings.halo, vae.receptive_fields[0]) if settings.z_halo is None else settings.z_halo
         # Training batches seen, for the KL annealing; in the state dict so --resume is exact.
         self.register_buffer("batches_seen", torch.zeros((), dtype=torch.long))
 
@@ -183,6 +196,8 @@ class NoiseModelVAEMethod:
     monitor: str = "elbo"
     # What this method offers against correlated noise, for ``advise`` (e.g. HDN_3-6).
     structured_noise_hint: str = ""
+    # Volumes: which levels of the VAE down-sample (finest first), and how many z_pool entries it takes.
+    z_levels: Callable[[Any], tuple[list[bool], int]] = lambda cfg: ([], 0)
 
     def config_from_dict(self, values: dict[str, Any], device: str = "cpu") -> Any:
         return self.make_config(values)
@@ -191,7 +206,13 @@ class NoiseModelVAEMethod:
         return [CliOption(name, tp, help, self.title) for name, tp, help in self.options]
 
     def resolve_config(self, config: Any, data: Any, train_images: Any, stats: Any) -> tuple[Any, list[str]]:
-        return resolve_noise_model(config, list(train_images), stats)
+        config, notes = resolve_noise_model(config, list(train_images), stats)
+        if data.spatial_dims == 3:
+            downsamples, n_pool = self.z_levels(config)
+            config, more = resolve_vae_z(config, data, list(train_images), downsamples, n_pool,
+                                         lambda cfg: self.make_vae(cfg, 1, 3)[0], "VAE")
+            notes += more
+        return config, notes
 
     def build(self, config: Any, n_channels: int, stats: Any = None, spatial_dims: int = 2) -> NoiseModelVAE:
         vae, _, _ = self.make_vae(config, n_channels, spatial_dims)
@@ -200,11 +221,11 @@ class NoiseModelVAEMethod:
         return NoiseModelVAE(vae, decoder, _noise_model(config, stats, n_channels), n_channels,
                              self.use_mean(config), config)
 
-    def size_step(self, model: nn.Module) -> int:
-        return int(model.vae.size_step)
+    def size_step(self, model: nn.Module) -> tuple[int, ...]:
+        return tuple(int(s) for s in model.vae.size_steps)
 
-    def halo(self, model: nn.Module) -> int:
-        return int(model.halo)
+    def halo(self, model: nn.Module) -> tuple[int, ...]:
+        return (int(model.z_halo),) * (model.vae.spatial_dims == 3) + (int(model.halo),) * 2
 
     def training_losses(self, model: nn.Module, batch: Tensor, generator: torch.Generator) -> dict[str, Tensor]:
         n_pixels = batch[0].numel()

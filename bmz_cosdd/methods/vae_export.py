@@ -27,7 +27,7 @@ def export_sampling_model(
     vae_kwargs: dict[str, Any],
     decoder_kwargs: dict[str, Any],
     options: ExportOptions,
-    halo: int,
+    halo: int | tuple[int, ...],
     use_mean: list[bool] | None = None,
     **describe: Any,
 ) -> ExportedModel:
@@ -61,6 +61,6 @@ def export_sampling_model(
     return ExportedModel(
         module=module.eval(), outputs=outputs, builder=sampling_model.build_sampling_model, builder_kwargs=kwargs,
         source_modules=[blocks, ladder_vae, divnoising_vae, decoders, posterior, sampling_model],
-        size_step=int(vae.size_step), halo=halo, n_samples=options.samples,
+        size_step=tuple(int(s) for s in vae.size_steps), halo=halo, n_samples=options.samples,
         spatial_dims=int(vae.spatial_dims), **describe,
     )

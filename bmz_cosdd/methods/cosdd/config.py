@@ -7,8 +7,8 @@ from typing import Annotated, Any, Optional
 
 from pydantic import model_validator
 
-from bmz_cosdd.config import (Fraction, NonNegative, Positive, PositiveFloat, PositiveList, from_dict, one_of,
-                              settings)
+from bmz_cosdd.config import (BoolList, Fraction, NonNegative, OddList, Positive, PositiveFloat, PositiveList,
+                              from_dict, one_of, settings)
 from bmz_cosdd.errors import UserError
 
 DIRECTIONS = ("x", "y", "z", "none")
@@ -56,6 +56,16 @@ class COSDDConfig:
         mean, ``l1`` the median) for one-pass prediction.
     halo
         Context in pixels added around each tile at prediction.
+    z_pool, z_kernel, z_halo
+        Volumes (``spatial_dims`` 3): per ladder level (finest first) whether its
+        down-sampling includes z and the z extent of its convolutions (1 or 3), and the
+        context in planes added above and below each tile (at most ``halo``). None (the
+        default) chooses them when the run starts from the voxel size and the stack depth
+        (:mod:`bmz_cosdd.methods.anisotropy`): the halo is capped so that a package takes
+        the thinnest training stack. Unused for 2-D images.
+    direct_z_pool, direct_z_kernel
+        The same for the direct denoiser's U-Net (``direct_depth`` and ``direct_depth + 1``
+        entries); its z halo is its exact receptive field, fitted to the stack.
     """
 
     preset: str = "small"
@@ -78,6 +88,11 @@ class COSDDConfig:
     direct_depth: Positive = 3
     direct_features: Positive = 32
     halo: NonNegative = 32
+    z_pool: Optional[BoolList] = None
+    z_kernel: Optional[OddList] = None
+    z_halo: Optional[NonNegative] = None
+    direct_z_pool: Optional[BoolList] = None
+    direct_z_kernel: Optional[OddList] = None
 
     @model_validator(mode="after")
     def _one_width_per_level(self) -> "COSDDConfig":

@@ -11,7 +11,9 @@ from torch import Tensor, nn
 
 from bmz_cosdd.data.noise_correlation import estimate_noise_correlation
 from bmz_cosdd.errors import UserError
+from bmz_cosdd.methods.anisotropy import auto_z_layout, resolve_vae_z
 from bmz_cosdd.nn.posterior import PosteriorSampler
+from bmz_cosdd.nn.unet import unet_receptive_field
 from bmz_cosdd.methods.base import CliOption, ExportedModel, ExportOptions, OptimiserSpec, PredictOptions
 from bmz_cosdd.methods.cosdd.config import (
     AUTO_PRESET_REASON,
@@ -76,6 +78,28 @@ class COSDD:
         ]
 
     def resolve_config(self, config, data, train_images, stats) -> tuple[Any, list[str]]:
+        config, notes = self._resolve_noise_decoder(config, data, train_images)
+        if data.spatial_dims == 3:
+            config, more = self._resolve_z_layout(config, data, train_images)
+            notes += more
+        return config, notes
+
+    def _resolve_z_layout(self, config, data, train_images) -> tuple[Any, list[str]]:
+        """The volumes' z treatment of the ladder VAE and the direct denoiser, and the z halo (see COSDDConfig)."""
+        downsamples = [level % 2 == 0 for level in range(config.n_levels)]  # LadderVAE's downsample_every=2
+        config, notes = resolve_vae_z(config, data, train_images, downsamples, config.n_levels,
+                                      lambda cfg: COSDDModel(cfg, 1, spatial_dims=3).vae, "ladder VAE")
+        if config.direct_denoiser and (config.direct_z_pool is None or config.direct_z_kernel is None):
+            depth = config.direct_depth
+            layout = auto_z_layout(data, train_images, [True] * depth + [False],
+                                   lambda pool, kernel: unet_receptive_field(depth, pool=pool[:depth], kernels=kernel))
+            config = replace(config, direct_z_pool=config.direct_z_pool or layout.z_pool[:depth],
+                             direct_z_kernel=config.direct_z_kernel or layout.z_kernel)
+            notes.append(layout.reason.replace("z layout (auto)", "direct denoiser z layout (auto)"))
+        return config, notes
+
+    def _resolve_noise_decoder(self, config, data, train_images) -> tuple[Any, list[str]]:
+        """The noise direction, the noise decoder's field and the context dropout, from the data when auto."""
         if config.direction == "z" and data.spatial_dims != 3:
             raise UserError("--direction z needs volumes: train with --spatial-dims 3 (and axes with Z)")
         notes = [f"preset (auto): {config.preset}. {AUTO_PRESET_REASON}"] if config.preset_auto else []
@@ -127,18 +151,19 @@ class COSDD:
     def build(self, config, n_channels: int, stats=None, spatial_dims: int = 2) -> COSDDModel:
         return COSDDModel(config, n_channels, spatial_dims)
 
-    def size_step(self, model: nn.Module) -> int:
-        steps = [model.vae.size_step]
+    def size_step(self, model: nn.Module) -> tuple[int, ...]:
+        steps = [tuple(model.vae.size_steps)]
         if model.direct_denoiser is not None:
-            steps.append(model.direct_denoiser.size_step)
-        return max(steps)
+            steps.append(tuple(model.direct_denoiser.size_steps))
+        return tuple(max(axis) for axis in zip(*steps))
 
-    def halo(self, model: nn.Module) -> int:
-        # The direct denoiser is deterministic: its receptive field makes tiling exact.
-        halos = [int(model.halo)]
+    def halo(self, model: nn.Module) -> tuple[int, ...]:
+        # A setting for the VAE (z: capped to fit the stack); the deterministic direct denoiser's receptive
+        # field makes its tiling exact.
+        halos = [(int(model.z_halo),) * (model.spatial_dims == 3) + (int(model.halo),) * 2]
         if model.direct_denoiser is not None:
-            halos.append(int(model.direct_denoiser.receptive_field))
-        return max(halos)
+            halos.append(tuple(int(r) for r in model.direct_denoiser.receptive_fields))
+        return tuple(max(axis) for axis in zip(*halos))
 
     def training_losses(self, model: nn.Module, batch: Tensor, generator: torch.Generator) -> dict[str, Tensor]:
         # The reparameterisation draws use torch's global stream, which the trainer seeds and checkpoints.
@@ -228,12 +253,14 @@ class COSDD:
                 raise UserError("the direct estimator has one output; drop --outputs")
             kwargs = {"n_channels": model.n_channels, "depth": model.direct_denoiser.depth,
                       "features": model.direct_denoiser.features, "spatial_dims": dims}
+            if dims == 3:
+                kwargs.update(z_pool=list(model.direct_denoiser.z_pool), z_kernel=list(model.direct_denoiser.z_kernel))
             module = architecture.build_direct_model(**kwargs)
             module.load_state_dict(model.direct_denoiser.state_dict())
             return ExportedModel(
                 module=module.eval(), outputs=["denoised"], builder=architecture.build_direct_model,
-                builder_kwargs=kwargs, source_modules=sources, size_step=module.size_step,
-                halo=module.receptive_field, n_samples=None, cite=cite, tags=tags, card="cosdd.md", spatial_dims=dims,
+                builder_kwargs=kwargs, source_modules=sources, size_step=tuple(module.size_steps),
+                halo=tuple(module.receptive_fields), n_samples=None, cite=cite, tags=tags, card="cosdd.md", spatial_dims=dims,
                 card_fields={**fields, "estimator": "direct denoiser (one deterministic pass, trained to "
                              f"regress the decoded signal with {config.direct_loss.upper()})"},
             )
@@ -242,6 +269,8 @@ class COSDD:
             "latent_channels": list(config.latent_channels), "features": config.features,
             "blocks_per_level": config.blocks_per_level, "spatial_dims": dims,
         }
+        if dims == 3:
+            vae_kwargs.update(z_pool=list(model.vae.z_pool), z_kernel=list(model.vae.z_kernel))
         decoder_kwargs = {"features": config.features, "out_channels": model.n_channels,
                           "layers": config.signal_layers, "hidden": config.signal_hidden, "spatial_dims": dims}
         return export_sampling_model(

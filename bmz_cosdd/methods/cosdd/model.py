@@ -32,6 +32,7 @@ class COSDDModel(nn.Module):
         self.direct_loss = config.direct_loss
         # Resolved from the data when a run starts (None: a model built outside a run trains without it).
         self.context_dropout = float(config.context_dropout or 0.0)
+        volume = spatial_dims == 3
         self.vae = LadderVAE(
             in_channels=n_channels,
             n_levels=config.n_levels,
@@ -39,7 +40,11 @@ class COSDDModel(nn.Module):
             features=config.features,
             blocks_per_level=config.blocks_per_level,
             spatial_dims=spatial_dims,
+            z_pool=config.z_pool if volume else None,
+            z_kernel=config.z_kernel if volume else None,
         )
+        # Context above and below a tile: the setting, or the halo capped by the VAE's z field.
+        self.z_halo = min(config.halo, self.vae.receptive_fields[0]) if config.z_halo is None else config.z_halo
         self.ar_decoder = AutoregressiveDecoder(
             image_channels=n_channels,
             cond_channels=config.features,
@@ -59,5 +64,6 @@ class COSDDModel(nn.Module):
         if config.direct_denoiser:
             self.direct_denoiser = UNet(
                 n_channels, n_channels, depth=config.direct_depth, features=config.direct_features,
-                spatial_dims=spatial_dims,
+                spatial_dims=spatial_dims, z_pool=config.direct_z_pool if volume else None,
+                z_kernel=config.direct_z_kernel if volume else None,
             )

@@ -30,6 +30,8 @@ def divnoising_config(values: dict[str, Any]) -> DivNoisingConfig:
 def _vae(cfg: DivNoisingConfig, n_channels: int, spatial_dims: int):
     kwargs = {"in_channels": n_channels, "depth": cfg.depth, "features": cfg.features, "latent": cfg.latent,
               "batch_norm": cfg.batch_norm, "dropout": cfg.dropout, "spatial_dims": spatial_dims}
+    if spatial_dims == 3 and cfg.z_pool is not None:
+        kwargs.update(z_pool=list(cfg.z_pool), z_kernel=list(cfg.z_kernel))
     return DivNoisingVAE(**kwargs), "divnoising", kwargs
 
 
@@ -46,6 +48,7 @@ DIVNOISING = NoiseModelVAEMethod(
     make_config=divnoising_config,
     make_vae=_vae,
     use_mean=lambda cfg: [False],
+    z_levels=lambda cfg: ([True] * cfg.depth + [False], cfg.depth),
     options=[
         ("noise_model", str, "Noise model file from bmz-cosdd noise-model fit (required)."),
         ("depth", int, "Poolings of the VAE (latent at 1/2**depth resolution)."),

@@ -60,6 +60,8 @@ def _vae(cfg: HDNConfig, n_channels: int, spatial_dims: int):
               "features": cfg.features, "blocks_per_level": cfg.blocks_per_level,
               "downsample_every": cfg.downsample_every, "batch_norm": cfg.batch_norm, "dropout": cfg.dropout,
               "deactivated": [lv - 1 for lv in cfg.deactivate_levels], "spatial_dims": spatial_dims}
+    if spatial_dims == 3 and cfg.z_pool is not None:
+        kwargs.update(z_pool=list(cfg.z_pool), z_kernel=list(cfg.z_kernel))
     return LadderVAE(**kwargs), "ladder", kwargs
 
 
@@ -80,6 +82,8 @@ HDN = NoiseModelVAEMethod(
     make_config=hdn_config,
     make_vae=_vae,
     use_mean=lambda cfg: [lv + 1 in cfg.deactivate_levels for lv in range(cfg.n_levels)],
+    z_levels=lambda cfg: ([cfg.downsample_every > 0 and lv % cfg.downsample_every == 0 for lv in range(cfg.n_levels)],
+                          cfg.n_levels),
     options=[
         ("noise_model", str, "Noise model file from bmz-cosdd noise-model fit (required)."),
         ("n_levels", int, "Hierarchy levels."),
