@@ -49,12 +49,11 @@ def spatial_sizes(tile: int | Sequence[int], n_spatial: int) -> tuple[int, ...]:
     UserError
         If a sequence does not hold exactly ``n_spatial`` sizes.
     """
-    if isinstance(tile, (int, np.integer)):
-        return (int(tile),) * n_spatial
-    sizes = tuple(int(t) for t in tile)
-    if len(sizes) != n_spatial:
-        raise UserError(f"--tile needs 1 or {n_spatial} sizes (one per spatial axis), got {len(sizes)}: {sizes}")
-    return sizes
+    try:
+        return per_axis(tile, n_spatial)
+    except ValueError:
+        sizes = tuple(int(t) for t in tile)
+        raise UserError(f"--tile needs 1 or {n_spatial} sizes (one per spatial axis), got {len(sizes)}: {sizes}") from None
 
 
 def pad_mode(spatial_shape: Sequence[int]) -> str:
