@@ -133,7 +133,7 @@ def test_structn2v_auto_mask_leaves_z_correlation_to_cosdd():
     choice = estimate_struct_mask([_volume(_ar1(rng, SHAPE, 0.5, axis=0))], crop_size=32)
     assert choice.spec == "none", choice.reason
     assert "across planes" in choice.reason and "--direction z" in choice.reason
-    config = get_method("structn2v").config_from_dict({"struct_mask": "auto"})
+    config = get_method("structn2v").config_from_dict({"struct_mask": "auto", "z_pool": "1,1", "z_kernel": "3,3,3"})
     data = DataConfig(paths=["v.tif"], axes="ZYX", spatial_dims=3, crop_size=32, crop_depth=8)
     resolved, notes = get_method("structn2v").resolve_config(config, data, [_volume(_ar1(rng, SHAPE, 0.5, 0))], None)
     assert resolved.struct_mask is None and any("struct mask (auto): none" in n for n in notes)
