@@ -524,6 +524,14 @@ def _blur3d(volume: np.ndarray, sigma: float) -> np.ndarray:
     return out
 
 
+def _bends(rng: np.random.Generator, t: np.ndarray, amplitude: float) -> np.ndarray:
+    """Two slow sinusoids of random period and phase, each up to ``amplitude`` (radians)."""
+    return sum(
+        rng.uniform(0.25, 1.0) * amplitude * np.sin(2 * math.pi * t / rng.uniform(40.0, 200.0) + rng.uniform(0, 2 * math.pi))
+        for _ in range(2)
+    )
+
+
 def _filaments_3d(rng: np.random.Generator, shape: tuple[int, int, int]) -> np.ndarray:
     """Smooth random 3-D curves with a Gaussian cross-section of varying width and intensity."""
     size = max(shape)
@@ -538,12 +546,8 @@ def _filaments_3d(rng: np.random.Generator, shape: tuple[int, int, int]) -> np.n
         # Angle of the heading to z and its azimuth in the y/x plane: a base direction plus slow
         # oscillations -> smooth bends. Filaments run mostly along the y/x plane (as in a cell spread
         # on a coverslip): the base is within 15 degrees of it and the bends tilt it by 20 at most.
-        bends = lambda amplitude: sum(  # noqa: E731
-            rng.uniform(0.25, 1.0) * amplitude * np.sin(2 * math.pi * t / rng.uniform(40.0, 200.0) + rng.uniform(0, 2 * math.pi))
-            for _ in range(2)
-        )
-        polar = math.pi / 2 + rng.uniform(-0.25, 0.25) + bends(0.17)
-        azimuth = rng.uniform(0, 2 * math.pi) + bends(0.8)
+        polar = math.pi / 2 + rng.uniform(-0.25, 0.25) + _bends(rng, t, 0.17)
+        azimuth = rng.uniform(0, 2 * math.pi) + _bends(rng, t, 0.8)
         heading = np.stack([np.cos(polar), np.sin(polar) * np.sin(azimuth), np.sin(polar) * np.cos(azimuth)])
         points = np.array([rng.uniform(0, n) for n in shape])[:, None] + np.cumsum(step * heading, axis=1)
         k = int(rng.integers(len(widths)))
