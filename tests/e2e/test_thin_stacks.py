@@ -96,3 +96,18 @@ def test_tiles_along_z_give_the_whole_prediction(folder):
     assert done.returncode == 0, done.stderr
     np.testing.assert_allclose(read_array(folder / "tiled" / "stack_denoised.tif"), whole[0], rtol=1e-4,
                                atol=1e-4 * float(np.std(whole)))
+
+
+@pytest.mark.slow
+def test_a_2_plane_deep_crop_trains_and_packages(folder):
+    """Without z pooling a 3-D network takes crops 2 planes deep; its package still takes the whole stack."""
+    done = bmz("train", "n2v", "stack.tif", "--axes", "ZYX", "--spatial-dims", 3, "--crop-size", 32,
+               "--crop-depth", 2, "--z-pool", "0,0", "--z-kernel", "3,1,1", "--max-steps", 2, "--val-fraction", 0.5,
+               "--features", 8, "--quiet", "--out", "runs/two_planes", cwd=folder)
+    assert done.returncode == 0, done.stderr
+    assert "z layout (auto)" not in done.stderr  # given by hand
+    done = bmz("package", "runs/two_planes", "--out", "two_planes.zip", "--force", cwd=folder)
+    assert done.returncode == 0, done.stderr
+    low, step, halo = _z_axis(folder / "two_planes.zip")
+    # no z pooling: step 1; z context only from the finest level's four 3-deep convolutions (2 down, 2 up)
+    assert (step, halo, low) == (1, 4, 9)
