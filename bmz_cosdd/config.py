@@ -29,8 +29,34 @@ SETTINGS = ConfigDict(extra="forbid", validate_assignment=True, coerce_numbers_t
 
 
 def settings(cls: type[T]) -> type[T]:
-    """Make ``cls`` a validated settings class (a pydantic dataclass with :data:`SETTINGS`)."""
-    return dataclass(cls, config=SETTINGS)
+    """Make ``cls`` a validated settings class (a pydantic dataclass with :data:`SETTINGS`).
+
+    An assignment that fails validation (a field's own rule or a rule between fields) leaves
+    the object as it was.
+    """
+    made = dataclass(cls, config=SETTINGS)
+    checked_setattr = made.__setattr__
+
+    def __setattr__(self: Any, name: str, value: Any) -> None:
+        before = self.__dict__.get(name, _MISSING)
+        try:
+            checked_setattr(self, name, value)
+        except ValidationError:
+            if before is not _MISSING:
+                object.__setattr__(self, name, before)
+            raise
+
+    made.__setattr__ = __setattr__
+    return made
+
+
+_MISSING = object()
+
+
+def check_levels(values: Optional[list], count: int, name: str) -> None:
+    """A per-level setting (e.g. ``z_pool``) must hold one value per level: ValueError naming it."""
+    if values is not None and len(values) != count:
+        raise ValueError(f"{name} needs {count} values (one per level, finest first), got {len(values)}")
 
 
 def _comma_separated(value: Any) -> Any:

@@ -72,3 +72,40 @@ def test_method_rules_between_fields():
     assert get_method("structn2v").config_from_dict({"struct_mask": "none"}).struct_mask is None
     with pytest.raises(UserError, match="model.window: must be odd, got 4"):
         get_method("n2v").config_from_dict({"window": 4})
+
+
+def test_a_refused_assignment_leaves_the_value():
+    train = TrainConfig()
+    with pytest.raises(ValidationError):
+        train.accumulate = 3  # batch 4 is not a multiple of 3: a rule between fields
+    assert train.accumulate == 1
+    data = DataConfig()
+    with pytest.raises(ValidationError):
+        data.crop_depth = 8  # crop depth without volumes
+    assert data.crop_depth is None
+
+
+@pytest.mark.parametrize("method, values", [
+    ("n2v", {}), ("n2v", {"depth": 3}), ("psf-n2v", {}), ("structn2v", {"struct_mask": None}),
+    ("cosdd", {"direction": "x", "ar_layers": 2}), ("cosdd", {"direction": "x", "ar_layers": 2, "n_levels": 5}),
+    ("cosdd", {"direction": "x", "ar_layers": 2, "direct_denoiser": True, "direct_depth": 4}),
+])
+def test_the_size_step_is_known_before_the_network_is_built(method, values):
+    chosen = get_method(method)
+    config = chosen.config_from_dict(values)
+    assert chosen.yx_size_step(config) == max(chosen.size_step(chosen.build(config, 1)))
+
+
+def test_a_crop_the_architecture_cannot_take_is_refused_before_anything_is_built(tmp_path):
+    from bmz_cosdd.training.session import build_config
+
+    values = {"method": "n2v", "model": {"depth": 9}, "data": {"paths": ["x.tif"], "crop_size": 32}}
+    with pytest.raises(UserError, match=r"data.crop_size \(32\) must be a multiple of 512 for this architecture"):
+        build_config(values)
+
+
+def test_per_level_settings_need_one_value_per_level():
+    with pytest.raises(UserError, match=r"model: z_pool \(--z-pool\) needs 2 values .*, got 5"):
+        get_method("n2v").config_from_dict({"z_pool": "1,1,1,1,1"})
+    with pytest.raises(UserError, match="model: z_kernel needs 6 values"):
+        get_method("hdn").config_from_dict({"z_kernel": "3"})

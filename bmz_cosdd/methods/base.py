@@ -150,6 +150,10 @@ class Method(Protocol):
         built without it gets the values it needs from its state dict.
         """
 
+    def yx_size_step(self, config: Any) -> int:
+        """The y/x size step of the network ``config`` describes, known before it is built (crop sizes
+        must be multiples of it)."""
+
     def size_step(self, model: nn.Module) -> int | tuple[int, ...]:
         """Spatial sizes the model accepts are multiples of this: one value, or one per spatial axis
         ((Y, X), or (Z, Y, X) for volumes, where an anisotropic network's z step is smaller)."""

@@ -221,6 +221,9 @@ class NoiseModelVAEMethod:
         return NoiseModelVAE(vae, decoder, _noise_model(config, stats, n_channels), n_channels,
                              self.use_mean(config), config)
 
+    def yx_size_step(self, config: Any) -> int:
+        return 2 ** sum(self.z_levels(config)[0])
+
     def size_step(self, model: nn.Module) -> tuple[int, ...]:
         return tuple(int(s) for s in model.vae.size_steps)
 

@@ -75,6 +75,10 @@ def resolve_config(values: dict[str, Any], method: Method | None = None) -> tupl
     )
     if not config.data.paths:
         raise UserError("no training data given (pass DATA paths or data.paths in the config file)")
+    step = method.yx_size_step(config.model)
+    if config.data.crop_size % step:
+        raise UserError(f"data.crop_size ({config.data.crop_size}) must be a multiple of {step} for this"
+                        " architecture")
     return method, config
 
 
@@ -152,6 +156,23 @@ def train(
         package are refused always (:func:`bmz_cosdd.artifacts.package_reader.read_training_state`).
     method
         The method ``config`` names, when the caller has resolved it (looked up otherwise).
+
+    Returns
+    -------
+    TrainResult
+        Steps, epochs, the best validation loss, why training stopped (``"interrupted"`` after
+        Ctrl-C, with a checkpoint saved), seconds, steps per second and the quality report of
+        the best checkpoint (:mod:`bmz_cosdd.training.quality`).
+
+    Raises
+    ------
+    bmz_cosdd.errors.UserError
+        Bad settings (one line naming the field), unreadable data, ``run_dir`` holding a run or
+        used by another process, or a package that ``check_code`` refuses.
+    bmz_cosdd.errors.TrainingDiverged
+        The loss became NaN or infinite, or the method stopped a failed run (e.g. posterior
+        collapse); the last good checkpoint is kept.
+
     Notes
     -----
     Under ``torchrun`` every process calls this; rank 0 alone writes the run folder

@@ -21,7 +21,7 @@ def readme_counts() -> dict[str, int]:
     return counts
 
 
-@pytest.mark.parametrize("preset", ["tiny", "small", "large"])
+@pytest.mark.parametrize("preset", ["tiny", "small", "large", "reference"])
 def test_readme_parameter_counts(preset):
     method = get_method("cosdd")
     # The table counts the paper's 8-layer noise decoder (the automatic field is often shorter).

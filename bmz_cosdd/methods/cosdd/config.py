@@ -8,7 +8,7 @@ from typing import Annotated, Any, Optional
 from pydantic import model_validator
 
 from bmz_cosdd.config import (BoolList, Fraction, NonNegative, OddList, Positive, PositiveFloat, PositiveList,
-                              from_dict, one_of, settings)
+                              check_levels, from_dict, one_of, settings)
 from bmz_cosdd.errors import UserError
 
 DIRECTIONS = ("x", "y", "z", "none")
@@ -100,6 +100,10 @@ class COSDDConfig:
             self.latent_channels = self.latent_channels * self.n_levels
         if len(self.latent_channels) != self.n_levels:
             raise ValueError(f"latent_channels has {len(self.latent_channels)} entries but n_levels is {self.n_levels}")
+        check_levels(self.z_pool, self.n_levels, "z_pool")
+        check_levels(self.z_kernel, self.n_levels, "z_kernel")
+        check_levels(self.direct_z_pool, self.direct_depth, "direct_z_pool")
+        check_levels(self.direct_z_kernel, self.direct_depth + 1, "direct_z_kernel (the bottleneck last)")
         return self
 
 

@@ -151,6 +151,10 @@ class COSDD:
     def build(self, config, n_channels: int, stats=None, spatial_dims: int = 2) -> COSDDModel:
         return COSDDModel(config, n_channels, spatial_dims)
 
+    def yx_size_step(self, config) -> int:
+        ladder = 2 ** sum(level % 2 == 0 for level in range(config.n_levels))  # LadderVAE's downsample_every=2
+        return max(ladder, 2 ** config.direct_depth if config.direct_denoiser else 1)
+
     def size_step(self, model: nn.Module) -> tuple[int, ...]:
         steps = [tuple(model.vae.size_steps)]
         if model.direct_denoiser is not None:

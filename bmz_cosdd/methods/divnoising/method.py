@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from bmz_cosdd.config import Fraction, NonNegative, Positive, from_dict, settings
+from pydantic import model_validator
+
+from bmz_cosdd.config import Fraction, NonNegative, Positive, check_levels, from_dict, settings
 from bmz_cosdd.methods.noise_model_vae import NoiseModelSettings, NoiseModelVAEMethod
 from bmz_cosdd.nn.divnoising_vae import DivNoisingVAE
 
@@ -20,6 +22,12 @@ class DivNoisingConfig(NoiseModelSettings):
     batch_norm: bool = True
     dropout: Fraction = 0.0
     kl_anneal_steps: NonNegative = 500
+
+    @model_validator(mode="after")
+    def _z_levels(self) -> "DivNoisingConfig":
+        check_levels(self.z_pool, self.depth, "z_pool")
+        check_levels(self.z_kernel, self.depth + 1, "z_kernel (the latent level last)")
+        return self
 
 
 def divnoising_config(values: dict[str, Any]) -> DivNoisingConfig:

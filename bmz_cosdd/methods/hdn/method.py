@@ -13,7 +13,7 @@ import torch
 
 from pydantic import model_validator
 
-from bmz_cosdd.config import Fraction, NonNegativeFloat, Positive, PositiveList, from_dict, settings
+from bmz_cosdd.config import Fraction, NonNegativeFloat, Positive, PositiveList, check_levels, from_dict, settings
 from bmz_cosdd.methods.noise_model_vae import NoiseModelSettings, NoiseModelVAEMethod
 from bmz_cosdd.nn.ladder_vae import LadderVAE
 
@@ -45,6 +45,8 @@ class HDNConfig(NoiseModelSettings):
         if bad:
             raise ValueError(f"deactivate_levels (--deactivate-levels) must name levels 1 to {self.n_levels - 1}"
                              f" (1 = finest; the top level cannot be deactivated), got {bad}")
+        check_levels(self.z_pool, self.n_levels, "z_pool")
+        check_levels(self.z_kernel, self.n_levels, "z_kernel")
         if self.deactivate_levels != sorted(set(self.deactivate_levels)):
             self.deactivate_levels = sorted(set(self.deactivate_levels))
         return self

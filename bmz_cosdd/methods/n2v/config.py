@@ -6,8 +6,10 @@ from typing import Annotated, Any, Optional, Union
 
 from pydantic import BeforeValidator, Field
 
-from bmz_cosdd.config import (BoolList, NonNegative, NonNegativeFloat, Odd, OddList, Positive, PositiveFloat, from_dict,
-                              one_of, settings)
+from pydantic import model_validator
+
+from bmz_cosdd.config import (BoolList, NonNegative, NonNegativeFloat, Odd, OddList, Positive, PositiveFloat,
+                              check_levels, from_dict, one_of, settings)
 from bmz_cosdd.methods.n2v.masker import REPLACEMENTS
 
 
@@ -74,6 +76,12 @@ class N2VConfig:
     background: float = 0.0
     z_pool: Optional[BoolList] = None
     z_kernel: Optional[OddList] = None
+
+    @model_validator(mode="after")
+    def _z_levels(self) -> "N2VConfig":
+        check_levels(self.z_pool, self.depth, "z_pool (--z-pool)")
+        check_levels(self.z_kernel, self.depth + 1, "z_kernel (--z-kernel, the bottleneck last)")
+        return self
 
     @property
     def has_psf(self) -> bool:

@@ -173,6 +173,9 @@ class BlindSpotMethod:
             floor = [0.0] * n_channels
         return BlindSpotModel(config, n_channels, psf, floor, spatial_dims)
 
+    def yx_size_step(self, config: N2VConfig) -> int:
+        return 2 ** config.depth
+
     def size_step(self, model: nn.Module) -> tuple[int, ...]:
         return tuple(int(s) for s in model.net.size_steps)
 
