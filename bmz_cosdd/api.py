@@ -57,8 +57,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
+# First of this package's modules: before torch loads, idle OpenMP threads are told to sleep, not spin.
+from bmz_cosdd.threads import configure_threads  # noqa: I001
 from pydantic import ValidationError as SettingsError
 
+from bmz_cosdd import __version__
 from bmz_cosdd.analysis.evaluation_report import EvaluationResult
 from bmz_cosdd.analysis.evaluation_report import evaluate as _evaluate_files
 from bmz_cosdd.analysis.noise_inspection import NoiseReport
@@ -66,7 +69,7 @@ from bmz_cosdd.analysis.noise_inspection import inspect_files as _inspect_files
 from bmz_cosdd.analysis.sampling_view import SamplingReport, mean_of_k_psnr, predict_with_sampling_view
 from bmz_cosdd.demo import run_demo as demo
 from bmz_cosdd.config import validation_message as settings_message
-from bmz_cosdd.errors import UserError
+from bmz_cosdd.errors import TrainingDiverged, UserError
 from bmz_cosdd.export.package import PackageMeta, PackageResult
 from bmz_cosdd.inference.predictor import TrainedModel, load_run, predict_files, predict_image
 from bmz_cosdd.methods.base import CliOption, ExportOptions, Method, PredictOptions
@@ -128,6 +131,10 @@ __all__ = [
     "validate",
     "settings_message",
     "parse_tile",
+    "TrainingDiverged",
+    "UserError",
+    "__version__",
+    "configure_threads",
 ]
 
 Say = Callable[[str], None]

@@ -10,10 +10,7 @@ from typing import Annotated, Any, Callable, List, Optional
 
 import typer
 
-from bmz_cosdd import __version__
-from bmz_cosdd import threads as _threads  # before torch loads: idle OpenMP threads sleep instead of spinning
-from bmz_cosdd import api  # noqa: I001 (after threads)
-from bmz_cosdd.errors import TrainingDiverged, UserError
+from bmz_cosdd import api
 
 app = typer.Typer(
     name="bmz-cosdd",
@@ -288,7 +285,7 @@ def upload(
     token = api.upload_token()
     if token is None:
         if not sys.stdin.isatty():
-            raise UserError("no upload token: set BIOIMAGEIO_HYPHA_UPLOAD_TOKEN (there is no terminal to ask for it)")
+            raise api.UserError("no upload token: set BIOIMAGEIO_HYPHA_UPLOAD_TOKEN (there is no terminal to ask for it)")
         token = typer.prompt("Hypha upload token", hide_input=True)
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(), transient=True) as bar:
         task = bar.add_task("upload", total=sum(f.size for f in plan.files))
@@ -321,7 +318,7 @@ def noise_model_fit(
     try:
         low, high = (float(v) for v in percentiles.split(","))
     except ValueError:
-        raise UserError(f"--percentiles needs two numbers like 0.5,99.5, got {percentiles!r}") from None
+        raise api.UserError(f"--percentiles needs two numbers like 0.5,99.5, got {percentiles!r}") from None
     result = api.fit_noise_model(
         out, calibration=calibration, bootstrap=bootstrap, inputs=data or [], axes=axes, pattern=pattern, kind=kind,
         n_gaussians=n_gaussians, n_coeffs=n_coeffs, min_sigma=min_sigma, bins=bins, percentiles=(low, high),
@@ -359,7 +356,7 @@ def _root(
     version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
 ) -> None:
     if version:
-        typer.echo(__version__)
+        typer.echo(api.__version__)
         raise typer.Exit()
 
 
@@ -377,7 +374,7 @@ def _as_typed(callback: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(callback)
     def wrapper(**kwargs: Any) -> Any:
-        _threads.configure_threads(kwargs.pop("threads", None))
+        api.configure_threads(kwargs.pop("threads", None))
         for name, value in kwargs.items():
             if isinstance(value, Path):
                 kwargs[name] = value.expanduser()
@@ -404,7 +401,7 @@ def main(argv: list[str] | None = None) -> None:
     speaks = os.environ.get("RANK", "0") == "0"
     try:
         code = app(args=argv, standalone_mode=False)
-    except UserError as exc:
+    except api.UserError as exc:
         if speaks:
             typer.echo(f"error: {exc}", err=True)
         sys.exit(2)
@@ -412,7 +409,7 @@ def main(argv: list[str] | None = None) -> None:
         if speaks:
             typer.echo(f"error: {api.settings_message(exc)}", err=True)
         sys.exit(2)
-    except TrainingDiverged as exc:
+    except api.TrainingDiverged as exc:
         if speaks:
             typer.echo(f"error: {exc}", err=True)
         sys.exit(1)

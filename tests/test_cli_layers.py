@@ -1,8 +1,7 @@
 """The CLI is a thin skin over the API (issue 16, part 3).
 
-``cli.py`` imports no module of bmz_cosdd but ``api`` (and the tiny ``threads``, ``errors`` and
-``__version__``); nothing else under ``bmz_cosdd/`` imports typer; every verb of the CLI is an
-API function with a numpydoc docstring.
+``cli.py`` imports no module of bmz_cosdd but ``api``; nothing else under ``bmz_cosdd/`` imports
+typer; every verb of the CLI is an API function with a numpydoc docstring.
 """
 
 from __future__ import annotations
@@ -12,7 +11,7 @@ import inspect
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "bmz_cosdd"
-CLI_MAY_IMPORT = {"bmz_cosdd.api", "bmz_cosdd.threads", "bmz_cosdd.errors", "bmz_cosdd.__version__"}
+CLI_MAY_IMPORT = {"bmz_cosdd.api"}
 # Each verb of the CLI and the API function it calls.
 VERBS = {
     "train": "train_from_options",
