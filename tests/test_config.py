@@ -109,3 +109,11 @@ def test_per_level_settings_need_one_value_per_level():
         get_method("n2v").config_from_dict({"z_pool": "1,1,1,1,1"})
     with pytest.raises(UserError, match="model: z_kernel needs 6 values"):
         get_method("hdn").config_from_dict({"z_kernel": "3"})
+
+
+def test_z_settings_without_volumes_are_refused():
+    from bmz_cosdd.training.session import build_config
+
+    values = {"method": "n2v", "model": {"z_pool": "0,1"}, "data": {"paths": ["x.tif"]}}
+    with pytest.raises(UserError, match=r"model.z_pool is for volumes; add --spatial-dims 3 or drop it"):
+        build_config(values)

@@ -75,6 +75,11 @@ def resolve_config(values: dict[str, Any], method: Method | None = None) -> tupl
     )
     if not config.data.paths:
         raise UserError("no training data given (pass DATA paths or data.paths in the config file)")
+    if config.data.spatial_dims != 3:
+        given = [name for name in ("z_pool", "z_kernel", "z_halo", "direct_z_pool", "direct_z_kernel")
+                 if getattr(config.model, name, None) is not None]
+        if given:
+            raise UserError(f"model.{given[0]} is for volumes; add --spatial-dims 3 or drop it")
     step = method.yx_size_step(config.model)
     if config.data.crop_size % step:
         raise UserError(f"data.crop_size ({config.data.crop_size}) must be a multiple of {step} for this"
