@@ -22,12 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import resource
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +31,7 @@ from bmz_cosdd.data.io import write_tiff
 from bmz_cosdd.data.real_images import real_tiles
 from bmz_cosdd.data.synthetic import NOISE_RECIPES
 from bmz_cosdd.analysis.metrics import psnr, ssim
+from benchmark_grid import quality_fields, read_quality, run_workers, timed_cli  # this script's folder
 
 # name -> (recipe, parameters, signal level, what it stands for)
 CASES: dict[str, tuple[str, dict, float, str]] = {
@@ -111,19 +107,9 @@ def predict(run: Path, noisy: np.ndarray, samples: int) -> dict[str, np.ndarray]
 def train(label: str, folder: Path, steps: int, threads: int) -> dict:
     method, extra, _ = METHODS[label]
     run = folder / f"run_{label}"
-    cmd = [sys.executable, "-m", "bmz_cosdd", "train", method, "train.tif", "--axes", "SYX", "--max-steps",
-           str(steps), "--max-epochs", "1000000", "--out", run.name, "--quiet", *extra]
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    start = time.perf_counter()
-    done = subprocess.run(cmd, cwd=folder, env=env, capture_output=True, text=True)
-    wall = time.perf_counter() - start
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    if done.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed:\n{done.stderr}")
-    quality = json.loads((run / "quality.json").read_text()) if (run / "quality.json").is_file() else None
-    return {"run": run, "wall_s": wall, "cpu_s": (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime),
-            "stderr": done.stderr.strip().splitlines(), "quality": quality}
+    trained = timed_cli(["train", method, "train.tif", "--axes", "SYX", "--max-steps", str(steps), "--max-epochs",
+                         "1000000", "--out", run.name, "--quiet", *extra], folder, threads)
+    return {**trained, "run": run, "quality": read_quality(run)}
 
 
 def run_one(case: str, label: str, steps: int, samples: int, threads: int, out: Path) -> dict:
@@ -142,10 +128,8 @@ def run_one(case: str, label: str, steps: int, samples: int, threads: int, out: 
         "train_wall_s": round(trained["wall_s"], 1), "train_cpu_s": round(trained["cpu_s"], 1),
         "noisy": scores(noisy, clean, level),
         **{name: scores(values, clean, level) for name, values in predictions.items()},
-        "flagged": quality.get("flagged"), "flags": quality.get("flags"),
-        "estimated_gain_db": quality.get("estimated_gain_db"), "residual_warnings": quality.get("warnings"),
+        **quality_fields(quality, trained["stderr"]),
         "latent_kl": (quality.get("latent") or {}).get("kl"),
-        "chose": [line for line in trained["stderr"] if "(auto)" in line],
     }
     result["gain_db"] = result["output"]["psnr"] - result["noisy"]["psnr"]
     return result
@@ -177,22 +161,9 @@ def main() -> None:
     for case in {case for case, _ in work}:
         make_case(case, out / case)  # written once, before the workers read them
 
-    def launch(item: tuple[str, str]) -> dict:
-        case, label = item
-        cmd = [sys.executable, __file__, "--one", case, label, "--steps", f"{label}={steps[label]}",
-               "--samples", str(args.samples), "--threads", str(args.threads), "--out", str(out)]
-        env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
-        done = subprocess.run(cmd, capture_output=True, text=True, env=env)
-        if done.returncode != 0:
-            return {"case": case, "method": label, "error": done.stderr.strip().splitlines()[-3:]}
-        result = json.loads(done.stdout.strip().splitlines()[-1])
-        print(json.dumps(result), file=sys.stderr, flush=True)
-        return result
-
-    from concurrent.futures import ThreadPoolExecutor
-
-    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-        results = list(pool.map(launch, work))
+    results = run_workers(__file__, work, lambda label: [
+        "--steps", f"{label}={steps[label]}", "--samples", str(args.samples), "--threads", str(args.threads),
+        "--out", str(out)], args.threads, args.jobs)
     report: dict = {"tiles": "scikit-image micrographs and photographs, 128 x 128 (bmz_cosdd.data.real_images)",
                     "data_range": "the signal level (1 or 0.3)", "threads": args.threads, "jobs": args.jobs,
                     "steps": steps, "samples": args.samples, "cases": {}}

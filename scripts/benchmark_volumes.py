@@ -60,10 +60,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import resource
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -71,6 +67,7 @@ from pathlib import Path
 import numpy as np
 
 from bmz_cosdd.analysis.metrics import psnr, ssim
+from benchmark_grid import quality_fields, read_quality, run_workers, timed_cli  # this script's folder
 from bmz_cosdd.data.synthetic import NOISE_RECIPES, make_filament_volumes
 
 # The data recipe (see the docstring).
@@ -129,21 +126,6 @@ def write_volumes(path: Path, array: np.ndarray) -> None:
                      metadata={"spacing": PIXEL_UM * Z_STEP, "unit": "um", "axes": "TZYX"})
 
 
-def cli(args: list[str], cwd: Path, threads: int) -> dict:
-    """Run ``python -m bmz_cosdd ARGS`` in ``cwd``; its wall and CPU time and its stderr lines."""
-    cmd = [sys.executable, "-m", "bmz_cosdd", *args]
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    start = time.perf_counter()
-    done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, check=False)
-    wall = time.perf_counter() - start
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    if done.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed:\n{done.stderr}")
-    return {"wall_s": wall, "cpu_s": (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime),
-            "stderr": done.stderr.strip().splitlines()}
-
-
 def make_case(case: str, folder: Path, noise_model: bool, threads: int, seed: int = 0) -> dict:
     """Write train.tif, test.tif and clean_test.tif for ``case`` (and fit its noise model); return its facts."""
     recipe, params, _ = CASES[case]
@@ -161,7 +143,7 @@ def make_case(case: str, folder: Path, noise_model: bool, threads: int, seed: in
         import tifffile
 
         tifffile.imwrite(folder / "calibration.tif", calibration, imagej=True, metadata={"axes": "TYX"})
-        fitted = cli(["noise-model", "fit", "--calibration", "calibration.tif", "--axes", "TYX",
+        fitted = timed_cli(["noise-model", "fit", "--calibration", "calibration.tif", "--axes", "TYX",
                       "--out", "noise_model.npz"], folder, threads)
         facts["noise_model"] = {"from": f"calibration stack, {frames} frames of a {height} x {width} ramp 0-1",
                                 "fit_wall_s": round(fitted["wall_s"], 1), "fit_cpu_s": round(fitted["cpu_s"], 1)}
@@ -210,10 +192,9 @@ def train(label: str, folder: Path, steps: int, threads: int) -> dict:
     method = FAMILIES[family][0]
     run = folder / f"run_{label}"
     options = [str(folder / "noise_model.npz") if option == NOISE_MODEL else option for option in options]
-    trained = cli(["train", method, "train.tif", "--axes", "SZYX", "--max-steps", str(steps), "--max-epochs",
+    trained = timed_cli(["train", method, "train.tif", "--axes", "SZYX", "--max-steps", str(steps), "--max-epochs",
                    "1000000", "--val-fraction", "0.25", "--out", run.name, "--quiet", *options], folder, threads)
-    quality = json.loads((run / "quality.json").read_text()) if (run / "quality.json").is_file() else None
-    return {**trained, "run": run, "quality": quality}
+    return {**trained, "run": run, "quality": read_quality(run)}
 
 
 def run_one(case: str, label: str, steps: int, samples: int, threads: int, out: Path) -> dict:
@@ -228,16 +209,13 @@ def run_one(case: str, label: str, steps: int, samples: int, threads: int, out: 
     start = time.perf_counter()
     predictions = predict(trained["run"], noisy, METHODS[label][1], samples)
     predict_wall = time.perf_counter() - start
-    quality = trained["quality"] or {}
     result = {
         "case": case, "method": label, "steps": steps, "threads": threads,
         "train_wall_s": round(trained["wall_s"], 1), "train_cpu_s": round(trained["cpu_s"], 1),
         "predict_wall_s": round(predict_wall, 1),
         "noisy": scores(noisy, clean),
         **{name: scores(values, clean) for name, values in predictions.items()},
-        "flagged": quality.get("flagged"), "flags": quality.get("flags"),
-        "estimated_gain_db": quality.get("estimated_gain_db"), "residual_warnings": quality.get("warnings"),
-        "chose": [line for line in trained["stderr"] if "(auto)" in line],
+        **quality_fields(trained["quality"], trained["stderr"]),
     }
     result["gain_db"] = result["output"]["psnr"] - result["noisy"]["psnr"]
     return result
@@ -285,21 +263,9 @@ def main() -> None:
         facts = dict(zip(cases, pool.map(prepare, cases)))
     prepared = time.perf_counter() - start
 
-    def launch(item: tuple[str, str]) -> dict:
-        case, label = item
-        cmd = [sys.executable, __file__, "--one", case, label, "--steps", f"{label}={steps[label]}",
-               "--samples", str(args.samples), "--threads", str(args.threads), "--out", str(out)]
-        env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
-        done = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
-        if done.returncode != 0:
-            result = {"case": case, "method": label, "error": done.stderr.strip().splitlines()[-3:]}
-        else:
-            result = json.loads(done.stdout.strip().splitlines()[-1])
-        print(json.dumps(result), file=sys.stderr, flush=True)
-        return result
-
-    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-        results = list(pool.map(launch, work))
+    results = run_workers(__file__, work, lambda label: [
+        "--steps", f"{label}={steps[label]}", "--samples", str(args.samples), "--threads", str(args.threads),
+        "--out", str(out)], args.threads, args.jobs, echo_errors=True)
     report: dict = {
         "volumes": (f"3-D filaments over blobs (make_filament_volumes), {FINE_SHAPE} voxels of {PIXEL_UM} um, "
                     f"Gaussian PSF sigma {PSF_SIGMA} voxels (Z, Y, X), every {Z_STEP}th plane, "
