@@ -53,6 +53,16 @@ def settings(cls: type[T]) -> type[T]:
 _MISSING = object()
 
 
+def latent_widths(widths: list[int], n_levels: int) -> list[int]:
+    """A ladder VAE's latent channels per level: one width stands for every level; otherwise one per level
+    (ValueError naming ``latent_channels`` and ``n_levels``)."""
+    if len(widths) == 1 and n_levels > 1:
+        widths = widths * n_levels
+    if len(widths) != n_levels:
+        raise ValueError(f"latent_channels has {len(widths)} entries but n_levels is {n_levels}")
+    return widths
+
+
 def check_levels(values: Optional[list], count: int, name: str) -> None:
     """A per-level setting (e.g. ``z_pool``) must hold one value per level: ValueError naming it."""
     if values is not None and len(values) != count:

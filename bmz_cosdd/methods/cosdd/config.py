@@ -8,7 +8,7 @@ from typing import Annotated, Any, Optional
 from pydantic import model_validator
 
 from bmz_cosdd.config import (BoolList, Fraction, NonNegative, OddList, Positive, PositiveFloat, PositiveList,
-                              check_levels, from_dict, one_of, settings)
+                              check_levels, from_dict, latent_widths, one_of, settings)
 from bmz_cosdd.errors import UserError
 
 DIRECTIONS = ("x", "y", "z", "none")
@@ -96,10 +96,9 @@ class COSDDConfig:
 
     @model_validator(mode="after")
     def _one_width_per_level(self) -> "COSDDConfig":
-        if len(self.latent_channels) == 1 and self.n_levels > 1:
-            self.latent_channels = self.latent_channels * self.n_levels
-        if len(self.latent_channels) != self.n_levels:
-            raise ValueError(f"latent_channels has {len(self.latent_channels)} entries but n_levels is {self.n_levels}")
+        widths = latent_widths(self.latent_channels, self.n_levels)
+        if widths != self.latent_channels:
+            self.latent_channels = widths
         check_levels(self.z_pool, self.n_levels, "z_pool")
         check_levels(self.z_kernel, self.n_levels, "z_kernel")
         check_levels(self.direct_z_pool, self.direct_depth, "direct_z_pool")

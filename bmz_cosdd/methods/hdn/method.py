@@ -13,7 +13,8 @@ import torch
 
 from pydantic import model_validator
 
-from bmz_cosdd.config import Fraction, NonNegativeFloat, Positive, PositiveList, check_levels, from_dict, settings
+from bmz_cosdd.config import (Fraction, NonNegativeFloat, Positive, PositiveList, check_levels, from_dict,
+                              latent_widths, settings)
 from bmz_cosdd.methods.noise_model_vae import NoiseModelSettings, NoiseModelVAEMethod
 from bmz_cosdd.nn.ladder_vae import LadderVAE
 
@@ -37,10 +38,9 @@ class HDNConfig(NoiseModelSettings):
 
     @model_validator(mode="after")
     def _levels(self) -> "HDNConfig":
-        if len(self.latent_channels) == 1 and self.n_levels > 1:
-            self.latent_channels = self.latent_channels * self.n_levels
-        if len(self.latent_channels) != self.n_levels:
-            raise ValueError(f"latent_channels has {len(self.latent_channels)} entries for {self.n_levels} levels")
+        widths = latent_widths(self.latent_channels, self.n_levels)
+        if widths != self.latent_channels:
+            self.latent_channels = widths
         bad = [lv for lv in self.deactivate_levels if not 1 <= lv < self.n_levels]
         if bad:
             raise ValueError(f"deactivate_levels (--deactivate-levels) must name levels 1 to {self.n_levels - 1}"
