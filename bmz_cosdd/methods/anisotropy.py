@@ -182,11 +182,19 @@ def resolve_vae_z(config: Any, data: Any, train_images: Sequence[Any], downsampl
     if config.z_halo is None:
         vae = build_vae(config)
         stack = min(int(image.shape[-3]) for image in train_images)
-        z_halo = fitted_z_halo(min(config.halo, vae.receptive_fields[0]), vae.size_steps[0], stack)
+        z_halo = fitted_z_halo(sampling_halo(config.halo, None, vae)[0], vae.size_steps[0], stack)
         config = replace(config, z_halo=z_halo)
         notes.append(f"z halo (auto): {z_halo} planes above and below each tile (the halo {config.halo}, the"
                      f" {name}'s z field {vae.receptive_fields[0]}, and a package must take the {stack}-plane stack)")
     return config, notes
+
+
+def sampling_halo(halo: int, z_halo: Optional[int], vae: Any) -> tuple[int, ...]:
+    """A sampling model's context per spatial axis: ``halo`` in y and x; for volumes, ``z_halo`` along z,
+    or (when None: a model made outside a run) ``halo`` capped by the VAE's z receptive field."""
+    if vae.spatial_dims != 3:
+        return (int(halo),) * 2
+    return (int(min(halo, vae.receptive_fields[0]) if z_halo is None else z_halo), int(halo), int(halo))
 
 
 def fitted_z_halo(halo: int, z_step: int, stack_depth: int) -> int:

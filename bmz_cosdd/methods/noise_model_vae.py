@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from bmz_cosdd.config import BoolList, NonNegative, NonNegativeFloat, OddList, Positive, settings
 from bmz_cosdd.errors import TrainingDiverged, UserError
-from bmz_cosdd.methods.anisotropy import resolve_vae_z
+from bmz_cosdd.methods.anisotropy import resolve_vae_z, sampling_halo
 from bmz_cosdd.methods.base import CliOption, ExportedModel, ExportOptions, OptimiserSpec, PredictOptions
 from bmz_cosdd.methods.vae_diagnostics import latent_diagnostics
 from bmz_cosdd.methods.vae_export import export_sampling_model, sampler_for
@@ -95,10 +95,8 @@ class NoiseModelVAE(nn.Module):
         self.kl_anneal_steps = settings.kl_anneal_steps
         self.free_bits = settings.free_bits
         self.collapse_kl = settings.collapse_kl
-        self.halo = settings.halo
         self.spatial_dims = int(getattr(vae, "spatial_dims", 2))
-        # Context above and below a tile: the setting, or the halo capped by the VAE's z field.
-        self.z_halo = min(settings.halo, vae.receptive_fields[0]) if settings.z_halo is None else settings.z_halo
+        self.halos = sampling_halo(settings.halo, settings.z_halo, vae)  # context per spatial axis
         # Training batches seen, for the KL annealing; in the state dict so --resume is exact.
         self.register_buffer("batches_seen", torch.zeros((), dtype=torch.long))
 
@@ -228,7 +226,7 @@ class NoiseModelVAEMethod:
         return tuple(int(s) for s in model.vae.size_steps)
 
     def halo(self, model: nn.Module) -> tuple[int, ...]:
-        return (int(model.z_halo),) * (model.vae.spatial_dims == 3) + (int(model.halo),) * 2
+        return model.halos
 
     def training_losses(self, model: nn.Module, batch: Tensor, generator: torch.Generator) -> dict[str, Tensor]:
         n_pixels = batch[0].numel()

@@ -164,7 +164,7 @@ class COSDD:
     def halo(self, model: nn.Module) -> tuple[int, ...]:
         # A setting for the VAE (z: capped to fit the stack); the deterministic direct denoiser's receptive
         # field makes its tiling exact.
-        halos = [(int(model.z_halo),) * (model.spatial_dims == 3) + (int(model.halo),) * 2]
+        halos = [model.halos]
         if model.direct_denoiser is not None:
             halos.append(tuple(int(r) for r in model.direct_denoiser.receptive_fields))
         return tuple(max(axis) for axis in zip(*halos))

@@ -6,6 +6,7 @@ from typing import Optional
 
 from torch import nn
 
+from bmz_cosdd.methods.anisotropy import sampling_halo
 from bmz_cosdd.methods.cosdd.config import COSDDConfig
 from bmz_cosdd.nn.ar_decoder import AutoregressiveDecoder
 from bmz_cosdd.nn.decoders import SignalDecoder
@@ -28,7 +29,6 @@ class COSDDModel(nn.Module):
                              " model is built")
         self.n_channels = n_channels
         self.spatial_dims = spatial_dims
-        self.halo = config.halo
         self.direct_loss = config.direct_loss
         # Resolved from the data when a run starts (None: a model built outside a run trains without it).
         self.context_dropout = float(config.context_dropout or 0.0)
@@ -43,8 +43,7 @@ class COSDDModel(nn.Module):
             z_pool=config.z_pool if volume else None,
             z_kernel=config.z_kernel if volume else None,
         )
-        # Context above and below a tile: the setting, or the halo capped by the VAE's z field.
-        self.z_halo = min(config.halo, self.vae.receptive_fields[0]) if config.z_halo is None else config.z_halo
+        self.halos = sampling_halo(config.halo, config.z_halo, self.vae)  # context per spatial axis
         self.ar_decoder = AutoregressiveDecoder(
             image_channels=n_channels,
             cond_channels=config.features,
