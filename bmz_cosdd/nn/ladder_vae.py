@@ -60,7 +60,7 @@ from bmz_cosdd.nn.blocks import (
     sum_except_batch,
 )
 
-__all__ = ["LadderVAE", "gaussian_kl", "LOGVAR_MIN", "LOGVAR_MAX"]
+__all__ = ["LadderVAE", "gaussian_kl", "ladder_downsampling", "LOGVAR_MIN", "LOGVAR_MAX"]
 
 #: Log-variances of the prior and posterior are clamped to this range; a variance
 #: of exp(-20) is far below any useful latent precision and exp(10) far above the
@@ -133,6 +133,12 @@ def _stem_z_kernel(z_kernel: int) -> int:
     if z_kernel in (0, 1):
         return z_kernel
     return z_kernel + 2
+
+
+def ladder_downsampling(n_levels: int, downsample_every: int = 2) -> List[bool]:
+    """Which levels (finest first) halve the resolution: every ``downsample_every``-th from level 0
+    (none when it is 0). The size step in y and x is ``2 ** sum(...)``."""
+    return [downsample_every > 0 and level % downsample_every == 0 for level in range(n_levels)]
 
 
 def _ladder_receptive_field(
@@ -418,7 +424,7 @@ class LadderVAE(nn.Module):
         self.n_levels = n_levels
         self.latent_channels = channels
         self.features = features
-        self.downsample = [downsample_every > 0 and level % downsample_every == 0 for level in range(n_levels)]
+        self.downsample = ladder_downsampling(n_levels, downsample_every)
         self.size_step = 2 ** sum(self.downsample)
         off = sorted({int(level) for level in (deactivated or [])})
         if off and (off[0] < 0 or off[-1] >= n_levels - 1):

@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from bmz_cosdd.data.noise_correlation import estimate_noise_correlation
 from bmz_cosdd.errors import UserError
 from bmz_cosdd.methods.anisotropy import auto_z_layout, resolve_vae_z
+from bmz_cosdd.nn.ladder_vae import ladder_downsampling
 from bmz_cosdd.nn.posterior import PosteriorSampler
 from bmz_cosdd.nn.unet import unet_receptive_field
 from bmz_cosdd.methods.base import CliOption, ExportedModel, ExportOptions, OptimiserSpec, PredictOptions
@@ -86,7 +87,7 @@ class COSDD:
 
     def _resolve_z_layout(self, config, data, train_images) -> tuple[Any, list[str]]:
         """The volumes' z treatment of the ladder VAE and the direct denoiser, and the z halo (see COSDDConfig)."""
-        downsamples = [level % 2 == 0 for level in range(config.n_levels)]  # LadderVAE's downsample_every=2
+        downsamples = ladder_downsampling(config.n_levels)
         config, notes = resolve_vae_z(config, data, train_images, downsamples, config.n_levels,
                                       lambda cfg: COSDDModel(cfg, 1, spatial_dims=3).vae, "ladder VAE")
         if config.direct_denoiser and (config.direct_z_pool is None or config.direct_z_kernel is None):
@@ -152,7 +153,7 @@ class COSDD:
         return COSDDModel(config, n_channels, spatial_dims)
 
     def yx_size_step(self, config) -> int:
-        ladder = 2 ** sum(level % 2 == 0 for level in range(config.n_levels))  # LadderVAE's downsample_every=2
+        ladder = 2 ** sum(ladder_downsampling(config.n_levels))
         return max(ladder, 2 ** config.direct_depth if config.direct_denoiser else 1)
 
     def size_step(self, model: nn.Module) -> tuple[int, ...]:

@@ -16,7 +16,7 @@ from pydantic import model_validator
 from bmz_cosdd.config import (Fraction, NonNegativeFloat, Positive, PositiveList, check_levels, from_dict,
                               latent_widths, settings)
 from bmz_cosdd.methods.noise_model_vae import NoiseModelSettings, NoiseModelVAEMethod
-from bmz_cosdd.nn.ladder_vae import LadderVAE
+from bmz_cosdd.nn.ladder_vae import LadderVAE, ladder_downsampling
 
 
 @settings
@@ -84,8 +84,7 @@ HDN = NoiseModelVAEMethod(
     make_config=hdn_config,
     make_vae=_vae,
     use_mean=lambda cfg: [lv + 1 in cfg.deactivate_levels for lv in range(cfg.n_levels)],
-    z_levels=lambda cfg: ([cfg.downsample_every > 0 and lv % cfg.downsample_every == 0 for lv in range(cfg.n_levels)],
-                          cfg.n_levels),
+    z_levels=lambda cfg: (ladder_downsampling(cfg.n_levels, cfg.downsample_every), cfg.n_levels),
     options=[
         ("noise_model", str, "Noise model file from bmz-cosdd noise-model fit (required)."),
         ("n_levels", int, "Hierarchy levels."),
