@@ -96,7 +96,7 @@ def predict_image(
     trained: TrainedModel,
     image: np.ndarray,
     options: PredictOptions | None = None,
-    tile: int = 512,
+    tile: int | Sequence[int] = 512,
     seed: int = 0,
     on_tile: Optional[Callable[[int, int], None]] = None,
     say: Optional[Callable[[str], None]] = None,
@@ -113,7 +113,8 @@ def predict_image(
     options
         Estimator and sampling settings (default: MMSE of 100 samples).
     tile
-        Largest tile side fed to the network, halo included (the same along Z for volumes).
+        Largest tile side fed to the network, halo included: one for every spatial axis, or one per
+        axis (``(Z, Y, X)`` for a volume model).
     seed
         Seeds the posterior sampling, so a prediction is reproducible.
     on_tile
@@ -252,7 +253,7 @@ def predict_files(
     out_dir: str | Path,
     options: PredictOptions | None = None,
     pattern: str = "*",
-    tile: int = 512,
+    tile: int | Sequence[int] = 512,
     seed: int = 0,
     on_image: Optional[Callable[[Path, int, int], None]] = None,
     residual: ResidualPairs | None = None,
@@ -287,7 +288,7 @@ def predict_inputs(
     loaded: Sequence[InputFile],
     out_dir: str | Path,
     options: PredictOptions | None = None,
-    tile: int = 512,
+    tile: int | Sequence[int] = 512,
     seed: int = 0,
     on_image: Optional[Callable[[Path, int, int], None]] = None,
     on_outputs: Optional[OnOutputs] = None,
