@@ -111,3 +111,43 @@ def test_a_2_plane_deep_crop_trains_and_packages(folder):
     low, step, halo = _z_axis(folder / "two_planes.zip")
     # no z pooling: step 1; z context only from the finest level's four 3-deep convolutions (2 down, 2 up)
     assert (step, halo, low) == (1, 4, 9)
+
+
+@pytest.mark.slow
+def test_the_noise_model_vaes_take_a_16_plane_stack(folder):
+    """DivNoising and HDN on the thin stack as a user chains them: a quick N2V, a noise model bootstrapped from its
+    prediction, then each VAE trained, predicted, packaged (bioimageio.core validates) and run from its package."""
+    done = bmz("train", "n2v", "stack.tif", "--axes", "ZYX", "--spatial-dims", 3, "--crop-size", 32,
+               "--crop-depth", 8, "--max-steps", 60, "--val-fraction", 0.5, "--features", 8, "--quiet",
+               "--out", "runs/n2v_boot", cwd=folder)
+    assert done.returncode == 0, done.stderr
+    done = bmz("noise-model", "fit", "stack.tif", "--axes", "ZYX", "--bootstrap", "runs/n2v_boot",
+               "--out", "nm.npz", cwd=folder)
+    assert done.returncode == 0, done.stderr
+    shapes = {"divnoising": ["--depth", 2, "--features", 8, "--latent", 4],
+              "hdn": ["--n-levels", 2, "--features", 8, "--blocks-per-level", 1]}
+    for method, extra in shapes.items():
+        run = f"runs/{method}"
+        done = bmz("train", method, "stack.tif", "--axes", "ZYX", "--spatial-dims", 3, "--crop-size", 32,
+                   "--crop-depth", PLANES, "--max-steps", 2, "--val-fraction", 0.5, "--noise-model", "nm.npz",
+                   "--quiet", "--out", run, *extra, cwd=folder)
+        assert done.returncode == 0, done.stderr
+        assert "z layout (auto): z step 4 x the pixel size, 16-plane stack" in done.stderr
+        recorded = yaml.safe_load((folder / run / "config.yaml").read_text())["model"]
+        assert recorded["z_pool"] is not None and recorded["z_halo"] is not None
+
+        done = bmz("predict", run, "stack.tif", "--axes", "ZYX", "--samples", 2, "--out", f"out_{method}",
+                   cwd=folder)
+        assert done.returncode == 0, done.stderr
+        written = [Path(line) for line in done.stdout.splitlines() if line.endswith(".tif")]
+        assert written and read_array(folder / written[0]).shape == (PLANES, SIDE, SIDE)
+
+        package = f"{method}.zip"
+        done = bmz("package", run, "--out", package, "--samples", 2, "--sample-batch", 2, "--force", cwd=folder)
+        assert done.returncode == 0, done.stderr
+        low, step, halo = _z_axis(folder / package)
+        assert low <= PLANES and step >= 1
+        done = bmz("predict", package, "stack.tif", "--axes", "ZYX", "--out", f"pkg_{method}", cwd=folder)
+        assert done.returncode == 0, done.stderr
+        written = [Path(line) for line in done.stdout.splitlines() if line.endswith(".tif")]
+        assert written and read_array(folder / written[0]).shape == (PLANES, SIDE, SIDE)
