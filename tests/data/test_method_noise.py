@@ -45,6 +45,22 @@ def test_prediction_that_keeps_the_noise_is_reported(clean):
     assert any("keeps the noise's correlated part along x" in p for p in kept.problems), kept.problems
 
 
+def test_noise_predicted_from_beyond_a_one_pixel_blind_spot_is_reported(clean):
+    """StructN2V's x:3 mask hides lag 1 only: the noise its output keeps is what lags 2 and up predict. The residual's
+    lag 1 then stays near the noise's; its lag 2 turns negative, which the check must see."""
+    rng = np.random.default_rng(5)
+    stripes = ndimage.gaussian_filter1d(rng.normal(0, 0.05, clean.shape), 1.0, axis=-1)
+    noise = stripes + rng.normal(0, 0.03, clean.shape)
+    beyond = np.stack([np.roll(noise, k, -1) + np.roll(noise, -k, -1) for k in (2, 3)], -1).reshape(-1, 2)
+    weights, *_ = np.linalg.lstsq(beyond, stripes.ravel(), rcond=None)
+    kept = (beyond @ weights).reshape(clean.shape)
+    result = check_residual(list(clean + noise), list(clean + kept), direction="x")
+    assert abs(result.residual_x[0] - result.noise_x[0]) < 0.1  # lag 1 alone would not tell
+    assert any("keeps the noise's correlated part along x (the residual's correlation at lag 2" in p
+               for p in result.problems), result.problems
+    assert check_residual(list(clean + noise), list(clean), direction="x").ok
+
+
 def test_report_names_figures_and_serialises(clean):
     noisy = NOISE_RECIPES["poisson_gaussian"](clean, np.random.default_rng(4))
     result = check_residual(list(noisy), list(clean), direction="none")
