@@ -17,7 +17,8 @@ from bmz_cosdd.analysis.metrics import psnr, ssim
 from bmz_cosdd.inference.predictor import load_run, predict_image
 from bmz_cosdd.methods.base import PredictOptions
 from bmz_cosdd.plotting import pyplot, save_figure
-from bmz_cosdd.training.session import train
+from bmz_cosdd.errors import UserError
+from bmz_cosdd.training.session import resolve_config, train
 
 
 # Shot noise plus clearly visible horizontal stripes (correlation about 0.4 between
@@ -94,6 +95,20 @@ def run_demo(
     from bmz_cosdd.methods.base import ExportOptions
 
     out = Path(out_dir)
+    config = {
+        "method": "cosdd",
+        "model": {"preset": preset, "direction": "auto"},  # measured as inspect does
+        "data": {"paths": [str(out / "data" / "train_noisy.tif")], "axes": "SYX", "crop_size": 64,
+                 "val_fraction": 0.25, "val_crops": 8},
+        "train": {"batch_size": 4, "max_steps": steps, "max_time": budget, "max_epochs": None,
+                  "steps_per_epoch": 50, "patience": 1000, "seed": seed},
+    }
+    # Every setting is checked before anything is written or trained.
+    if samples < 1 or steps < 1:
+        raise UserError(f"--{'samples' if samples < 1 else 'steps'} must be at least 1, got {min(samples, steps)}")
+    if not 0 < budget < float("inf"):
+        raise UserError(f"--budget must be a positive number of seconds, got {budget}")
+    resolve_config(config)
     data = make_dataset("mixed", "row_correlated", n=10, shape=(128, 128), seed=seed, **DEMO_NOISE)
     train_noisy, test_noisy, test_clean = data.noisy[:8], data.noisy[8:], data.clean[8:]
     write_tiff(out / "data" / "train_noisy.tif", train_noisy, "SYX")
@@ -104,14 +119,6 @@ def run_demo(
     inspection = inspect_files([out / "data" / "train_noisy.tif"], "SYX", noise_report, crop_size=64)
     say(f"inspect: {inspection.correlation.describe()}; report in {noise_report}")
 
-    config = {
-        "method": "cosdd",
-        "model": {"preset": preset, "direction": "auto"},  # measured as inspect does
-        "data": {"paths": [str(out / "data" / "train_noisy.tif")], "axes": "SYX", "crop_size": 64,
-                 "val_fraction": 0.25, "val_crops": 8},
-        "train": {"batch_size": 4, "max_steps": steps, "max_time": budget, "max_epochs": None,
-                  "steps_per_epoch": 50, "patience": 1000, "seed": seed},
-    }
     run_dir = out / "run"
     result = train(config, run_dir, progress=progress)
     say(f"trained {result.steps} steps in {result.seconds:.0f} s ({result.steps_per_s:.2f} steps/s), run in {run_dir}")

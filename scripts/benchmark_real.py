@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -104,15 +106,17 @@ def predict(run: Path, noisy: np.ndarray, samples: int) -> dict[str, np.ndarray]
     return {name: np.stack(values) for name, values in outputs.items()}
 
 
-def train(label: str, folder: Path, steps: int, threads: int) -> dict:
+def train(label: str, folder: Path, steps: int, threads: int, more: Sequence[str] = ()) -> dict:
     method, extra, _ = METHODS[label]
-    run = folder / f"run_{label}"
+    suffix = ("_" + "_".join(a.lstrip("-") for a in more)) if more else ""
+    run = folder / f"run_{label}{suffix}"
     trained = timed_cli(["train", method, "train.tif", "--axes", "SYX", "--max-steps", str(steps), "--max-epochs",
-                         "1000000", "--out", run.name, "--quiet", *extra], folder, threads)
+                         "1000000", "--out", run.name, "--quiet", *extra, *more], folder, threads)
     return {**trained, "run": run, "quality": read_quality(run)}
 
 
-def run_one(case: str, label: str, steps: int, samples: int, threads: int, out: Path) -> dict:
+def run_one(case: str, label: str, steps: int, samples: int, threads: int, out: Path,
+            more: Sequence[str] = ()) -> dict:
     """Train ``label`` on ``case`` through the CLI, predict the held-out tiles, score everything."""
     import torch
 
@@ -120,11 +124,11 @@ def run_one(case: str, label: str, steps: int, samples: int, threads: int, out: 
     folder = out / case
     facts = read_case(case, folder)
     clean, noisy, level = facts["clean"], facts["noisy"], facts["signal_level"]
-    trained = train(label, folder, steps, threads)
+    trained = train(label, folder, steps, threads, more)
     predictions = predict(trained["run"], noisy, samples)
     quality = trained["quality"] or {}
     result = {
-        "case": case, "method": label, "steps": steps, "threads": threads,
+        "case": case, "method": label, "steps": steps, "threads": threads, **({"extra": list(more)} if more else {}),
         "train_wall_s": round(trained["wall_s"], 1), "train_cpu_s": round(trained["cpu_s"], 1),
         "noisy": scores(noisy, clean, level),
         **{name: scores(values, clean, level) for name, values in predictions.items()},
@@ -145,6 +149,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch/OpenMP threads of each training and prediction")
     parser.add_argument("--jobs", type=int, default=1, help="trainings run at once (e.g. 2 with --threads 1)")
     parser.add_argument("--out", type=Path, default=None, help="working folder (default: a temporary one)")
+    parser.add_argument("--extra", default="", help="more `train` options for every method, e.g."
+                        " '--context-dropout 0' (an experiment: its runs get their own folders)")
     parser.add_argument("--one", nargs=2, metavar=("CASE", "METHOD"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     steps = {label: spec[2] for label, spec in METHODS.items()}
@@ -154,7 +160,7 @@ def main() -> None:
     out = args.out or Path(tempfile.mkdtemp(prefix="bmz-real-"))
     if args.one:  # a worker: one (case, method), one JSON line on stdout
         case, label = args.one
-        print(json.dumps(run_one(case, label, steps[label], args.samples, args.threads, out)))
+        print(json.dumps(run_one(case, label, steps[label], args.samples, args.threads, out, shlex.split(args.extra))))
         return
     work = [(case, label) for case in filter(None, args.cases.split(",")) for label in filter(None, args.methods.split(","))
             if not (label == "structn2v" and CASES[case][0] == "poisson_gaussian")]  # StructN2V: correlated noise only
@@ -163,10 +169,11 @@ def main() -> None:
 
     results = run_workers(__file__, work, lambda label: [
         "--steps", f"{label}={steps[label]}", "--samples", str(args.samples), "--threads", str(args.threads),
-        "--out", str(out)], args.threads, args.jobs)
+        "--out", str(out), f"--extra={args.extra}"], args.threads, args.jobs)
     report: dict = {"tiles": "scikit-image micrographs and photographs, 128 x 128 (bmz_cosdd.data.real_images)",
                     "data_range": "the signal level (1 or 0.3)", "threads": args.threads, "jobs": args.jobs,
-                    "steps": steps, "samples": args.samples, "cases": {}}
+                    "steps": steps, "samples": args.samples, **({"extra": args.extra} if args.extra else {}),
+                    "cases": {}}
     for result in results:
         case = report["cases"].setdefault(result["case"], {"recipe": CASES[result["case"]][0],
                                                            "params": CASES[result["case"]][1],

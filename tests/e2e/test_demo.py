@@ -34,3 +34,15 @@ def test_demo_as_typed_packages_and_validates(tmp_path):
     assert "bioimageio.core's test passed" in done.stdout
     assert "deepImageJ" in done.stdout and "ilastik" in done.stdout and "bioimageio.core.predict" in done.stdout
     assert "trained 40 steps" in done.stdout
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("--steps", "0", "--steps must be at least 1, got 0"),
+    ("--samples", "0", "--samples must be at least 1, got 0"),
+    ("--budget", "0", "--budget must be a positive number of seconds, got 0.0"),
+])
+def test_demo_refuses_bad_settings_before_writing_anything(tmp_path, option, value, message):
+    done = subprocess.run([sys.executable, "-m", "bmz_cosdd", "demo", "--out", "demo_output", option, value],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and done.stderr.strip() == f"error: {message}", done.stderr
+    assert not (tmp_path / "demo_output").exists()
