@@ -41,6 +41,7 @@ def export_sampling_model(
     import bmz_cosdd.nn.posterior as posterior
     import bmz_cosdd.nn.sampling_model as sampling_model
     import bmz_cosdd.nn.blocks as blocks
+    import bmz_cosdd.nn.fast_inference as fast_inference
     import bmz_cosdd.nn.decoders as decoders
     import bmz_cosdd.nn.divnoising_vae as divnoising_vae
     import bmz_cosdd.nn.ladder_vae as ladder_vae
@@ -60,7 +61,7 @@ def export_sampling_model(
     module.sampler.decoder.load_state_dict(decoder.state_dict())
     return ExportedModel(
         module=module.eval(), outputs=outputs, builder=sampling_model.build_sampling_model, builder_kwargs=kwargs,
-        source_modules=[blocks, ladder_vae, divnoising_vae, decoders, posterior, sampling_model],
+        source_modules=[fast_inference, blocks, ladder_vae, divnoising_vae, decoders, posterior, sampling_model],
         size_step=tuple(int(s) for s in vae.size_steps), halo=halo, n_samples=options.samples,
         spatial_dims=int(vae.spatial_dims), **describe,
     )

@@ -31,6 +31,8 @@ from typing import Final, List, NamedTuple, Optional, Sequence, Tuple, Type, Uni
 import torch
 from torch import Tensor, nn
 
+from bmz_cosdd.nn.fast_inference import fold_batch_norm, mish_
+
 __all__ = [
     "GatedResBlock",
     "Downsample",
@@ -269,6 +271,8 @@ class GatedResBlock(nn.Module):
     """
 
     spatial_dims: Final[int]
+    batch_norm: Final[bool]
+    norm_eps: List[float]
 
     def __init__(
         self,
@@ -282,12 +286,15 @@ class GatedResBlock(nn.Module):
         super().__init__()
         check_odd_kernel(kernel_size)
         self.spatial_dims = check_spatial_dims(spatial_dims)
+        self.batch_norm = bool(batch_norm)
         conv = conv_class(spatial_dims)
         self.channels = channels
         self.conv1 = same_conv(channels, channels, kernel_size, spatial_dims, z_kernel, bias=not batch_norm)
         self.norm1 = _norm(channels, batch_norm, spatial_dims)
         self.conv2 = same_conv(channels, channels, kernel_size, spatial_dims, z_kernel, bias=not batch_norm)
         self.norm2 = _norm(channels, batch_norm, spatial_dims)
+        # TorchScript reads a batch norm's constants (eps) only inside its own methods.
+        self.norm_eps = [float(getattr(norm, "eps", 0.0)) for norm in (self.norm1, self.norm2)]
         self.act = nn.Mish()
         self.drop = nn.Dropout(dropout)
         self.gate = conv(channels, 2 * channels, 1)
@@ -299,6 +306,38 @@ class GatedResBlock(nn.Module):
         g = self.gate(h)
         c = self.channels
         return x + g[:, :c] * torch.sigmoid(g[:, c:])
+
+    def infer(self, x: Tensor) -> Tensor:
+        """``forward`` in evaluation mode, computed faster; ``forward`` itself in training mode.
+
+        Batch norm folded into the convolutions, Mish in place, the gate's two halves as
+        two convolutions (contiguous outputs). Same shapes as ``forward``; give ``x`` in
+        channels-last memory for speed (:mod:`bmz_cosdd.nn.fast_inference`).
+        """
+        if self.training:
+            return self.forward(x)
+        w1 = self.conv1.weight
+        b1 = self.conv1.bias
+        w2 = self.conv2.weight
+        b2 = self.conv2.bias
+        if self.batch_norm:
+            n1, n2 = self.norm1, self.norm2
+            e1, e2 = self.norm_eps[0], self.norm_eps[1]
+            w1, b1 = fold_batch_norm(w1, b1, n1.running_mean, n1.running_var, n1.weight, n1.bias, e1)
+            w2, b2 = fold_batch_norm(w2, b2, n2.running_mean, n2.running_var, n2.weight, n2.bias, e2)
+        h = mish_(self.conv1._conv_forward(x, w1, b1))
+        h = mish_(self.conv2._conv_forward(h, w2, b2))
+        c = self.channels
+        wg = self.gate.weight
+        bg = self.gate.bias
+        ba: Optional[Tensor] = None
+        bb: Optional[Tensor] = None
+        if bg is not None:
+            ba = bg[:c]
+            bb = bg[c:]
+        a = self.gate._conv_forward(h, wg[:c], ba)
+        b = self.gate._conv_forward(h, wg[c:], bb)
+        return a.mul_(b.sigmoid_()).add_(x)
 
 
 class Downsample(nn.Module):
@@ -377,6 +416,15 @@ class Upsample(nn.Module):
         self.conv = conv_class(spatial_dims)(cin, cout, 1)
 
     def forward(self, x: Tensor) -> Tensor:
+        return self.conv(self._interpolate(x))
+
+    def infer(self, x: Tensor) -> Tensor:
+        """``forward`` with the 1x1 convolution first, at the coarse resolution (a quarter, or an
+        eighth, of the work). The interpolation is linear per channel with weights that sum to 1,
+        so it commutes with a 1x1 convolution and its bias: equal up to float rounding."""
+        return self._interpolate(self.conv(x))
+
+    def _interpolate(self, x: Tensor) -> Tensor:
         # The aten ops, not F.interpolate: scripting F.interpolate compiles every mode,
         # including ops (lanczos) that torch 2.0 - deepImageJ's libtorch - cannot load.
         # A scale factor rather than an output size: ONNX then gets a Resize by scales,
@@ -388,4 +436,4 @@ class Upsample(nn.Module):
                 x = torch.ops.aten.upsample_trilinear3d(x, None, False, [1.0, 2.0, 2.0])
         else:
             x = torch.ops.aten.upsample_bilinear2d(x, None, False, [2.0, 2.0])
-        return self.conv(x)
+        return x

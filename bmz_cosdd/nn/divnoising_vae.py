@@ -35,8 +35,8 @@ within 2x of the finest; see :mod:`bmz_cosdd.nn.blocks`.
 The signal head (features -> image channels) is not part of this module.
 
 This file is bundled into exported model packages and compiled with
-``torch.jit.script``: it imports only torch, typing and
-:mod:`bmz_cosdd.nn.blocks`.
+``torch.jit.script``: it imports only torch, typing, :mod:`bmz_cosdd.nn.blocks`
+and :mod:`bmz_cosdd.nn.fast_inference`.
 """
 
 
@@ -58,6 +58,7 @@ from bmz_cosdd.nn.blocks import (
     same_conv,
     sum_except_batch,
 )
+from bmz_cosdd.nn.fast_inference import channels_last, draw_samples, fold_batch_norm
 
 __all__ = ["DivNoisingVAE"]
 
@@ -65,17 +66,35 @@ __all__ = ["DivNoisingVAE"]
 class _ConvBlock(nn.Module):
     """3x3 "same" conv, optional batch norm, ReLU, optional channel dropout."""
 
+    batch_norm: Final[bool]
+    norm_eps: float
+
     def __init__(
         self, cin: int, cout: int, batch_norm: bool, dropout: float, spatial_dims: int, z_kernel: int = 0
     ) -> None:
         super().__init__()
+        self.batch_norm = bool(batch_norm)
         self.conv = same_conv(cin, cout, 3, spatial_dims, z_kernel, bias=not batch_norm)
         self.norm = batch_norm_class(spatial_dims)(cout) if batch_norm else nn.Identity()
+        # TorchScript reads a batch norm's constants (eps) only inside its own methods.
+        self.norm_eps = float(getattr(self.norm, "eps", 0.0))
         self.act = nn.ReLU()
         self.drop = channel_dropout_class(spatial_dims)(dropout) if dropout > 0.0 else nn.Identity()
 
     def forward(self, x: Tensor) -> Tensor:
         return self.drop(self.act(self.norm(self.conv(x))))
+
+    def infer(self, x: Tensor) -> Tensor:
+        """``forward`` in evaluation mode with the batch norm folded into the convolution and
+        the ReLU in place (:mod:`bmz_cosdd.nn.fast_inference`); ``forward`` in training mode."""
+        if self.training:
+            return self.forward(x)
+        weight = self.conv.weight
+        bias = self.conv.bias
+        if self.batch_norm:
+            n = self.norm
+            weight, bias = fold_batch_norm(weight, bias, n.running_mean, n.running_var, n.weight, n.bias, self.norm_eps)
+        return torch.relu_(self.conv._conv_forward(x, weight, bias))
 
 
 def _divnoising_receptive_field(pool: List[bool], extents: List[int]) -> int:
@@ -312,6 +331,35 @@ class DivNoisingVAE(nn.Module):
             kl = 0.5 * (mu * mu + torch.exp(logvar) - logvar - 1.0)
             kls.append(sum_except_batch(kl))
         return self.decode(z), kls
+
+    def prepare_sampling(self, bu: List[Tensor]) -> List[Tensor]:
+        """``[posterior parameters (B, 2 * latent, [z,] y, x)]`` of :meth:`bottom_up`'s ``bu`` (B images, not
+        repeated), computed once per image for :meth:`sample_features`."""
+        if len(bu) != 1:
+            raise ValueError("bu must hold one tensor per level")
+        return [self.posterior(bu[0])]
+
+    def sample_features(
+        self, prepared: List[Tensor], eps: List[Tensor], use_mean: Optional[List[bool]] = None
+    ) -> Tensor:
+        """``top_down(bu, eps, use_mean, compute_kl=False)[0]`` for k samples of each of B images,
+        in the decoder's inference form (:mod:`bmz_cosdd.nn.fast_inference`; equal up to float rounding).
+
+        ``prepared`` is :meth:`prepare_sampling`'s; ``eps`` holds one standard-normal
+        (k * B, latent, [z,] y, x) tensor, sample ``i`` of image ``b`` at row ``i * B + b``;
+        returns (k * B, features, [Z,] Y, X) in channels-last memory, rows as in ``eps``.
+        """
+        if len(prepared) != 1 or len(eps) != 1:
+            raise ValueError("prepared and eps must hold one tensor per level")
+        mu = prepared[0][:, : self.latent]
+        logvar = prepared[0][:, self.latent :].clamp(-20.0, 10.0)
+        take_mean = False
+        if use_mean is not None:
+            take_mean = use_mean[0]
+        h = channels_last(draw_samples(mu, logvar, eps[0], take_mean))
+        for layer in self.decoder:
+            h = layer.infer(h)
+        return h
 
     def forward(self, x: Tensor) -> Tuple[Tensor, List[Tensor]]:
         """``top_down(bottom_up(x))`` with a fresh posterior sample: (features, [kl])."""

@@ -13,7 +13,7 @@ Images (B, C, Y, X) and volumes (B, C, Z, Y, X) go through the same code: the
 sampler follows the spatial dimensions of its input and of the VAE's latents.
 """
 
-from typing import List, Optional, Tuple
+from typing import Final, List, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -40,6 +40,16 @@ class PosteriorSampler(nn.Module):
         Per level (index 0 = finest): take the posterior mean instead of a sample.
     keep_samples
         Also return the samples (otherwise an empty tensor stands in their place).
+    fast
+        In evaluation mode, decode with the networks' inference form where they have
+        one (``vae.prepare_sampling`` / ``vae.sample_features``, ``decoder.infer``; see
+        :mod:`bmz_cosdd.nn.fast_inference`): equal to the training form up to float
+        rounding, several times cheaper on the CPU. False always runs ``top_down`` and
+        ``decoder`` as trained (for comparisons).
+
+    Notes
+    -----
+    :meth:`reduce` builds no autograd graph (it runs under ``torch.no_grad``).
     """
 
     n_samples: int
@@ -47,6 +57,9 @@ class PosteriorSampler(nn.Module):
     seed: int
     keep_samples: bool
     use_mean: List[bool]
+    # Final: TorchScript compiles only the paths that the networks offer.
+    fast_vae: Final[bool]
+    fast_decoder: Final[bool]
 
     def __init__(
         self,
@@ -57,6 +70,7 @@ class PosteriorSampler(nn.Module):
         seed: int = 0,
         use_mean: Optional[List[bool]] = None,
         keep_samples: bool = False,
+        fast: bool = True,
     ) -> None:
         super().__init__()
         if n_samples < 1 or sample_batch < 1:
@@ -68,6 +82,8 @@ class PosteriorSampler(nn.Module):
         self.seed = seed
         self.keep_samples = keep_samples
         self.use_mean = list(use_mean) if use_mean is not None else [False] * len(vae.latent_channels)
+        self.fast_vae = bool(fast) and hasattr(vae, "sample_features") and hasattr(vae, "prepare_sampling")
+        self.fast_decoder = bool(fast) and hasattr(decoder, "infer")
 
     def _draw(self, k: int, batch: int, spatial: List[int], device: torch.device) -> List[Tensor]:
         # Sample by sample, level by level: the stream of draws, and so the result,
@@ -86,9 +102,32 @@ class PosteriorSampler(nn.Module):
 
     def reduce(self, x: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
         """(mmse, std, samples) for a normalised (B, C, [Z,] Y, X) input; samples is (N, B, C, [Z,] Y, X) or empty."""
+        with torch.no_grad():
+            return self._reduce(x)
+
+    def _features(self, bu: List[Tensor], prepared: List[Tensor], eps: List[Tensor], k: int) -> Tensor:
+        """VAE features of k samples per image: (k * B, features, [Z,] Y, X), sample i of image b at row i * B + b."""
+        if self.fast_vae:
+            if not self.vae.training:
+                return self.vae.sample_features(prepared, eps, self.use_mean)
+        repeated = [level.repeat([k] + [1] * (level.dim() - 1)) for level in bu]
+        features, _ = self.vae.top_down(repeated, eps, self.use_mean, False)
+        return features
+
+    def _decode(self, features: Tensor) -> Tensor:
+        if self.fast_decoder:
+            if not self.decoder.training:
+                return self.decoder.infer(features)
+        return self.decoder(features)
+
+    def _reduce(self, x: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
         torch.manual_seed(self.seed)
         batch = x.shape[0]
         bu = self.vae.bottom_up(x)
+        prepared: List[Tensor] = []
+        if self.fast_vae:
+            if not self.vae.training:
+                prepared = self.vae.prepare_sampling(bu)
         mean = torch.zeros(0)
         m2 = torch.zeros(0)
         kept: List[Tensor] = []
@@ -96,9 +135,7 @@ class PosteriorSampler(nn.Module):
         while count < self.n_samples:
             k = min(self.sample_batch, self.n_samples - count)
             eps = self._draw(k, batch, x.shape[2:], x.device)
-            repeated = [level.repeat([k] + [1] * (level.dim() - 1)) for level in bu]
-            features, _ = self.vae.top_down(repeated, eps, self.use_mean, False)
-            chunk = self.decoder(features).float()
+            chunk = self._decode(self._features(bu, prepared, eps, k)).float().contiguous()
             chunk = chunk.reshape([k, batch] + list(chunk.shape[1:]))
             if self.keep_samples:
                 kept.append(chunk)

@@ -37,17 +37,17 @@ def test_prediction_encodes_once_and_samples_in_batches():
     method, model = _tiny()
     model.eval()
     calls = {"bottom_up": 0, "top_down": 0}
-    bottom_up, top_down = model.vae.bottom_up, model.vae.top_down
+    bottom_up, sample_features = model.vae.bottom_up, model.vae.sample_features
 
     def count_bu(x):
         calls["bottom_up"] += 1
         return bottom_up(x)
 
-    def count_td(bu, *args, **kwargs):
+    def count_td(*args, **kwargs):  # the top-down pass in its inference form (nn.fast_inference)
         calls["top_down"] += 1
-        return top_down(bu, *args, **kwargs)
+        return sample_features(*args, **kwargs)
 
-    model.vae.bottom_up, model.vae.top_down = count_bu, count_td
+    model.vae.bottom_up, model.vae.sample_features = count_bu, count_td
     x = torch.randn(2, 1, 32, 32)
     with torch.no_grad():
         out = method.predict(model, x, PredictOptions(samples=20, sample_batch=6, keep_samples=True))

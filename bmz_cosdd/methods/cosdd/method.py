@@ -228,12 +228,13 @@ class COSDD:
     def export(self, model: nn.Module, config, options: ExportOptions) -> ExportedModel:
         import bmz_cosdd.methods.cosdd.architecture as architecture
         import bmz_cosdd.nn.blocks as blocks
+        import bmz_cosdd.nn.fast_inference as fast_inference
         import bmz_cosdd.nn.unet as unet
 
         estimator = options.estimator or self.estimators[0]
         if estimator not in self.estimators:
             raise UserError(f"unknown estimator {estimator!r} (choose {', '.join(self.estimators)})")
-        sources = [blocks, unet, architecture]
+        sources = [fast_inference, blocks, unet, architecture]
         fields = {
             "direction": config.direction,
             "noise_sentence": NOISE_SENTENCES[config.direction].format(direction=config.direction),

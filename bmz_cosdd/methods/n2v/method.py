@@ -213,6 +213,7 @@ class BlindSpotMethod:
         import bmz_cosdd.methods.n2v.architecture as architecture
         import bmz_cosdd.methods.n2v.psf as psf
         import bmz_cosdd.nn.blocks as blocks
+        import bmz_cosdd.nn.fast_inference as fast_inference
         import bmz_cosdd.nn.unet as unet
 
         estimator = options.estimator or self.estimators[0]
@@ -253,7 +254,7 @@ class BlindSpotMethod:
         }
         return ExportedModel(
             module=module.eval(), outputs=[estimator], builder=build_blind_spot_model, builder_kwargs=kwargs,
-            source_modules=[blocks, unet, psf, architecture], size_step=tuple(module.size_steps),
+            source_modules=[fast_inference, blocks, unet, psf, architecture], size_step=tuple(module.size_steps),
             halo=tuple(module.halos),
             n_samples=None, cite=self.cite,
             tags=["denoising", f"{model.spatial_dims}d", "pytorch", "self-supervised", *self.tags],
