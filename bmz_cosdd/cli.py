@@ -392,6 +392,14 @@ for _typer_app in (app, train_app, noise_app):
         _command.callback = _as_typed(_command.callback)
 
 
+_PATH_PROBLEMS = {
+    FileExistsError: "a file is in the way of a folder that must be made there",
+    NotADirectoryError: "a file is in the way of a folder on this path",
+    IsADirectoryError: "is a folder, a file is needed",
+    PermissionError: "permission denied",
+}
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: user errors become one line on stderr and exit code 2 (said once under torchrun: by rank 0)."""
     import os
@@ -408,6 +416,11 @@ def main(argv: list[str] | None = None) -> None:
     except api.SettingsError as exc:  # a settings value refused where no section prefix was at hand
         if speaks:
             typer.echo(f"error: {api.settings_message(exc)}", err=True)
+        sys.exit(2)
+    except (FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError) as exc:
+        # A path the user gave cannot be made or written: a file where a folder must go, or no permission.
+        if speaks:
+            typer.echo(f"error: {exc.filename}: {_PATH_PROBLEMS.get(type(exc), exc.strerror)}", err=True)
         sys.exit(2)
     except api.TrainingDiverged as exc:
         if speaks:

@@ -65,6 +65,11 @@ def test_bad_values_are_one_line_and_write_nothing(folder):
     one_line_error(bmz("train", "cosdd", "data/noisy.tif", "--axes", "SYX", "--max-steps", 2, "--out", "a_file",
                        cwd=folder), "is a file")
     assert not (folder / "runs").exists() and (folder / "a_file").read_text() == "not a folder"
+    for verb in (["inspect", "data/noisy.tif", "--axes", "SYX", "--out", "a_file/report.png"],
+                 ["noise-model", "fit", "--calibration", "data/noisy.tif", "--axes", "SYX", "--out", "a_file/nm.npz"],
+                 ["evaluate", "data/noisy.tif", "data/noisy.tif", "--axes", "SYX", "--json", "a_file/scores.json"]):
+        one_line_error(bmz(*verb, cwd=folder), "a_file: a file is in the way of a folder")
+    assert (folder / "a_file").read_text() == "not a folder"
     one_line_error(bmz("predict", "runs/x", "data/noisy.tif", "--samplez", 3, cwd=folder), "No such option: --samplez")
     one_line_error(bmz("inspect", cwd=folder), "Missing argument")
 
