@@ -87,12 +87,20 @@ def _odd(value: int) -> int:
     return value
 
 
-Positive = Annotated[int, Field(ge=1)]
-NonNegative = Annotated[int, Field(ge=0)]
-PositiveFloat = Annotated[float, Field(gt=0)]
-NonNegativeFloat = Annotated[float, Field(ge=0)]
-Fraction = Annotated[float, Field(ge=0, lt=1)]
-Odd = Annotated[int, Field(ge=1), AfterValidator(_odd)]
+def _number(value: Any) -> Any:
+    """Refuse ``true``/``false`` where a number is due (pydantic would read ``max_steps: true`` as 1)."""
+    if isinstance(value, bool):
+        raise ValueError("expected a number")
+    return value
+
+
+Number = BeforeValidator(_number)
+Positive = Annotated[int, Number, Field(ge=1)]
+NonNegative = Annotated[int, Number, Field(ge=0)]
+PositiveFloat = Annotated[float, Number, Field(gt=0)]
+NonNegativeFloat = Annotated[float, Number, Field(ge=0)]
+Fraction = Annotated[float, Number, Field(ge=0, lt=1)]
+Odd = Annotated[int, Number, Field(ge=1), AfterValidator(_odd)]
 PositiveList = Annotated[list[Positive], BeforeValidator(_comma_separated)]
 FloatList = Annotated[list[float], BeforeValidator(_comma_separated)]
 PathList = Annotated[list[str], BeforeValidator(_one_or_more)]

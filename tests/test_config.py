@@ -22,6 +22,7 @@ from bmz_cosdd.methods.registry import all_methods, get_method
     (DataConfig, {"clip_percentiles": [99, 1]}, "data: clip_percentiles must be 0 <= low < high <= 100"),
     (TrainConfig, {"lr": float("inf")}, "train.lr: expected a finite number, got inf"),
     (TrainConfig, {"max_steps": 2.5}, "train.max_steps: expected an integer, got 2.5"),
+    (TrainConfig, {"max_steps": True}, "train.max_steps: expected a number, got True"),  # YAML's `true` is not 1
     (TrainConfig, {"batch_size": 3, "accumulate": 2}, "train: batch_size (3) must be a multiple of accumulate (2)"),
     (TrainConfig, {"max_epochs": None}, "train: set at least one of max_steps, max_epochs or max_time"),
     (TrainConfig, {"precision": "fp16"}, "train.precision: must be auto, fp32 or bf16, got 'fp16'"),
