@@ -5,6 +5,7 @@ Examples
     python scripts/benchmark.py                       # reference config 64/8/3, batch 4 crop 64
     python scripts/benchmark.py --preset small --batch 16 --crop 64
     python scripts/benchmark.py --device cuda
+    python scripts/benchmark.py --sampling --threads 1    # posterior sampling: training vs inference form
 
 Each phase runs in its own process so that its peak memory (RSS, and CUDA peak
 when on GPU) is its own. Timings exclude the first (warm-up) steps.
@@ -145,12 +146,25 @@ def main() -> None:
     parser.add_argument("--sample-batch", type=int, default=5)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--sampling", action="store_true",
+                        help="CPU time per posterior sample, training form vs inference form of the networks"
+                             " (scripts/benchmark_sampling.py)")
+    parser.add_argument("--sampling-sizes", default="256,512", help="--sampling: image sizes, comma-separated")
+    parser.add_argument("--sampling-samples", type=int, default=4, help="--sampling: samples per timed run")
+    parser.add_argument("--sampling-repeat", type=int, default=2, help="--sampling: timed runs after a warm-up")
+    parser.add_argument("--sampling-case", help=argparse.SUPPRESS)
     parser.add_argument("--phase", choices=["train", "predict"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
+    if args.sampling or args.sampling_case:
+        from benchmark_sampling import phase_sampling, sampling  # this script's folder
+
+        result = phase_sampling(args) if args.sampling_case else sampling(args, __file__)
+        print(json.dumps(result, indent=None if args.sampling_case else 1))
+        return
     if args.phase:
         result = phase_train(args) if args.phase == "train" else phase_predict(args)
         print(json.dumps(result))
