@@ -46,6 +46,27 @@ def load_run(run_dir: str | Path, checkpoint: str = "best", device: str = "auto"
     """Load a run folder's ``best`` (or ``last``) checkpoint for prediction.
 
     The checkpoint is read with ``weights_only=True``: no pickled code runs.
+
+    Parameters
+    ----------
+    run_dir : str or Path
+        A run folder written by ``bmz-cosdd train`` (it may have moved since).
+    checkpoint : {"best", "last"}
+        Which checkpoint; ``best`` falls back to ``last`` when the run has none yet.
+    device : str
+        ``auto`` (CUDA if present), ``cpu`` or ``cuda[:i]``.
+
+    Returns
+    -------
+    TrainedModel
+        The method, its network in ``eval()`` mode on ``device``, the run's config and the
+        normalisation statistics.
+
+    Raises
+    ------
+    bmz_cosdd.errors.UserError
+        No run folder, no checkpoint, an unknown ``checkpoint`` or ``device``, or weights
+        that do not match the recorded architecture.
     """
     from bmz_cosdd.training.session import resolve_config  # session imports the trainer; keep start-up light
 
@@ -114,7 +135,8 @@ def predict_image(
         Estimator and sampling settings (default: MMSE of 100 samples).
     tile
         Largest tile side fed to the network, halo included: one for every spatial axis, or one per
-        axis (``(Z, Y, X)`` for a volume model).
+        axis (``(Z, Y, X)`` for a volume model). An image that fits, extended to the network's size step,
+        is predicted in one piece without halo (see :mod:`~bmz_cosdd.inference.tiling`).
     seed
         Seeds the posterior sampling, so a prediction is reproducible.
     on_tile

@@ -34,7 +34,23 @@ RESUMABLE = (*LIMITS, "patience", "device")
 
 
 def build_config(values: dict[str, Any]) -> RunConfig:
-    """Resolve a mapping shaped like ``config.yaml`` into a checked :class:`RunConfig`."""
+    """Resolve a mapping shaped like ``config.yaml`` into a checked :class:`RunConfig`.
+
+    Parameters
+    ----------
+    values : dict
+        ``method`` and the optional sections ``model``, ``data`` and ``train`` (a run's own
+        ``config.yaml`` is accepted too); missing settings take the method's defaults.
+
+    Returns
+    -------
+    RunConfig
+
+    Raises
+    ------
+    bmz_cosdd.errors.UserError
+        An unknown section, method or setting, or a refused value (one line naming the field).
+    """
     return resolve_config(values)[1]
 
 
@@ -223,10 +239,31 @@ def train(
 def resume(run_dir: str | Path, overrides: dict[str, Any] | None = None, progress: bool = True) -> TrainResult:
     """Continue the run in ``run_dir`` from its last checkpoint, exactly as if never stopped.
 
-    ``overrides`` may extend the limits (``max_steps``, ``max_epochs``, ``max_time``),
-    change ``patience`` or the ``device``. The run may have moved since it started: its
-    training data are found where the paths were typed (relative to the current working
-    directory) or, failing that, where they were when the run started.
+    The run may have moved since it started: its training data are found where the paths
+    were typed (relative to the current working directory) or, failing that, where they
+    were when the run started. Model weights, optimiser, scheduler and random states come
+    from ``checkpoints/last``, so the steps after the resume are those an uninterrupted
+    run would have taken.
+
+    Parameters
+    ----------
+    run_dir : str or Path
+        The run folder to continue.
+    overrides : dict, optional
+        Only :data:`RESUMABLE` settings: longer limits (``max_steps``, ``max_epochs``,
+        ``max_time``), ``patience`` or ``device``.
+    progress : bool
+        Show the progress bar.
+
+    Returns
+    -------
+    TrainResult
+
+    Raises
+    ------
+    bmz_cosdd.errors.UserError
+        No run or no checkpoint in ``run_dir``, another process writes to it, an override
+        that cannot change on resume, or training data no longer found.
     """
     run = RunFolder(run_dir)
     values = run.read_config()
