@@ -1,4 +1,5 @@
-"""Speed and memory of COSDD training and prediction; prints one JSON object.
+"""Speed and memory of COSDD training and prediction, or the cost of prediction over the bare network for
+every method (``--overhead``); prints one JSON object.
 
 Examples
 --------
@@ -6,9 +7,26 @@ Examples
     python scripts/benchmark.py --preset small --batch 16 --crop 64
     python scripts/benchmark.py --device cuda
     python scripts/benchmark.py --sampling --threads 1    # posterior sampling: training vs inference form
+    python scripts/benchmark.py --overhead --threads 1 --samples 10   # every method, 512 x 512
 
 Each phase runs in its own process so that its peak memory (RSS, and CUDA peak
 when on GPU) is its own. Timings exclude the first (warm-up) steps.
+
+``--overhead`` trains each method's default network for a few steps on synthetic images (DivNoising and
+HDN through a noise model fitted to a synthetic calibration stack), packages it (validated unless
+``--no-validate``) and times, per image after loading, on one ``--image`` x ``--image`` image:
+
+- ``bare``: the method's own forward on the normalised tensor, as the method calls it (``Method.predict``:
+  the network, or the posterior sampler with ``--samples``), under ``torch.inference_mode``;
+- ``in_framework``: :func:`~bmz_cosdd.inference.predictor.predict_image` (normalise, tile or one piece,
+  de-normalise) and ``in_framework_file``: :func:`~bmz_cosdd.inference.predictor.predict_files` on a TIFF
+  (read, predict, write);
+- ``package``: the package through bioimageio.core
+  (:class:`~bmz_cosdd.zoo.package_prediction.PackagePredictor`: its pre/post-processing and TorchScript).
+
+Load times (run folder, package) are separate. Each figure is the fastest of ``--repeat`` runs after one
+warm-up (also reported, as ``first``), CPU time (all threads of the process) and wall time; ratios are
+in_framework / bare and package / in_framework.
 """
 
 from __future__ import annotations
@@ -133,6 +151,157 @@ def phase_predict(args: argparse.Namespace) -> dict:
     return out
 
 
+#: Per method: its train options for a short run of its default network that packages (data-dependent
+#: settings are resolved from the synthetic images; ``NOISE_MODEL`` is replaced by the fitted noise model).
+NOISE_MODEL = "<noise model>"
+OVERHEAD_METHODS: dict[str, dict] = {
+    "n2v": {}, "n2v2": {}, "structn2v": {}, "psf-n2v": {"psf_sigma": 1.0},
+    "cosdd": {}, "divnoising": {"noise_model": NOISE_MODEL}, "hdn": {"noise_model": NOISE_MODEL},
+}
+
+
+def _timed(fn, repeat: int) -> tuple[dict, object]:
+    """Run ``fn`` once (warm-up) and ``repeat`` more times: the fastest CPU and wall seconds, every run, and
+    the last result."""
+    runs = []
+    for _ in range(repeat + 1):
+        cpu, wall = time.process_time(), time.perf_counter()
+        result = fn()
+        runs.append((time.process_time() - cpu, time.perf_counter() - wall))
+    timed = runs[1:] or runs
+    return {"cpu_s": min(c for c, _ in timed), "wall_s": min(w for _, w in timed),
+            "first": {"cpu_s": runs[0][0], "wall_s": runs[0][1]},
+            "runs_wall_s": [round(w, 4) for _, w in timed]}, result
+
+
+def _once(fn) -> tuple[dict, object]:
+    cpu, wall = time.process_time(), time.perf_counter()
+    result = fn()
+    return {"cpu_s": time.process_time() - cpu, "wall_s": time.perf_counter() - wall}, result
+
+
+def _ratio(a: dict, b: dict) -> dict:
+    return {"cpu": round(a["cpu_s"] / b["cpu_s"], 3), "wall": round(a["wall_s"] / b["wall_s"], 3)}
+
+
+def phase_overhead(args: argparse.Namespace) -> dict:
+    """Train, package and time one method (``--method``); see the module docstring."""
+    import dataclasses
+    import tempfile
+    from pathlib import Path
+
+    import numpy as np
+    import torch
+
+    from bmz_cosdd import api
+    from bmz_cosdd.data.io import write_tiff
+    from bmz_cosdd.data.normalisation import normalise
+    from bmz_cosdd.data.synthetic import make_dataset
+    from bmz_cosdd.inference.predictor import load_run, predict_files, predict_image, resolve_options
+    from bmz_cosdd.methods.base import ExportOptions, PredictOptions
+    from bmz_cosdd.zoo.package_prediction import PackagePredictor
+
+    torch.manual_seed(0)
+
+    def quiet(*args, **kwargs) -> None:
+        return None
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        train = make_dataset("blobs", "row_correlated", n=8, shape=(96, 96), seed=1)
+        write_tiff(folder / "train.tif", (100 + 50 * train.noisy).astype(np.float32), "SYX")
+        image = (100 + 50 * make_dataset("blobs", "row_correlated", n=1, shape=(args.image, args.image),
+                                         seed=2).noisy[0]).astype(np.float32)
+        write_tiff(folder / "image.tif", image, "YX")
+        options = dict(OVERHEAD_METHODS[args.method])
+        if options.get("noise_model") == NOISE_MODEL:
+            rng = np.random.default_rng(0)
+            clean = 100 + 50 * make_dataset("blobs", "row_correlated", n=1, shape=(64, 64), seed=3).clean[0]
+            frames = np.stack([rng.poisson(clean) + rng.normal(0, 5, clean.shape) for _ in range(10)])
+            write_tiff(folder / "calib.tif", frames.astype(np.float32), "TYX")
+            options["noise_model"] = str(api.fit_noise_model(folder / "nm.npz", calibration=folder / "calib.tif",
+                                                             steps=200).path)
+        run, package = folder / "run", folder / "model.zip"
+        api.train_from_options(args.method, [folder / "train.tif"], out=run, progress=False, say=quiet, axes="SYX",
+                               max_steps=args.train_steps, max_epochs=None, steps_per_epoch=args.train_steps,
+                               batch_size=2, crop_size=64, val_crops=2, **options)
+        samples = {"samples": args.samples, "sample_batch": args.sample_batch}
+        api.package(run, package, ExportOptions(**samples), validate=args.validate, say=quiet, force=True)
+
+        load_time, trained = _once(lambda: load_run(run, device="cpu"))
+        opts = resolve_options(trained, PredictOptions(**samples))
+        x = torch.from_numpy(normalise(image[None].astype(np.float64), trained.stats)).float()[None]
+
+        def bare():
+            with torch.inference_mode():
+                return trained.method.predict(trained.model, x, dataclasses.replace(opts, seed=0))
+
+        def in_framework():
+            return predict_image(trained, image[None], opts, tile=args.tile)
+
+        def in_framework_file():
+            return predict_files(trained, [folder / "image.tif"], "YX", folder / "out", opts, tile=args.tile)
+
+        bare_time, _ = _timed(bare, args.repeat)
+        in_time, ours = _timed(in_framework, args.repeat)
+        file_time, _ = _timed(in_framework_file, args.repeat)
+        def open_package():
+            opened = PackagePredictor(package)  # reads and checks the rdf
+            opened.load()  # the weights
+            return opened
+
+        package_load, predictor = _once(open_package)
+        with predictor:
+            package_time, theirs = _timed(lambda: predictor.predict(image[None], block=args.tile), args.repeat)
+        main = opts.estimator if opts.estimator in ours else next(iter(ours))
+        package_main = next(iter(theirs.values()))
+        step, halo = trained.method.size_step(trained.model), trained.method.halo(trained.model)
+        return {
+            "method": args.method, "estimator": opts.estimator,
+            "samples": args.samples if "std" in ours else None,
+            "parameters": sum(p.numel() for p in trained.model.parameters()),
+            "size_step": step, "halo": halo,
+            "load_run": load_time, "load_package": package_load,
+            "bare": bare_time, "in_framework": in_time, "in_framework_file": file_time, "package": package_time,
+            "ratio_in_framework_to_bare": _ratio(in_time, bare_time),
+            "ratio_package_to_in_framework": _ratio(package_time, in_time),
+            "ratio_in_framework_file_to_bare": _ratio(file_time, bare_time),
+            "package_vs_in_framework_max_abs_diff": float(np.abs(package_main - ours[main]).max()),
+            "image_std": float(image.std()),
+        }
+
+
+def overhead(args: argparse.Namespace) -> None:
+    import torch
+
+    methods = args.methods.split(",") if args.methods else list(OVERHEAD_METHODS)
+    threads = args.threads or torch.get_num_threads()
+    results = []
+    for method in methods:
+        cmd = [sys.executable, __file__, *sys.argv[1:], "--phase", "overhead", "--method", method]
+        env = {**__import__("os").environ, "OMP_NUM_THREADS": str(threads)}
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+        if proc.returncode != 0:
+            result = {"method": method, "error": proc.stderr.strip().splitlines()[-3:]}
+        else:
+            result = json.loads(proc.stdout.strip().splitlines()[-1])
+        print(json.dumps(result), file=sys.stderr, flush=True)
+        results.append(result)
+    print(json.dumps({
+        "what": "prediction cost over the bare network, per image after loading (load times separate)",
+        "image": f"{args.image}x{args.image}", "tile": args.tile, "repeat": args.repeat,
+        "train_steps": args.train_steps, "threads": threads, "torch": torch.__version__,
+        "machine": platform.processor() or platform.machine(),
+        "summary": {r["method"]: {"in_framework/bare": r["ratio_in_framework_to_bare"],
+                                  "package/in_framework": r["ratio_package_to_in_framework"],
+                                  "bare_wall_s": round(r["bare"]["wall_s"], 3),
+                                  "load_run_wall_s": round(r["load_run"]["wall_s"], 3),
+                                  "load_package_wall_s": round(r["load_package"]["wall_s"], 3)}
+                    for r in results if "error" not in r},
+        "methods": results,
+    }, indent=1))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="reference", help="reference (64/8/3), tiny, small or large")
@@ -153,7 +322,16 @@ def main() -> None:
     parser.add_argument("--sampling-samples", type=int, default=4, help="--sampling: samples per timed run")
     parser.add_argument("--sampling-repeat", type=int, default=2, help="--sampling: timed runs after a warm-up")
     parser.add_argument("--sampling-case", help=argparse.SUPPRESS)
-    parser.add_argument("--phase", choices=["train", "predict"], help=argparse.SUPPRESS)
+    parser.add_argument("--overhead", action="store_true",
+                        help="time prediction against the bare network for every method (see the docstring)")
+    parser.add_argument("--methods", default="", help="--overhead: comma-separated (default: all seven)")
+    parser.add_argument("--tile", type=int, default=512, help="--overhead: --tile / block of prediction")
+    parser.add_argument("--repeat", type=int, default=3, help="--overhead: timed runs after the warm-up")
+    parser.add_argument("--train-steps", type=int, default=2, help="--overhead: training steps before packaging")
+    parser.add_argument("--no-validate", dest="validate", action="store_false",
+                        help="--overhead: skip bioimageio.core's test of each package")
+    parser.add_argument("--phase", choices=["train", "predict", "overhead"], help=argparse.SUPPRESS)
+    parser.add_argument("--method", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.threads:
         import torch
@@ -166,8 +344,11 @@ def main() -> None:
         print(json.dumps(result, indent=None if args.sampling_case else 1))
         return
     if args.phase:
-        result = phase_train(args) if args.phase == "train" else phase_predict(args)
-        print(json.dumps(result))
+        phases = {"train": phase_train, "predict": phase_predict, "overhead": phase_overhead}
+        print(json.dumps(phases[args.phase](args)))
+        return
+    if args.overhead:
+        overhead(args)
         return
     results = {}
     for phase in ("train", "predict"):

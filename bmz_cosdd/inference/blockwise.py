@@ -6,7 +6,10 @@ written at a time. A 2-D model's blocks tile each (Y, X) plane, a 3-D model's
 each (Z, Y, X) volume; the other axes (S, T, and Z for 2-D models) are looped
 over. Blocks lie on a fixed grid of side ``tile - 2 * halo`` per spatial axis
 (rounded down to the network's size step), which is also the output's chunk
-shape, so every block write replaces whole chunks. Block ``b`` of every plane
+shape, so every block write replaces whole chunks; an axis that fits in the tile
+(extended to the size step) is one block. Windows end at the image's edges (the
+far end mirrored to the size step) as in memory
+(:mod:`~bmz_cosdd.inference.tiling`). Block ``b`` of every plane
 (or volume) is sampled with seed ``seed + b``, as tile ``b`` is in memory: for
 an image whose sides are multiples of the block, the result equals in-memory
 prediction with the same ``--tile``; for a deterministic network with a halo
@@ -101,10 +104,13 @@ def _kept_axes(axes: str, spatial: str) -> str:
 
 def _read_window(source: LargeArray, fixed: dict[str, int], spatial: str, start: Sequence[int],
                  size: Sequence[int]) -> np.ndarray:
-    """The window of ``size`` at ``start`` along the ``spatial`` axes (may start before 0 or end past the image),
-    (C, *size) float64, mirrored at the image's edges as in-memory tiling pads the whole image."""
+    """The window of ``size`` at ``start`` (>= 0) along the ``spatial`` axes, (C, *size) float64; past the image's
+    far end (by less than a size step) mirrored as in-memory tiling extends the whole image
+    (:func:`~bmz_cosdd.inference.tiling.extend_to_step`)."""
     dims = [source.shape[source.axes.index(a)] for a in spatial]
-    lo = [max(0, s) for s in start]
+    beyond = [max(0, s + n - d) for s, n, d in zip(start, size, dims)]
+    # Enough of the image before the far end for its mirror image (np.pad reflects the window, not the image).
+    lo = [max(0, min(s, d - 1 - b)) if b else s for s, d, b in zip(start, dims, beyond)]
     hi = [min(d, s + n) for d, s, n in zip(dims, start, size)]
     region = {a: slice(low, high) for a, low, high in zip(spatial, lo, hi)}
     raw = np.asarray(source.data[_index(source.axes, fixed, region)], dtype=np.float64)
@@ -112,10 +118,9 @@ def _read_window(source: LargeArray, fixed: dict[str, int], spatial: str, start:
     window = raw.transpose([kept.index(a) for a in "C" + spatial if a in kept])
     if "C" not in kept:
         window = window[None]
-    pads = [(0, 0)] + [(low - s, s + n - high) for s, n, low, high in zip(start, size, lo, hi)]
-    if any(p for pair in pads for p in pair):
-        window = np.pad(window, pads, mode=pad_mode(dims))
-    return window
+    if any(beyond):
+        window = np.pad(window, [(0, 0)] + [(0, b) for b in beyond], mode=pad_mode(dims))
+    return window[(slice(None),) + tuple(slice(s - low, s - low + n) for s, low, n in zip(start, lo, size))]
 
 
 def _write_block(target: LargeArray, fixed: dict[str, int], spatial: str, block: Block, values: np.ndarray) -> None:
@@ -201,7 +206,11 @@ def predict_out_of_core(
     plane = [source.shape[source.axes.index(a)] for a in spatial]
     warning = tile_warning(plane, tiles, halos, steps)
     halos = tuple(effective_halo(h, s) for h, s in zip(halos, steps))
-    block = tuple((t - 2 * h) // s * s for t, h, s in zip(tiles, halos, steps))
+    # As in memory (tile_layout): an axis that fits in the tile, extended to the size step, is one block
+    # without halo; the others are cut into blocks with a halo, windows shifted inwards at the edges.
+    extended = [-(-d // s) * s for d, s in zip(plane, steps)]
+    block = tuple(e if e <= t else max(s, (t - 2 * h) // s * s) for e, t, h, s in zip(extended, tiles, halos, steps))
+    sides = [min(e, b + 2 * h) for e, b, h in zip(extended, block, halos)]
     _check_chunks(source, spatial, tiles)
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
@@ -215,7 +224,8 @@ def predict_out_of_core(
     loops = [dict(zip(loop_axes, p)) for p in itertools.product(*(range(source.shape[source.axes.index(a)])
                                                                   for a in loop_axes))]
     total = len(loops) * len(grid)
-    chunks = tuple(1 if a in loop_axes else n_channels if a == "C" else block[spatial.index(a)] for a in source.axes)
+    chunks = tuple(1 if a in loop_axes else n_channels if a == "C" else min(block[spatial.index(a)], source.shape[i])
+                   for i, a in enumerate(source.axes))
     settings = {
         "input": str(source.path.resolve()), "shape": list(source.shape), "axes": source.axes,
         "model": str(trained.source.resolve()), "model_step": trained.step, "estimator": options.estimator,
@@ -247,10 +257,10 @@ def predict_out_of_core(
             for blk in grid:
                 if p * len(grid) + blk.index < done:
                     continue
-                window = _read_window(source, fixed, spatial, [s - h for s, h in zip(blk.start, halos)],
-                                      [b + 2 * h for b, h in zip(block, halos)])
+                starts = [min(max(0, s - h), e - side) for s, h, e, side in zip(blk.start, halos, extended, sides)]
+                window = _read_window(source, fixed, spatial, starts, sides)
                 x = torch.from_numpy(normalise(window, trained.stats, spatial_dims=len(spatial)))[None]
-                inner = (Ellipsis,) + tuple(slice(h, h + n) for n, h in zip(blk.size, halos))
+                inner = (Ellipsis,) + tuple(slice(s - a, s - a + n) for s, a, n in zip(blk.start, starts, blk.size))
                 outputs = {name: value[inner].float().cpu().numpy() for name, value in run_tile(x, blk.index).items()}
                 for name, value in to_raw(trained, outputs).items():
                     if name not in targets:

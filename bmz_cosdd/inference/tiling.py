@@ -1,13 +1,15 @@
 """Predict images and volumes of any size in overlapping tiles so that no seams appear.
 
-Each tile is the inner region plus ``halo`` pixels of context on each side of
-every spatial axis; only the inner region of each output is kept. Tile origins
-fall on multiples of the network's size step, so a translation-equivariant
-network gives exactly the same values tiled as in one piece whenever the halo
-covers its receptive field. Images are (C, Y, X), volumes (C, Z, Y, X). The halo
-and the size step are one number for every axis or one per spatial axis: an
-anisotropic 3-D network (z kept at full resolution, short z kernels) has a
-smaller halo and step along Z than along Y and X.
+An image is first extended at the far end of each spatial axis to a multiple of the network's size
+step (mirrored); the network then sees it as it saw its training crops, with its own padding at
+the edges. An image that fits in one tile is predicted in one piece: the network's cost and nothing
+more. A larger one is cut into tiles: each is the inner region plus ``halo`` pixels of context on
+each side of every spatial axis (none past the extended image's edges), and only the inner region
+of each output is kept. Tile origins fall on multiples of the size step, so a translation-equivariant
+network gives exactly the same values tiled as in one piece whenever the halo covers its receptive
+field. Images are (C, Y, X), volumes (C, Z, Y, X). The halo and the size step are one number for
+every axis or one per spatial axis: an anisotropic 3-D network (z kept at full resolution, short z
+kernels) has a smaller halo and step along Z than along Y and X.
 """
 
 from __future__ import annotations
@@ -24,8 +26,8 @@ from bmz_cosdd.data.axes import per_axis
 from bmz_cosdd.errors import UserError
 
 __all__ = [
-    "TileProgress", "check_tile", "effective_halo", "pad_mode", "per_axis", "predict_tiled", "smallest_tile",
-    "spatial_sizes", "suggested_tile", "tile_layout", "tile_warning",
+    "TileProgress", "check_tile", "effective_halo", "extend_to_step", "pad_mode", "per_axis", "predict_tiled",
+    "smallest_tile", "spatial_sizes", "suggested_tile", "tile_layout", "tile_warning",
 ]
 
 # Tiling rule: a tile should keep at least half of its side: its kept core (tile - 2 x halo) is at least half the
@@ -61,8 +63,17 @@ def pad_mode(spatial_shape: Sequence[int]) -> str:
     return "reflect" if min(spatial_shape) > 1 else "edge"
 
 
-def _pad(image: np.ndarray, pads: list[tuple[int, int]]) -> np.ndarray:
-    return np.pad(image, [(0, 0)] * (image.ndim - len(pads)) + pads, mode=pad_mode(image.shape[-len(pads):]))
+def extend_to_step(image: np.ndarray, steps: Sequence[int]) -> np.ndarray:
+    """``image`` (..., *spatial) mirrored at the far end of each spatial axis to a multiple of its step.
+
+    ``steps`` holds one size step per trailing spatial axis; the image itself is returned when no
+    axis needs extending. A single-pixel axis is repeated instead (see :func:`pad_mode`).
+    """
+    shape = image.shape[image.ndim - len(steps):]
+    pads = [(0, _round_up(size, s) - size) for size, s in zip(shape, steps)]
+    if not any(after for _, after in pads):
+        return image
+    return np.pad(image, [(0, 0)] * (image.ndim - len(pads)) + pads, mode=pad_mode(shape))
 
 
 def effective_halo(halo: int, step: int) -> int:
@@ -144,9 +155,13 @@ def tile_warning(shape: Sequence[int], tile: int | Sequence[int], halo: int | Se
 def tile_layout(size: int, tile: int, halo: int, step: int) -> tuple[int, int]:
     """Inner tile length and tile count along one axis of length ``size``.
 
-    Uses as few tiles as ``tile`` allows and spreads the image evenly over them,
-    so little is computed beyond the image itself.
+    An axis whose length, extended to the size step, fits in ``tile`` is one piece (no halo: the
+    network sees the whole axis). Otherwise uses as few tiles as ``tile`` allows with ``halo`` on
+    both sides and spreads the image evenly over them, so little is computed beyond the image itself.
     """
+    whole = _round_up(size, step)
+    if whole <= tile:
+        return whole, 1
     largest = max(step, (tile - 2 * halo) // step * step)
     count = int(math.ceil(size / largest))
     inner = _round_up(int(math.ceil(size / count)), step)
@@ -161,7 +176,7 @@ def predict_tiled(
     step: int | Sequence[int],
     on_tile: Optional[Callable[[int, int], None]] = None,
 ) -> dict[str, np.ndarray]:
-    """Apply ``fn`` to overlapping tiles of ``image`` and stitch the outputs.
+    """Apply ``fn`` to overlapping tiles of ``image`` (or to all of it when it fits) and stitch the outputs.
 
     Parameters
     ----------
@@ -172,10 +187,11 @@ def predict_tiled(
         (C, Y, X) image or (C, Z, Y, X) volume: every axis after the first is tiled.
     tile
         Largest tile length fed to ``fn`` along each spatial axis, halo included:
-        one for every axis, or one per spatial axis (e.g. ``(64, 512, 512)``).
+        one for every axis, or one per spatial axis (e.g. ``(64, 512, 512)``). An axis no longer
+        than this (once extended to the size step) is not cut.
     halo
-        Context on each side of every spatial axis (one value, or one per spatial axis); rounded up
-        to a multiple of ``step``.
+        Context on each side of every spatial axis cut into tiles (one value, or one per spatial
+        axis); rounded up to a multiple of ``step``.
     step
         Sizes fed to ``fn`` are multiples of this (one value, or one per spatial axis).
     on_tile
@@ -191,18 +207,25 @@ def predict_tiled(
     halos = [effective_halo(h, s) for h, s in zip(per_axis(halo, len(shape)), steps)]
     layout = [tile_layout(size, t, h, s) for size, t, h, s in zip(shape, spatial_sizes(tile, len(shape)), halos, steps)]
     inner = [length for length, _ in layout]
-    totals = [length * count for length, count in layout]
-    padded = _pad(image, [(h, h + total - size) for size, total, h in zip(shape, totals, halos)])
-    keep = (Ellipsis,) + tuple(slice(h, h + length) for length, h in zip(inner, halos))
+    extended = np.asarray(extend_to_step(image, steps), dtype=np.float32)
+    totals = extended.shape[1:]
+    # Every tile has one shape; one at an edge of the extended image is shifted inwards to lie inside it (the
+    # network pads there as it does for the whole image), so its inner region gets more context, not less.
+    sides = [min(total, length + 2 * h) for total, length, h in zip(totals, inner, halos)]
     origins = list(itertools.product(*(range(0, total, length) for total, length in zip(totals, inner))))
     outputs: dict[str, np.ndarray] = {}
     for done, origin in enumerate(origins, 1):
-        window = padded[(slice(None),) + tuple(slice(o, o + length + 2 * h)
-                                               for o, length, h in zip(origin, inner, halos))]
-        target = (Ellipsis,) + tuple(slice(o, o + length) for o, length in zip(origin, inner))
-        result = fn(torch.from_numpy(np.ascontiguousarray(window, dtype=np.float32))[None])
+        starts = [min(max(0, o - h), total - side) for o, h, total, side in zip(origin, halos, totals, sides)]
+        stops = [min(total, o + length) for o, length, total in zip(origin, inner, totals)]
+        window = extended[(slice(None),) + tuple(slice(a, a + side) for a, side in zip(starts, sides))]
+        keep = (Ellipsis,) + tuple(slice(o - a, e - a) for o, e, a in zip(origin, stops, starts))
+        target = (Ellipsis,) + tuple(slice(o, e) for o, e in zip(origin, stops))
+        result = fn(torch.from_numpy(np.ascontiguousarray(window))[None])
         for name, value in result.items():
             kept = value[keep].detach().float().cpu().numpy()
+            if len(origins) == 1:
+                outputs[name] = kept
+                continue
             if name not in outputs:
                 outputs[name] = np.empty(kept.shape[: kept.ndim - len(shape)] + tuple(totals), dtype=np.float32)
             outputs[name][target] = kept

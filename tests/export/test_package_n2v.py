@@ -18,9 +18,10 @@ from bmz_cosdd.data.synthetic import make_dataset  # noqa: E402
 from bmz_cosdd.errors import UserError  # noqa: E402
 from bmz_cosdd.export.package import PackageMeta, package_run  # noqa: E402
 from bmz_cosdd.artifacts.package_reader import read_package_descr  # noqa: E402
-from bmz_cosdd.inference.predictor import load_run  # noqa: E402
+from bmz_cosdd.inference.predictor import load_run, predict_image  # noqa: E402
 from bmz_cosdd.methods.base import ExportOptions, PredictOptions  # noqa: E402
 from bmz_cosdd.training.session import train  # noqa: E402
+from bmz_cosdd.zoo.package_prediction import PackagePredictor  # noqa: E402
 from helpers import tiny_blind_spot_config, yx_grid  # noqa: E402
 
 CITATIONS = {
@@ -76,6 +77,12 @@ def test_package_validates_with_one_input_one_output_and_its_card(method, runs, 
     with torch.no_grad():
         ours = trained.method.predict(trained.model, x, PredictOptions())["denoised"]
         torch.testing.assert_close(scripted(x), ours, rtol=1e-5, atol=1e-5)
+    # an image that fits in one block: the package (through bioimageio.core) and the run predict it alike
+    image = 100 + 20 * make_dataset("blobs", "row_correlated", n=1, shape=(70, 90), seed=5).noisy[:1]
+    with PackagePredictor(out) as predictor:
+        theirs = predictor.predict(image.astype(np.float32))["denoised"]
+    ours = predict_image(trained, image.astype(np.float32))["denoised"]
+    np.testing.assert_allclose(theirs, ours, rtol=0, atol=1e-5 * np.abs(ours).max())
 
 
 def test_psf_n2v_can_ship_its_deconvolution(runs, tmp_path):

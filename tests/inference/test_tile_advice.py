@@ -62,7 +62,8 @@ def test_the_rule_for_a_depth_3_unet():
     assert line is not None and "1024 tiles" in line and "--tile 256" in line and "\n" not in line
     assert tile_warning((256, 256), 256, 58, 8) is None  # keeps exactly half of each side
     assert tile_warning((256, 256), 248, 58, 8) is not None
-    assert tile_warning((100, 100), 136, 58, 8) is not None  # 13 x 13 tiles of 8 px for a small image
+    assert tile_warning((140, 140), 136, 58, 8) is not None  # 18 x 18 tiles of 8 px for a small image
+    assert tile_warning((100, 100), 136, 58, 8) is None  # fits in one tile (104 px): one piece, no halo
     assert tile_warning((8, 8), 136, 58, 8) is None  # one tile: nothing to choose
     for halo, step in [(0, 4), (26, 4), (29, 4), (58, 8), (122, 16), (32, 128)]:
         best = suggested_tile(halo, step)
@@ -87,7 +88,7 @@ def test_too_small_tile_is_one_line_suggesting_a_tile_that_keeps_half(n2v_run, s
 
 def test_wasteful_tile_is_warned_once_with_the_tile_count(n2v_run, stack, tmp_path, capsys):
     step, halo = _model(n2v_run)
-    tile = smallest_tile(halo, step) + step  # keeps two size steps of each tile
+    tile = smallest_tile(halo, step)  # keeps one size step of each tile (and is under the 64 px images)
     count = tile_layout(64, tile, effective_halo(halo, step), step)[1] ** 2
     code, out, err = run_cli(["predict", n2v_run, stack, "--axes", "SYX", "--tile", tile, "--out", tmp_path / "o"],
                              capsys)
@@ -102,14 +103,14 @@ def test_wasteful_tile_is_warned_once_with_the_tile_count(n2v_run, stack, tmp_pa
 def test_out_of_core_states_the_same_minimum_and_warning(n2v_run, tmp_path):
     step, halo = _model(n2v_run)
     trained = load_run(n2v_run)
-    image = make_dataset("blobs", "row_correlated", n=1, shape=(48, 48), seed=2).noisy[0].astype(np.float32)
+    image = make_dataset("blobs", "row_correlated", n=1, shape=(96, 96), seed=2).noisy[0].astype(np.float32)
     tifffile.imwrite(tmp_path / "big.tif", image)
     with pytest.raises(UserError, match=f"use --tile {suggested_tile(halo, step)} or more"):
         predict_out_of_core(trained, tmp_path / "big.tif", "YX", tmp_path / "o", tile=smallest_tile(halo, step) - 1)
     said = []
     predict_out_of_core(trained, tmp_path / "big.tif", "YX", tmp_path / "o", tile=smallest_tile(halo, step) + step,
                         say=said.append)
-    assert len(said) == 1 and "tiles for this 48 x 48 image" in said[0]
+    assert len(said) == 1 and "tiles for this 96 x 96 image" in said[0]
 
 
 def test_tile_progress_is_a_bar_for_many_tiles_only(n2v_run):
@@ -117,7 +118,7 @@ def test_tile_progress_is_a_bar_for_many_tiles_only(n2v_run):
 
     step, halo = _model(n2v_run)
     trained = load_run(n2v_run)
-    image = make_dataset("blobs", "row_correlated", n=1, shape=(48, 48), seed=2).noisy[:1].astype(np.float32)
+    image = make_dataset("blobs", "row_correlated", n=1, shape=(96, 96), seed=2).noisy[:1].astype(np.float32)
     calls = []
     predict_image(trained, image, tile=smallest_tile(halo, step) + step, on_tile=lambda d, n: calls.append((d, n)))
     total = calls[-1][1]

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from bmz_cosdd.inference.predictor import load_run, predict_image
-from bmz_cosdd.inference.tiling import predict_tiled
+from bmz_cosdd.inference.tiling import extend_to_step, predict_tiled, tile_layout
 from bmz_cosdd.methods.base import PredictOptions
 from bmz_cosdd.nn.unet import UNet
 
@@ -34,6 +34,41 @@ def test_unet_tiled_equals_whole_image_to_float_tolerance():
     whole = predict_tiled(fn, image, tile=4096, halo=halo, step=net.size_step)["out"]
     tiled = predict_tiled(fn, image, tile=64 + 2 * 48, halo=halo, step=net.size_step)["out"]
     np.testing.assert_allclose(tiled, whole, atol=1e-5, rtol=1e-5)
+
+
+def test_image_that_fits_in_a_tile_is_one_forward_pass_equal_to_the_tiled_result():
+    torch.manual_seed(0)
+    net = UNet(1, 1, depth=2, features=8).eval()
+    step, halo = net.size_step, net.receptive_field
+    image = np.random.default_rng(2).normal(size=(1, 122, 97)).astype(np.float32)
+    seen = []
+
+    def fn(t):
+        seen.append(tuple(t.shape))
+        with torch.no_grad():
+            return {"out": net(t)}
+
+    whole = predict_tiled(fn, image, tile=128, halo=halo, step=step)["out"]
+    # one pass on the image extended to the size step only (no halo): the bare network's output, cropped
+    assert seen == [(1, 1, 124, 100)] and tile_layout(122, 128, halo, step) == (124, 1)
+    extended = torch.from_numpy(extend_to_step(image, (step, step)))[None]
+    with torch.no_grad():
+        bare = net(extended)[..., :122, :97].numpy()
+    np.testing.assert_array_equal(whole, bare)
+    seen.clear()
+    tiled = predict_tiled(fn, image, tile=2 * halo + 2 * step, halo=halo, step=step)["out"]
+    assert len(seen) > 4 and len(set(seen)) == 1  # many tiles, all of one shape
+    np.testing.assert_allclose(tiled, whole, atol=1e-5, rtol=1e-5)
+
+
+def test_extend_to_step_mirrors_the_far_end_only():
+    image = np.arange(10, dtype=np.float32).reshape(1, 2, 5)
+    out = extend_to_step(image, (4, 8))
+    assert out.shape == (1, 4, 8)
+    np.testing.assert_array_equal(out[0, 0], [0, 1, 2, 3, 4, 3, 2, 1])
+    np.testing.assert_array_equal(out[0, :, 0], [0, 5, 0, 5])
+    fits = image[..., :4]
+    assert extend_to_step(fits, (2, 4)) is fits  # nothing to extend: no copy
 
 
 def test_direct_denoiser_tiled_equals_whole(trained_run, noisy_stack):
