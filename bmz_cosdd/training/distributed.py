@@ -123,6 +123,10 @@ def distributed_world(device: torch.device) -> Iterator[World]:
     torch.distributed.init_process_group(backend=backend)
     try:
         yield world
+        # Every rank reaches here before any leaves the group: a rank that destroyed its group (and exited)
+        # while another still had collective work in flight aborted gloo's threads at interpreter exit
+        # ("terminate called without an active exception"). Not after an error: the others may never come.
+        torch.distributed.barrier()
     finally:
         torch.distributed.destroy_process_group()
 
