@@ -416,15 +416,15 @@ class Upsample(nn.Module):
         self.conv = conv_class(spatial_dims)(cin, cout, 1)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.conv(self._interpolate(x))
+        return self.conv(self._scale_up(x))
 
     def infer(self, x: Tensor) -> Tensor:
         """``forward`` with the 1x1 convolution first, at the coarse resolution (a quarter, or an
         eighth, of the work). The interpolation is linear per channel with weights that sum to 1,
         so it commutes with a 1x1 convolution and its bias: equal up to float rounding."""
-        return self._interpolate(self.conv(x))
+        return self._scale_up(self.conv(x))
 
-    def _interpolate(self, x: Tensor) -> Tensor:
+    def _scale_up(self, x: Tensor) -> Tensor:
         # The aten ops, not F.interpolate: scripting F.interpolate compiles every mode,
         # including ops (lanczos) that torch 2.0 - deepImageJ's libtorch - cannot load.
         # A scale factor rather than an output size: ONNX then gets a Resize by scales,

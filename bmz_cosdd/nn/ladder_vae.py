@@ -423,10 +423,10 @@ class LadderVAE(nn.Module):
 
     Notes
     -----
-    ``forward``, ``bottom_up``, ``top_down`` and ``latent_shapes`` are
-    TorchScript-compatible; ``sample_prior`` is eager only. In training mode batch
-    normalisation couples the samples of a batch; use ``eval()`` for per-sample
-    reproducibility.
+    ``forward``, ``bottom_up``, ``top_down``, ``latent_shapes``, ``prepare_sampling``
+    and ``sample_features`` are TorchScript-compatible; ``sample_prior`` is eager only.
+    In training mode batch normalisation couples the samples of a batch; use ``eval()``
+    for per-sample reproducibility (and for the inference form of ``sample_features``).
 
     Examples
     --------
