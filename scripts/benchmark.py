@@ -320,7 +320,7 @@ def main() -> None:
                              " (scripts/benchmark_sampling.py)")
     parser.add_argument("--sampling-sizes", default="256,512", help="--sampling: image sizes, comma-separated")
     parser.add_argument("--sampling-samples", type=int, default=4, help="--sampling: samples per timed run")
-    parser.add_argument("--sampling-repeat", type=int, default=2, help="--sampling: timed runs after a warm-up")
+    parser.add_argument("--sampling-repeat", type=int, default=2, help="--sampling: timed runs after two warm-ups")
     parser.add_argument("--sampling-case", help=argparse.SUPPRESS)
     parser.add_argument("--overhead", action="store_true",
                         help="time prediction against the bare network for every method (see the docstring)")
