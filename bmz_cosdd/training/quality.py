@@ -34,7 +34,12 @@ import numpy as np
 import torch
 
 from bmz_cosdd.data.method_noise import ResidualCheck, check_residual
-from bmz_cosdd.data.noise_correlation import estimate_noise_variance
+from bmz_cosdd.data.noise_correlation import (
+    estimate_noise_correlation,
+    estimate_noise_variance,
+    noise_variance_by_signal,
+)
+from bmz_cosdd.data.stein_risk import PROBES, stein_divergence, sure_error
 from bmz_cosdd.methods.base import Method, PredictOptions
 
 __all__ = ["COLLAPSE_KL", "QUALITY_ADVICE", "QualityReport", "assess", "MAX_CROPS", "SAMPLES"]
@@ -62,14 +67,19 @@ class QualityReport:
     mse_to_noisy : float
         Mean squared difference between the prediction and the noisy crops.
     estimated_gain_db : float or None
-        Estimated PSNR gain of the prediction over the noisy input; None when the
-        estimated error is not positive (the prediction keeps noise, see the residual check).
+        Estimated PSNR gain of the prediction over the noisy input, by Stein's unbiased risk
+        estimate of its error; None when that estimate is not positive.
     latent : dict
         Method diagnostics: ``kl`` and ``kl_levels`` (nats per pixel, finest level first),
         ``signal_explained_variance``, ``posterior_variance`` (variance of the posterior
         samples per pixel); empty for deterministic methods.
     residual : dict
         :meth:`ResidualCheck.to_dict` of the prediction on the validation crops.
+    risk : dict
+        Stein's unbiased risk estimate (:mod:`bmz_cosdd.data.stein_risk`): ``mean_variance``
+        (the noise variance per pixel from the signal, averaged), ``correlation`` (along
+        ``direction``, lags 1..8), ``divergence`` (``tr(Sigma J) / N``) and ``error`` (the
+        estimated mean squared error of the prediction), normalised units.
     flags : list of str
         Why the run must not be trusted; empty when none.
     warnings : list of str
@@ -83,6 +93,7 @@ class QualityReport:
     estimated_gain_db: float | None
     latent: dict[str, Any] = field(default_factory=dict)
     residual: dict[str, Any] = field(default_factory=dict)
+    risk: dict[str, Any] = field(default_factory=dict)
     flags: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     step: int = 0
@@ -133,6 +144,7 @@ class QualityReport:
             "estimated_gain_db": self.estimated_gain_db,
             "latent": self.latent,
             "residual": self.residual,
+            "risk": self.risk,
             "thresholds": {"collapse_kl_nats_per_pixel": COLLAPSE_KL, "estimated_gain_db": 0.0},
         }
 
@@ -145,15 +157,15 @@ class QualityReport:
             estimated_gain_db=None if values.get("estimated_gain_db") is None else float(values["estimated_gain_db"]),
             latent=dict(values.get("latent") or {}),
             residual=dict(values.get("residual") or {}),
+            risk=dict(values.get("risk") or {}),
             flags=[str(v) for v in values.get("flags") or []],
             warnings=[str(v) for v in values.get("warnings") or []],
             step=int(values.get("step", 0)),
         )
 
 
-def estimated_gain(mse_to_noisy: float, noise_variance: float) -> float | None:
-    """``10 log10(sigma^2 / (mse_to_noisy - sigma^2))`` in dB, None when the difference is not positive."""
-    error = mse_to_noisy - noise_variance
+def estimated_gain(error: float, noise_variance: float) -> float | None:
+    """``10 log10(sigma^2 / error)`` in dB, None when either is not positive."""
     if error <= 0 or noise_variance <= 0:
         return None
     return 10.0 * math.log10(noise_variance / error)
@@ -193,17 +205,22 @@ def assess(
         val_crops = val_crops[torch.from_numpy(keep)]
     model.eval()
     options = PredictOptions(estimator=method.estimators[0], samples=SAMPLES, seed=seed)
-    predictions = []
-    for crop in val_crops.split(4):
-        out = method.predict(model, crop.to(device), options)
-        predictions.append(out[options.estimator].float().cpu())
-    prediction = torch.cat(predictions).double().numpy()
+
+    def predict(crops: np.ndarray) -> np.ndarray:
+        out = [method.predict(model, torch.from_numpy(c).float().to(device), options)[options.estimator].float().cpu()
+               for c in np.array_split(crops, max(1, -(-len(crops) // 4)))]
+        return torch.cat(out).double().numpy()
+
     noisy = val_crops.double().numpy()
+    prediction = predict(noisy)
     noise_variance = estimate_noise_variance(list(noisy), direction or "none")
     mse = float(np.mean((prediction - noisy) ** 2))
-    gain = estimated_gain(mse, noise_variance)
     latent = method.diagnostics(model, val_crops.to(device))
     check: ResidualCheck = check_residual(list(noisy), list(prediction), direction)
+    risk = _stein_risk(predict, noisy, prediction, check.direction, seed)
+    error = sure_error(mse, risk["mean_variance"], risk["divergence"])
+    gain = estimated_gain(error, risk["mean_variance"])
+    risk["error"] = error
 
     flags = []
     if "kl" in latent and latent["kl"] < COLLAPSE_KL:
@@ -213,8 +230,9 @@ def assess(
         )
     if gain is not None and gain <= 0:
         flags.append(
-            f"the output is estimated to be WORSE than the noisy input (its squared difference to the input is"
-            f" {mse / noise_variance:.2f} x the noise variance, 2 or more: no better than the input)"
+            f"the output is estimated to be WORSE than the noisy input ({gain:+.1f} dB by Stein's unbiased risk"
+            f" estimate, which counts the noise the output keeps; its squared difference to the input is"
+            f" {mse / noise_variance:.2f} x the noise variance)"
         )
     if "posterior_variance" in latent:
         latent["posterior_over_noise_variance"] = latent["posterior_variance"] / max(noise_variance, 1e-300)
@@ -224,7 +242,36 @@ def assess(
         estimated_gain_db=gain,
         latent=latent,
         residual=check.to_dict(),
+        risk=risk,
         flags=flags,
         warnings=list(check.problems),
         step=step,
     )
+
+
+_PROBE_LAGS = 8
+_AXES = {"x": -1, "y": -2, "z": -3}
+
+
+def _planes(images: np.ndarray) -> list[np.ndarray]:
+    """(N, C, Y, X) -> N images (C, Y, X); volumes (N, C, Z, Y, X) -> their N * Z planes."""
+    if images.ndim == 4:
+        return list(images)
+    return [image[:, z] for image in images for z in range(image.shape[1])]
+
+
+def _stein_risk(predict: Any, noisy: np.ndarray, prediction: np.ndarray, direction: str, seed: int) -> dict[str, Any]:
+    """The terms of Stein's unbiased risk estimate of ``prediction``'s error (see :mod:`~bmz_cosdd.data.stein_risk`)."""
+    levels, variances, _ = noise_variance_by_signal(_planes(noisy), direction, _planes(prediction), bins=16)
+    variance = np.maximum(np.interp(prediction, levels, variances), 0.0)
+    correlation: list[float] = []
+    if direction in _AXES and (direction != "z" or noisy.ndim == 5):
+        measured = estimate_noise_correlation(list(noisy), max_lag=_PROBE_LAGS)
+        try:
+            correlation = [float(v) for v in measured.correlation(direction)]
+        except ValueError:  # z not measured (too few planes): the probe is independent along z
+            correlation = []
+    axis = _AXES.get(direction, -1)
+    divergence = stein_divergence(predict, noisy, prediction, variance, correlation, axis, seed=seed)
+    return {"mean_variance": float(np.mean(variance)), "correlation": [round(v, 4) for v in correlation],
+            "direction": direction, "divergence": divergence, "probes": PROBES}

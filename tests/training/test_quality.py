@@ -39,7 +39,7 @@ def test_collapse_flag_fires_on_a_collapsed_model():
     assert QualityReport.from_dict(report.to_dict()).flags == report.flags
 
 
-def test_estimated_gain_is_the_noise_over_the_excess():
-    assert estimated_gain(2.0, 1.0) == pytest.approx(0.0)
-    assert estimated_gain(1.1, 1.0) == pytest.approx(10.0)
-    assert estimated_gain(0.9, 1.0) is None
+def test_estimated_gain_is_the_noise_over_the_error():
+    assert estimated_gain(1.0, 1.0) == pytest.approx(0.0)
+    assert estimated_gain(0.1, 1.0) == pytest.approx(10.0)
+    assert estimated_gain(-0.1, 1.0) is None
