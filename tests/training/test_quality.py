@@ -43,3 +43,45 @@ def test_estimated_gain_is_the_noise_over_the_error():
     assert estimated_gain(1.0, 1.0) == pytest.approx(0.0)
     assert estimated_gain(0.1, 1.0) == pytest.approx(10.0)
     assert estimated_gain(-0.1, 1.0) is None
+
+
+class _KeepsNoiseBeyondLag1:
+    """A stand-in method whose output is the clean crop plus the noise that pixels 2-3 away along x predict: what a
+    blind spot hiding lag 1 only (StructN2V's x:3) keeps of stripes. Deterministic, a function of its input."""
+
+    estimators = ("denoised",)
+
+    def __init__(self, clean: np.ndarray, weight: float) -> None:
+        self.clean, self.weight, self.offset = torch.from_numpy(clean), weight, 0
+
+    def predict(self, model, x, options):
+        clean = self.clean[self.offset:self.offset + len(x)]
+        self.offset = (self.offset + len(x)) % len(self.clean)
+        noise = x.double() - clean
+        kept = sum(torch.roll(noise, k, -1) + torch.roll(noise, -k, -1) for k in (2, 3))
+        return {"denoised": (clean + self.weight * kept).float()}
+
+    def diagnostics(self, model, batch):
+        return {}
+
+
+@pytest.mark.parametrize("weight, worse", [(0.05, False), (0.5, True)])
+def test_the_estimated_gain_counts_the_correlated_noise_an_output_keeps(weight, worse):
+    """Keeping much of the stripes (0.5: about 2 dB worse than the input) is flagged, though the output's difference
+    to the input is under twice the noise variance and the plain estimate calls it a gain; keeping little is not."""
+    from scipy import ndimage
+
+    clean = real_tiles("test", size=64, per_image=2)[:16, None]
+    rng = np.random.default_rng(7)
+    noise = ndimage.gaussian_filter1d(rng.normal(0, 0.1, clean.shape), 1.0, axis=-1) + rng.normal(0, 0.02, clean.shape)
+    method = _KeepsNoiseBeyondLag1(clean, weight)
+    noisy = torch.from_numpy(clean + noise).float()
+    report = assess(method, torch.nn.Identity(), noisy, "x", torch.device("cpu"))
+    output = method.predict(None, noisy, None)["denoised"].double().numpy()
+    true_gain = 10 * np.log10(np.mean(noise ** 2) / np.mean((output - clean) ** 2))
+    assert (true_gain < -1) == worse
+    assert report.flagged == worse, report.flags
+    assert report.risk["divergence"] > 0 and len(report.risk["correlation"]) == 8
+    if worse:
+        assert report.mse_to_noisy < 2 * report.noise_variance  # the plain estimate: a gain
+        assert any("WORSE than the noisy input" in flag and "Stein" in flag for flag in report.flags)
