@@ -10,7 +10,9 @@ Examples
     python scripts/benchmark.py --overhead --threads 1 --samples 10   # every method, 512 x 512
 
 Each phase runs in its own process so that its peak memory (RSS, and CUDA peak
-when on GPU) is its own. Timings exclude the first (warm-up) steps.
+when on GPU) is its own. Timings exclude the first (warm-up) steps. Training figures are CPU time of
+the process (``cpu_seconds_per_step``, ``steps_per_cpu_second``, with ``threads``) and wall time; the
+steps draw their crops as a run does, and ``data_share`` is the data pipeline's part of a step's CPU time.
 
 ``--overhead`` trains each method's default network for a few steps on synthetic images (DivNoising and
 HDN through a noise model fitted to a synthetic calibration stack), packages it (validated unless
@@ -66,8 +68,14 @@ def peak_rss_mib() -> float:
 
 
 def phase_train(args: argparse.Namespace) -> dict:
+    """Training steps as the trainer takes them: crops drawn from training images (the data pipeline),
+    then losses, backward and the optimisers' steps. Times are CPU time of this process (all its threads)
+    and wall time per step; ``data_share`` is the data pipeline's part of a step's CPU time."""
+    import numpy as np
     import torch
 
+    from bmz_cosdd.data.crops import RandomCrops
+    from bmz_cosdd.data.io import Image
     from bmz_cosdd.methods.registry import get_method
     from bmz_cosdd.training.device import autocast_for, resolve_device
 
@@ -78,10 +86,18 @@ def phase_train(args: argparse.Namespace) -> dict:
     values["direct_denoiser"] = args.direct_denoiser
     model = method.build(method.config_from_dict(values), 1).to(device)
     specs = method.optimisers(model, 2e-3, 0.1, 10)
-    batch = torch.randn(args.batch, 1, args.crop, args.crop, device=device)
+    # The data pipeline of a run: normalised images in memory (normalised once, when the run starts),
+    # random crops of them batched per step (bmz_cosdd.data.crops.RandomCrops, as the trainer draws them).
+    rng = np.random.default_rng(0)
+    images = [Image(rng.standard_normal((1, 512, 512)).astype(np.float32), f"synthetic[{i}]") for i in range(4)]
+    crops = RandomCrops(images, args.crop, torch.Generator().manual_seed(0))
     generator = torch.Generator().manual_seed(0)
+    data_cpu = [0.0]
 
     def step() -> None:
+        t = time.process_time()
+        batch = crops.sample(args.batch).to(device)
+        data_cpu[0] += time.process_time() - t
         for s in specs:
             s.optimizer.zero_grad(set_to_none=True)
         with autocast_for(device):
@@ -94,12 +110,15 @@ def phase_train(args: argparse.Namespace) -> dict:
         step()
     if device.type == "cuda":
         torch.cuda.synchronize()
-    start = time.perf_counter()
+    data_cpu[0] = 0.0
+    start, start_cpu = time.perf_counter(), time.process_time()
     for _ in range(args.steps):
         step()
     if device.type == "cuda":
         torch.cuda.synchronize()
     seconds = (time.perf_counter() - start) / args.steps
+    cpu = (time.process_time() - start_cpu) / args.steps
+    data = data_cpu[0] / args.steps
     parts = {name: sum(p.numel() for p in child.parameters()) for name, child in model.named_children()}
     out = {
         "parameters": sum(p.numel() for p in model.parameters()),
@@ -107,8 +126,13 @@ def phase_train(args: argparse.Namespace) -> dict:
         "batch": args.batch,
         "crop": args.crop,
         "direct_denoiser": args.direct_denoiser,
+        "threads": torch.get_num_threads(),
+        "cpu_seconds_per_step": cpu,
+        "steps_per_cpu_second": 1 / cpu,
         "seconds_per_step": seconds,
         "steps_per_s": 1 / seconds,
+        "data_cpu_seconds_per_step": data,
+        "data_share": data / cpu,
         "peak_rss_mib": peak_rss_mib(),
     }
     if device.type == "cuda":

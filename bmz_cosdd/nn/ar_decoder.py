@@ -24,7 +24,7 @@ with X around it):
 """
 
 
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -103,16 +103,22 @@ class _MaskedFirstLayer(nn.Module):
         self.conv = _line_conv(spatial_dims, cin, hidden, kernel_size)
         self.cond = _point_conv(spatial_dims, cond_channels, hidden)
 
-    def forward(self, x: Tensor, cond: Tensor, keep: Optional[Tensor] = None) -> Tensor:
+    def forward(
+        self, x: Tensor, cond: Tensor, keep: Optional[Tensor] = None, cond_term: Optional[Tensor] = None
+    ) -> Tensor:
+        """``cond_term``: ``self.cond(cond)`` when the caller has it already (the decoder computes
+        every layer's conditioning in one convolution); ``cond`` is then not read."""
+        if cond_term is None:
+            cond_term = self.cond(cond)
         if self.blind:
-            return torch.relu(self.cond(cond))
+            return torch.relu(cond_term)
         if keep is not None:  # context dropout: hidden samples see zeros instead of their earlier pixels
             x = x * keep.reshape([-1] + [1] * (x.dim() - 1)).to(x.dtype)
         # Padding by k (not k-1) and dropping the last output shifts the window one
         # pixel to the left, so output i covers inputs i-k .. i-1.
         h = self.conv(F.pad(x, [self.kernel_size, 0, 0, 0]))
         h = h[..., :-1]
-        return torch.relu(h + self.cond(cond))
+        return torch.relu_(h + cond_term)
 
 
 class _CausalLayer(nn.Module):
@@ -124,9 +130,13 @@ class _CausalLayer(nn.Module):
         self.conv = _line_conv(spatial_dims, hidden, hidden, kernel_size, dilation)
         self.cond = _point_conv(spatial_dims, cond_channels, hidden)
 
-    def forward(self, h: Tensor, cond: Tensor) -> Tensor:
+    def forward(self, h: Tensor, cond: Tensor, cond_term: Optional[Tensor] = None) -> Tensor:
+        """``cond_term``: as for :class:`_MaskedFirstLayer`."""
+        if cond_term is None:
+            cond_term = self.cond(cond)
         out = self.conv(F.pad(h, [self.pad, 0, 0, 0]))
-        return h + torch.relu(out + self.cond(cond))
+        # In place: the convolution's backward does not need its output (ReLU's needs only its own).
+        return h + torch.relu_(out.add_(cond_term))
 
 
 class AutoregressiveDecoder(nn.Module):
@@ -203,6 +213,7 @@ class AutoregressiveDecoder(nn.Module):
         if kernel_size < 2:
             raise ValueError(f"kernel_size must be >= 2, got {kernel_size}")
         self.image_channels = image_channels
+        self.hidden = hidden
         self.n_gaussians = n_gaussians
         self.min_scale = float(min_scale)
         self.direction = direction
@@ -219,15 +230,33 @@ class AutoregressiveDecoder(nn.Module):
         )
         self.head = nn.Sequential(
             _point_conv(spatial_dims, hidden, hidden),
-            nn.ReLU(),
+            nn.ReLU(inplace=True),  # a convolution's backward does not need its output
             _point_conv(spatial_dims, hidden, image_channels * 3 * n_gaussians),
         )
 
+    def _cond_terms(self, cond: Tensor) -> List[Tensor]:
+        """Every layer's 1x1 convolution of ``cond`` (first layer first) as one convolution with the
+        layers' weights stacked: one pass over ``cond`` forward and backward instead of one a layer."""
+        weights = [self.first.cond.weight]
+        biases = [self.first.cond.bias]
+        for layer in self.layers:
+            weights.append(layer.cond.weight)
+            biases.append(layer.cond.bias)
+        bias: List[Tensor] = []
+        for b in biases:
+            if b is not None:
+                bias.append(b)
+        out = self.first.cond._conv_forward(cond, torch.cat(weights, 0), torch.cat(bias, 0))
+        return list(out.split(self.hidden, dim=1))
+
     def _params_x(self, x: Tensor, cond: Tensor, keep: Optional[Tensor] = None) -> Tuple[Tensor, Tensor, Tensor]:
         """Mixture parameters for direction "x" (rows); tensors already in that frame."""
-        h = self.first(x, cond, keep)
+        terms = self._cond_terms(cond)
+        h = self.first(x, cond, keep, terms[0])
+        i = 1
         for layer in self.layers:
-            h = layer(h, cond)
+            h = layer(h, cond, terms[i])
+            i += 1
         out = self.head(h)
         shape = [out.shape[0], self.image_channels, 3, self.n_gaussians] + list(out.shape[2:])
         out = out.reshape(shape)

@@ -96,7 +96,9 @@ def _draw(mu: Tensor, logvar: Tensor, eps: Optional[Tensor], use_mean: bool) -> 
     if use_mean:
         return mu
     if eps is None:
-        noise = torch.randn_like(mu)
+        # (B, C, ...)-ordered draws whatever mu's memory layout (channels-last in training): the same
+        # noise at every position for a given seed.
+        noise = torch.randn_like(mu, memory_format=torch.contiguous_format)
     else:
         if eps.shape != mu.shape:
             raise ValueError("eps has the wrong shape for this level's latent")

@@ -121,9 +121,9 @@ def test_context_dropout_hides_the_earlier_pixels_of_some_crops():
     first = model.ar_decoder.first
     original = first.forward
 
-    def spy(x, cond, keep=None):
+    def spy(x, cond, keep=None, *rest):
         seen.append(keep)
-        return original(x, cond, keep)
+        return original(x, cond, keep, *rest)
 
     first.forward = spy
     method.training_losses(model, batch, torch.Generator().manual_seed(0))
