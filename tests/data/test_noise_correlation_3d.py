@@ -121,7 +121,7 @@ def test_cosdd_direction_auto_answers_z_on_volumes():
     assert notes[0].startswith("noise direction (auto): z. noise correlated along z")
     # the noise decoder's field and context dropout follow the correlation measured along z
     assert any(n.startswith("noise decoder field (auto):") and "along z" in n for n in notes), notes
-    assert resolved.ar_layers < 8 and 0.25 <= resolved.context_dropout <= 0.9
+    assert resolved.ar_layers < 8 and resolved.context_dropout == 0.0  # AR(1) 0.5 along z: strongly correlated
     method.build(resolved, 1, spatial_dims=3)
 
 

@@ -172,25 +172,32 @@ def ar_field_for(length: int, max_lag: int, kernel: int) -> int:
 
 #: Bounds of the automatic context dropout.
 CONTEXT_DROPOUT_RANGE = (0.25, 0.9)
+#: From this noise correlation up, the automatic context dropout is 0.
+STRONG_CORRELATION = 0.45
 
 
 def context_dropout_for(correlation: float) -> float:
     """Context dropout for noise whose largest |correlation| at lags 1-3 along its direction is ``correlation``.
 
-    ``1 - correlation`` within :data:`CONTEXT_DROPOUT_RANGE`. The stronger the noise's
-    correlation, the more of the noise the decoder's context explains, and the more noise
-    the latent absorbs when the context is hidden; the weaker, the less the context can do
-    for the noise and the more it only serves as a shortcut to the row's signal. Measured
-    on real tiles (1500 steps of ``tiny``, ``scripts/benchmark_real.py`` recipes): weak stripes
-    (correlation 0.18) 28.7 / 29.6 / 29.9 dB at 0.5 / 0.75 / 0.9; strong stripes (0.56)
-    28.0 / 27.0 / 26.9 dB; the column checkerboard (0.65) 24.6 dB without dropout and
-    23.6 dB at 0.75.
+    0 from :data:`STRONG_CORRELATION` up; below it ``1 - correlation`` within
+    :data:`CONTEXT_DROPOUT_RANGE`. Weakly correlated noise gives the decoder's context little
+    to explain, so the context mostly serves as a shortcut to the row's signal and the latent
+    goes unused unless the context is hidden; strongly correlated noise is what the context
+    explains, and hiding it makes the latent absorb the noise (its MMSE keeps the stripes).
+    Measured on real tiles (``scripts/benchmark_real.py`` recipes, ``tiny``, MMSE of 100
+    samples): weak stripes (correlation 0.18, 1500 steps) 28.7 / 29.6 / 29.9 dB at 0.5 / 0.75
+    / 0.9; stripe std 0.05 (0.32, 6000 steps) 31.47 dB at 0.68 and 31.12 at 0; stripe std 0.1
+    (0.53, 6000 steps) 29.13 dB at 0.47 and 29.94 at 0; the same at 0.3 of the signal (0.63)
+    22.36 dB / SSIM 0.379 at 0.37 and 25.07 / 0.606 at 0; the column checkerboard (0.65, 1500
+    steps) 23.6 dB at 0.75 and 24.6 at 0.
 
     Examples
     --------
-    >>> context_dropout_for(0.18), context_dropout_for(0.56), context_dropout_for(0.02)
-    (0.82, 0.44, 0.9)
+    >>> context_dropout_for(0.18), context_dropout_for(0.32), context_dropout_for(0.56), context_dropout_for(0.02)
+    (0.82, 0.68, 0.0, 0.9)
     """
+    if abs(float(correlation)) >= STRONG_CORRELATION:
+        return 0.0
     low, high = CONTEXT_DROPOUT_RANGE
     return round(min(high, max(low, 1.0 - abs(float(correlation)))), 2)
 

@@ -45,6 +45,16 @@ NOISE_SENTENCES = {
 }
 
 
+def _adam(params: list[nn.Parameter], lr: float) -> torch.optim.Adam:
+    """Adam with its fused kernel (one pass per parameter instead of a dozen element-wise ops: about a
+    tenth of a step's optimiser time on the CPU, same update to float rounding) where this torch has it
+    for the parameters' device (the CPU from torch 2.4), the plain one elsewhere."""
+    try:
+        return torch.optim.Adam(params, lr=lr, fused=True)
+    except (RuntimeError, ValueError):
+        return torch.optim.Adam(params, lr=lr)
+
+
 class COSDD:
     """Correlated and signal-dependent noise: ladder VAE + 1-D autoregressive noise decoder."""
 
@@ -135,8 +145,10 @@ class COSDD:
                 f" {length} px" + (" or more" if length >= lags else ""))
         if config.context_dropout is None:
             config = replace(config, context_dropout=context_dropout_for(score))
+            why = (" (strongly correlated noise: the decoder's context explains it; hiding the context would make the"
+                   " latent absorb it)" if config.context_dropout == 0 else "")
             notes.append(f"context dropout (auto): {config.context_dropout:g} for a noise correlation of {score:.2f}"
-                         f" along {config.direction}")
+                         f" along {config.direction}{why}")
         return config, notes
 
     def advise(self, noise, crop_size: int) -> str:
@@ -212,7 +224,7 @@ class COSDD:
             groups.append(("direct_denoiser", list(model.direct_denoiser.parameters()), "direct"))
         specs = []
         for name, params, monitor in groups:
-            opt = torch.optim.Adam(params, lr=lr)
+            opt = _adam(params, lr)
             sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=factor, patience=patience)
             specs.append(OptimiserSpec(name, opt, sched, monitor))
         return specs
