@@ -241,6 +241,46 @@ def _norm(channels: int, batch_norm: bool, spatial_dims: int) -> nn.Module:
     return batch_norm_class(spatial_dims)(channels) if batch_norm else nn.Identity()
 
 
+class _MishFunction(torch.autograd.Function):
+    """Mish and its derivative for training, each a few element-wise passes (about half the CPU time of
+    ``nn.Mish``'s forward and backward). The forward is :func:`~bmz_cosdd.nn.fast_inference.mish_`'s
+    one-exponential form, ``x / q`` with ``q = 1 + 1 / (e + e^2 / 2)``, ``e = exp(x)``; the backward is
+    ``t + x * sigmoid(x) * (1 - t^2)`` with ``t = tanh(softplus(x)) = 1 / q``, from the saved ``x`` and ``q``.
+    Where ``e`` overflows, ``q`` is 1 (Mish is ``x``, its slope 1); where it underflows, ``q`` is infinite
+    (Mish is 0, its slope ``x * sigmoid(x)``, 0 too)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:  # type: ignore[override]
+        q = torch.exp(x)
+        q.addcmul_(q, q, value=0.5)
+        q.reciprocal_().add_(1.0)
+        ctx.save_for_backward(x, q)
+        return x / q
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:  # type: ignore[override]
+        x, q = ctx.saved_tensors
+        t = q.reciprocal()
+        slope = torch.addcmul(torch.ones_like(t), t, t, value=-1.0)  # 1 - t^2
+        slope.mul_(torch.sigmoid(x)).mul_(x).add_(t)
+        return grad * slope
+
+
+@torch.jit.unused
+def _mish_autograd(x: Tensor) -> Tensor:
+    return _MishFunction.apply(x)
+
+
+class Mish(nn.Module):
+    """``nn.Mish``, computed with :class:`_MishFunction` in eager mode; TorchScript (the packages)
+    compiles ``torch.nn.functional.mish``. Equal to float rounding (a few ulps)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if torch.jit.is_scripting():
+            return torch.nn.functional.mish(x)
+        return _mish_autograd(x)
+
+
 class GatedResBlock(nn.Module):
     """Residual block: (conv, batch norm, Mish) x 2, a gated unit, added to the input.
 
@@ -295,7 +335,7 @@ class GatedResBlock(nn.Module):
         self.norm2 = _norm(channels, batch_norm, spatial_dims)
         # TorchScript reads a batch norm's constants (eps) only inside its own methods.
         self.norm_eps = [float(getattr(norm, "eps", 0.0)) for norm in (self.norm1, self.norm2)]
-        self.act = nn.Mish()
+        self.act = Mish()
         self.drop = nn.Dropout(dropout)
         self.gate = conv(channels, 2 * channels, 1)
 
