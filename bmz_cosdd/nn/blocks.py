@@ -276,7 +276,7 @@ class Mish(nn.Module):
     compiles ``torch.nn.functional.mish``. Equal to float rounding (a few ulps)."""
 
     def forward(self, x: Tensor) -> Tensor:
-        if torch.jit.is_scripting():
+        if torch.jit.is_scripting() or torch.jit.is_tracing():  # exported graphs hold the standard op
             return torch.nn.functional.mish(x)
         return _mish_autograd(x)
 
