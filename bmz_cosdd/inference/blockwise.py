@@ -47,7 +47,15 @@ from bmz_cosdd.data.normalisation import normalise
 from bmz_cosdd.errors import UserError
 from bmz_cosdd.inference.predictor import TrainedModel, prediction_context, resolve_options, tile_function, to_raw
 from bmz_cosdd.data.axes import per_axis
-from bmz_cosdd.inference.tiling import check_tile, effective_halo, pad_mode, spatial_sizes, tile_warning
+from bmz_cosdd.inference.tiling import (
+    block_length,
+    check_tile,
+    effective_halo,
+    pad_mode,
+    spatial_sizes,
+    tile_warning,
+    tile_window,
+)
 from bmz_cosdd.methods.base import PredictOptions
 
 __all__ = ["Block", "block_grid", "block_progress", "is_out_of_core_input", "output_path", "predict_out_of_core"]
@@ -206,11 +214,10 @@ def predict_out_of_core(
     plane = [source.shape[source.axes.index(a)] for a in spatial]
     warning = tile_warning(plane, tiles, halos, steps)
     halos = tuple(effective_halo(h, s) for h, s in zip(halos, steps))
-    # As in memory (tile_layout): an axis that fits in the tile, extended to the size step, is one block
-    # without halo; the others are cut into blocks with a halo, windows shifted inwards at the edges.
+    # As in memory: an axis that fits in the tile, extended to the size step, is one block without halo; the
+    # others are cut into blocks with a halo, windows shifted inwards at the edges (tile_window).
+    block = tuple(block_length(d, t, h, s) for d, t, h, s in zip(plane, tiles, halos, steps))
     extended = [-(-d // s) * s for d, s in zip(plane, steps)]
-    block = tuple(e if e <= t else max(s, (t - 2 * h) // s * s) for e, t, h, s in zip(extended, tiles, halos, steps))
-    sides = [min(e, b + 2 * h) for e, b, h in zip(extended, block, halos)]
     _check_chunks(source, spatial, tiles)
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
@@ -257,8 +264,9 @@ def predict_out_of_core(
             for blk in grid:
                 if p * len(grid) + blk.index < done:
                     continue
-                starts = [min(max(0, s - h), e - side) for s, h, e, side in zip(blk.start, halos, extended, sides)]
-                window = _read_window(source, fixed, spatial, starts, sides)
+                spans = [tile_window(s, b, h, e) for s, b, h, e in zip(blk.start, block, halos, extended)]
+                starts = [a for a, _ in spans]
+                window = _read_window(source, fixed, spatial, starts, [side for _, side in spans])
                 x = torch.from_numpy(normalise(window, trained.stats, spatial_dims=len(spatial)))[None]
                 inner = (Ellipsis,) + tuple(slice(s - a, s - a + n) for s, a, n in zip(blk.start, starts, blk.size))
                 outputs = {name: value[inner].float().cpu().numpy() for name, value in run_tile(x, blk.index).items()}

@@ -26,8 +26,8 @@ from bmz_cosdd.data.axes import per_axis
 from bmz_cosdd.errors import UserError
 
 __all__ = [
-    "TileProgress", "check_tile", "effective_halo", "extend_to_step", "pad_mode", "per_axis", "predict_tiled",
-    "smallest_tile", "spatial_sizes", "suggested_tile", "tile_layout", "tile_warning",
+    "TileProgress", "block_length", "check_tile", "effective_halo", "extend_to_step", "pad_mode", "per_axis",
+    "predict_tiled", "smallest_tile", "spatial_sizes", "suggested_tile", "tile_layout", "tile_warning", "tile_window",
 ]
 
 # Tiling rule: a tile should keep at least half of its side: its kept core (tile - 2 x halo) is at least half the
@@ -152,17 +152,35 @@ def tile_warning(shape: Sequence[int], tile: int | Sequence[int], halo: int | Se
     )
 
 
+def block_length(size: int, tile: int, halo: int, step: int) -> int:
+    """Longest inner length of a tile along an axis of length ``size``.
+
+    The whole axis, extended to the size step, when that fits in ``tile`` (one piece, no halo: the
+    network sees the whole axis); otherwise the longest multiple of ``step`` that leaves ``halo``
+    on both sides within ``tile`` (at least one step).
+    """
+    whole = _round_up(size, step)
+    return whole if whole <= tile else max(step, (tile - 2 * halo) // step * step)
+
+
+def tile_window(origin: int, inner: int, halo: int, total: int) -> tuple[int, int]:
+    """Start and length of the window fed to the network for the inner region at ``origin``.
+
+    Every window along an axis of (extended) length ``total`` has one length, ``inner + 2 * halo``
+    or the whole axis; one at an edge is shifted inwards to lie inside the axis (the network pads
+    there as it does for the whole image), so its inner region gets more context, not less.
+    """
+    side = min(total, inner + 2 * halo)
+    return min(max(0, origin - halo), total - side), side
+
+
 def tile_layout(size: int, tile: int, halo: int, step: int) -> tuple[int, int]:
     """Inner tile length and tile count along one axis of length ``size``.
 
-    An axis whose length, extended to the size step, fits in ``tile`` is one piece (no halo: the
-    network sees the whole axis). Otherwise uses as few tiles as ``tile`` allows with ``halo`` on
-    both sides and spreads the image evenly over them, so little is computed beyond the image itself.
+    As few tiles as :func:`block_length` allows (one when the axis fits), with the image spread
+    evenly over them, so little is computed beyond the image itself.
     """
-    whole = _round_up(size, step)
-    if whole <= tile:
-        return whole, 1
-    largest = max(step, (tile - 2 * halo) // step * step)
+    largest = block_length(size, tile, halo, step)
     count = int(math.ceil(size / largest))
     inner = _round_up(int(math.ceil(size / count)), step)
     return inner, int(math.ceil(size / inner))
@@ -209,16 +227,13 @@ def predict_tiled(
     inner = [length for length, _ in layout]
     extended = np.asarray(extend_to_step(image, steps), dtype=np.float32)
     totals = extended.shape[1:]
-    # Every tile has one shape; one at an edge of the extended image is shifted inwards to lie inside it (the
-    # network pads there as it does for the whole image), so its inner region gets more context, not less.
-    sides = [min(total, length + 2 * h) for total, length, h in zip(totals, inner, halos)]
     origins = list(itertools.product(*(range(0, total, length) for total, length in zip(totals, inner))))
     outputs: dict[str, np.ndarray] = {}
     for done, origin in enumerate(origins, 1):
-        starts = [min(max(0, o - h), total - side) for o, h, total, side in zip(origin, halos, totals, sides)]
+        spans = [tile_window(o, length, h, total) for o, length, h, total in zip(origin, inner, halos, totals)]
         stops = [min(total, o + length) for o, length, total in zip(origin, inner, totals)]
-        window = extended[(slice(None),) + tuple(slice(a, a + side) for a, side in zip(starts, sides))]
-        keep = (Ellipsis,) + tuple(slice(o - a, e - a) for o, e, a in zip(origin, stops, starts))
+        window = extended[(slice(None),) + tuple(slice(a, a + side) for a, side in spans)]
+        keep = (Ellipsis,) + tuple(slice(o - a, e - a) for o, e, (a, _) in zip(origin, stops, spans))
         target = (Ellipsis,) + tuple(slice(o, e) for o, e in zip(origin, stops))
         result = fn(torch.from_numpy(np.ascontiguousarray(window))[None])
         for name, value in result.items():
