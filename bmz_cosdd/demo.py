@@ -104,8 +104,9 @@ def run_demo(
                   "steps_per_epoch": 50, "patience": 1000, "seed": seed},
     }
     # Every setting is checked before anything is written or trained.
-    if samples < 1 or steps < 1:
-        raise UserError(f"--{'samples' if samples < 1 else 'steps'} must be at least 1, got {min(samples, steps)}")
+    for option, value in (("--samples", samples), ("--steps", steps)):
+        if value < 1:
+            raise UserError(f"{option} must be at least 1, got {value}")
     if not 0 < budget < float("inf"):
         raise UserError(f"--budget must be a positive number of seconds, got {budget}")
     resolve_config(config)

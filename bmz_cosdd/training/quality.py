@@ -112,11 +112,11 @@ class QualityReport:
         (about 1 for a good denoiser, 2 or more for an output no better than its input)."""
         if self.noise_variance > 0 and math.isfinite(self.mse_to_noisy):
             ratio = self.mse_to_noisy / self.noise_variance
-            gain = ("an estimated gain of " + f"{self.estimated_gain_db:+.1f} dB over the noisy input (SURE), and"
+            gain = (f"an estimated gain of {self.estimated_gain_db:+.1f} dB over the noisy input (SURE), and "
                     if self.estimated_gain_db is not None else "")
-            text = (f"quality (no ground truth, validation crops): {gain} the output differs from the noisy input"
+            text = (f"quality (no ground truth, validation crops): {gain}the output differs from the noisy input"
                     f" by {ratio:.2f} x the noise variance (about 1: noise removed; 2 or more: no better than the"
-                    " input)").replace(":  the", ": the")
+                    " input)")
         else:
             text = "quality (no ground truth, validation crops): the noise variance could not be estimated"
         if "kl" in self.latent:
@@ -208,8 +208,8 @@ def assess(
     options = PredictOptions(estimator=method.estimators[0], samples=SAMPLES, seed=seed)
 
     def predict(crops: np.ndarray) -> np.ndarray:
-        out = [method.predict(model, torch.from_numpy(c).float().to(device), options)[options.estimator].float().cpu()
-               for c in np.array_split(crops, max(1, -(-len(crops) // 4)))]
+        out = [method.predict(model, batch.to(device), options)[options.estimator].float().cpu()
+               for batch in torch.from_numpy(crops).float().split(4)]
         return torch.cat(out).double().numpy()
 
     noisy = val_crops.double().numpy()
@@ -271,12 +271,10 @@ def _stein_risk(predict: Any, noisy: np.ndarray, prediction: np.ndarray, directi
     levels, variances, _ = noise_variance_by_signal(_planes(noisy), direction, _planes(prediction), bins=16)
     variance = np.maximum(np.interp(prediction, levels, variances), 0.0)
     correlation: list[float] = []
-    if direction in _AXES and (direction != "z" or noisy.ndim == 5):
+    if direction in _AXES:
         measured = estimate_noise_correlation(list(noisy), max_lag=_PROBE_LAGS)
-        try:
+        if direction in measured.axes:  # not z in stacks too thin to measure it: the probe is independent there
             correlation = [float(v) for v in measured.correlation(direction)]
-        except ValueError:  # z not measured (too few planes): the probe is independent along z
-            correlation = []
     axis = _AXES.get(direction, -1)
     divergence = stein_divergence(predict, noisy, prediction, variance, correlation, axis, seed=seed)
     return {"mean_variance": float(np.mean(variance)), "correlation": [round(v, 4) for v in correlation],
