@@ -14,6 +14,18 @@ Examples
         --extra-psf-n2v "--psf-sigma 2"
     python scripts/evaluate_synthetic.py --noise poisson_gaussian --methods n2v,divnoising,hdn \\
         --extra-hdn "--features 32 --blocks-per-level 2"
+    python scripts/evaluate_synthetic.py --kind real --presets tiny,small,reference,large \\
+        --curve 60,120,300,600 --samples 20 --write-curves bmz_cosdd/methods/cosdd/preset_curves.json
+
+``--curve`` measures PSNR against training time: each run trains to the first time, predicts, is
+resumed (``train --resume``, exactly as if never stopped) to the next time, predicts, and so on; the
+report's ``curves`` give PSNR and SSIM at each time with the steps reached. ``--presets`` is short
+for one COSDD run per preset (``LABEL=cosdd --extra-LABEL "--preset LABEL"``). ``--kind real``
+takes the clean images from real micrograph and photograph tiles shipped with scikit-image
+(:mod:`bmz_cosdd.data.real_images`: 56 training, 27 held-out tiles of 128 x 128) with the paper's
+FFHQ-Stripe noise (``row_correlated`` at its defaults) instead of the demo's generator.
+``--write-curves`` stores the curves where ``--preset auto`` reads them
+(:mod:`bmz_cosdd.methods.cosdd.preset_choice`).
 """
 
 from __future__ import annotations
@@ -21,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import subprocess
 import sys
 import tempfile
@@ -33,7 +46,7 @@ import tifffile
 from bmz_cosdd.data.io import write_tiff
 from bmz_cosdd.data.synthetic import NOISE_RECIPES, make_clean
 from bmz_cosdd.demo import DEMO_NOISE
-from bmz_cosdd.analysis.metrics import psnr
+from bmz_cosdd.analysis.metrics import psnr, ssim
 from bmz_cosdd.methods.registry import get_method
 
 
@@ -67,11 +80,43 @@ def gaussian_cutoff(sigma: float, level: float = 0.01) -> float:
 def make_data(kind: str, noise: str, params: dict, n: int, size: int, blur: float, seed: int):
     from scipy.ndimage import gaussian_filter
 
-    clean = make_clean(kind, n, (size, size), seed)
+    if kind == "real":  # every tile of the split: n and size do not apply
+        from bmz_cosdd.data.real_images import real_tiles
+
+        clean = real_tiles("train" if seed == 101 else "test").astype(np.float32)
+    else:
+        clean = make_clean(kind, n, (size, size), seed)
     if blur > 0:  # a diffraction-limited (band-limited) ground truth
         clean = np.stack([gaussian_filter(c, blur, mode="reflect") for c in clean])
     rng = np.random.default_rng([seed, 7])
     return clean, NOISE_RECIPES[noise](clean, rng, **params).astype(np.float32)
+
+
+def last_validation(metrics: Path) -> tuple[int, float]:
+    """(steps, training seconds) at the run's last validation, from its ``metrics.jsonl``."""
+    records = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+    last = [r for r in records if r.get("kind") == "val"][-1]
+    return int(last["step"]), float(last["time"])
+
+
+def write_curves(path: Path, report: dict, times: list[float]) -> None:
+    """The presets' curves as ``--preset auto`` reads them (:mod:`bmz_cosdd.methods.cosdd.preset_choice`)."""
+    if len(times) < 2:
+        raise SystemExit("--write-curves needs --curve with at least two times")
+    runs = {label: r for label, r in report["methods"].items() if r["method"] == "cosdd"}
+    data = {
+        "what": "PSNR (dB) of COSDD's MMSE against training time for each preset, measured by"
+                " scripts/evaluate_synthetic.py; read by --preset auto",
+        "command": report["command"], "date": time.strftime("%Y-%m-%d"), "device": "cpu",
+        "threads": report["threads"], "cpus": report["cpus"], "batch_size": report["batch_size"],
+        "crop_size": report["crop_size"], "samples": report["samples"], "images": report["images"],
+        "noise": report["noise"], "psnr_noisy": round(report["psnr_noisy"], 3),
+        "presets": {label: r["curve"] for label, r in runs.items()},
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=1) + "\n")
+    tmp.replace(path)
 
 
 def main() -> None:
@@ -81,7 +126,14 @@ def main() -> None:
     parser.add_argument("--budget", type=float, default=300, help="training seconds per method")
     parser.add_argument("--noise", default="row_correlated")
     parser.add_argument("--blur", type=float, default=0.0, help="Gaussian PSF sigma applied to the clean images")
-    parser.add_argument("--kind", default="mixed")
+    parser.add_argument("--kind", default="mixed",
+                        help="the generator's kind (mixed, ...), or real: tiles of real images (see above)")
+    parser.add_argument("--presets", default=None,
+                        help="comma-separated COSDD presets, one run each (adds to --methods)")
+    parser.add_argument("--curve", default=None,
+                        help="comma-separated training times in seconds: PSNR at each (replaces --budget)")
+    parser.add_argument("--write-curves", type=Path, default=None,
+                        help="with --curve and --presets: write the curves for --preset auto to this JSON file")
     parser.add_argument("--n-train", type=int, default=16)
     parser.add_argument("--n-test", type=int, default=4)
     parser.add_argument("--size", type=int, default=256)
@@ -100,13 +152,22 @@ def main() -> None:
             parser.error(f"unknown option {flag}")
         extras[flag[len("--extra-"):]] = value.split()
     entries = [m.strip() for m in args.methods.split(",") if m.strip()]
+    if args.presets:
+        presets = [p.strip() for p in args.presets.split(",") if p.strip()]
+        entries = [e for e in entries if e != "cosdd" or "--methods" in sys.argv] + [f"{p}=cosdd" for p in presets]
+        for p in presets:
+            extras[p] = ["--preset", p, *extras.get(p, [])]
+    times = [float(t) for t in args.curve.split(",")] if args.curve else [args.budget]
     runs = [m.split("=", 1) if "=" in m else [m, m] for m in entries]
     methods = [method for _, method in runs]
     out = args.out or Path(tempfile.mkdtemp(prefix="bmz-eval-"))
     out.mkdir(parents=True, exist_ok=True)
-    params = DEMO_NOISE if args.noise == "row_correlated" else {}
+    params = DEMO_NOISE if args.noise == "row_correlated" and args.kind != "real" else {}
+    import torch
+
     _, train_noisy = make_data(args.kind, args.noise, params, args.n_train, args.size, args.blur, 101)
     clean, test_noisy = make_data(args.kind, args.noise, params, args.n_test, args.size, args.blur, 202)
+    data_range = 1.0 if args.kind == "real" else None  # real tiles: the 8-bit range scaled to 1, as benchmark_real
     write_tiff(out / "train.tif", train_noisy, "SYX")
     write_tiff(out / "test.tif", test_noisy, "SYX")
     cli = [sys.executable, "-m", "bmz_cosdd"]
@@ -124,9 +185,12 @@ def main() -> None:
                 extras[label] = ["--noise-model", str(out / "noise_model.npz"), *extras.get(label, [])]
     cutoff = gaussian_cutoff(args.blur) if args.blur > 0 else None
     report = {
-        "noise": args.noise, "noise_params": params, "clean_blur_sigma": args.blur, "budget_s": args.budget,
-        "images": f"{args.n_train} train / {args.n_test} held-out, {args.size}x{args.size}, kind {args.kind}",
-        "psnr_noisy": float(np.mean([psnr(n, c) for n, c in zip(test_noisy, clean)])),
+        "noise": args.noise, "noise_params": params, "clean_blur_sigma": args.blur, "budget_s": times,
+        "images": f"{len(train_noisy)} train / {len(clean)} held-out, {clean.shape[-2]}x{clean.shape[-1]},"
+                  f" kind {args.kind}",
+        "threads": torch.get_num_threads(), "cpus": os.cpu_count(), "batch_size": args.batch_size,
+        "crop_size": args.crop_size, "samples": args.samples, "command": " ".join(sys.argv),
+        "psnr_noisy": float(np.mean([psnr(n, c, data_range) for n, c in zip(test_noisy, clean)])),
         "residual_noisy": residual_stats(test_noisy, clean), "methods": {}, "out": str(out),
     }
     if cutoff is not None:
@@ -134,28 +198,40 @@ def main() -> None:
         report["power_above_cutoff"] = {"clean": power_above(clean, cutoff), "noisy": power_above(test_noisy, cutoff)}
     for label, method in runs:
         run = out / f"run_{label}"
-        start = time.time()
-        trained = subprocess.run(
-            cli + ["train", method, str(out / "train.tif"), "--axes", "SYX", "--max-time", str(args.budget),
-                   "--batch-size", str(args.batch_size), "--crop-size", str(args.crop_size), "--out", str(run),
-                   "--quiet", *extras.get(label, [])],
-            check=True, capture_output=True, text=True,
-        )
-        train_s = time.time() - start
-        start = time.time()
-        subprocess.run(cli + ["predict", str(run), str(out / "test.tif"), "--axes", "SYX", "--samples",
-                              str(args.samples), "--out", str(out / f"pred_{label}")],
-                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        predict_s = time.time() - start
-        name = next(p for p in sorted((out / f"pred_{label}").glob("test_*.tif")) if "_std" not in p.name
-                    and "_samples" not in p.name)
-        denoised = tifffile.imread(name)
-        result = {
-            "train": trained.stderr.strip().splitlines()[-1], "train_wall_s": train_s, "predict_wall_s": predict_s,
-            "output": name.name, "psnr": float(np.mean([psnr(d, c) for d, c in zip(denoised, clean)])),
-            "residual": residual_stats(denoised, clean),
-            "chose": [line for line in trained.stderr.splitlines() if "auto" in line],
-        }
+        curve = []
+        for i, budget in enumerate(times):
+            start = time.time()
+            first = ["train", method, str(out / "train.tif"), "--axes", "SYX", "--batch-size", str(args.batch_size),
+                     "--crop-size", str(args.crop_size), *extras.get(label, [])]
+            trained = subprocess.run(
+                cli + (first if i == 0 else ["train", method, "--resume"])
+                + ["--max-time", str(budget), "--out", str(run), "--quiet"],
+                check=True, capture_output=True, text=True,
+            )
+            train_s = time.time() - start
+            start = time.time()
+            pred = out / f"pred_{label}" if len(times) == 1 else out / f"pred_{label}_{budget:g}s"
+            subprocess.run(cli + ["predict", str(run), str(out / "test.tif"), "--axes", "SYX", "--samples",
+                                  str(args.samples), "--out", str(pred)],
+                           check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            predict_s = time.time() - start
+            name = next(p for p in sorted(pred.glob("test_*.tif")) if "_std" not in p.name
+                        and "_samples" not in p.name)
+            denoised = tifffile.imread(name)
+            result = {
+                "train": trained.stderr.strip().splitlines()[-1], "train_wall_s": train_s,
+                "predict_wall_s": predict_s, "output": name.name,
+                "psnr": float(np.mean([psnr(d, c, data_range) for d, c in zip(denoised, clean)])),
+                "ssim": float(np.mean([ssim(d, c, 1.0 if data_range is None else data_range) for d, c in zip(denoised, clean)])),
+                "residual": residual_stats(denoised, clean),
+                "chose": [line for line in trained.stderr.splitlines() if "auto" in line],
+            }
+            if len(times) > 1:
+                steps, seconds = last_validation(run / "metrics.jsonl")
+                point = {"time_s": budget, "trained_s": round(seconds, 1), "steps": steps,
+                         "psnr": round(result["psnr"], 3), "ssim": round(result["ssim"], 4)}
+                curve.append(point)
+                print(json.dumps({label: point}), file=sys.stderr, flush=True)
         if cutoff is not None:
             result["power_above_cutoff"] = power_above(denoised, cutoff)
         if args.package:
@@ -164,8 +240,15 @@ def main() -> None:
                 capture_output=True, text=True,
             )
             result["package"] = {"exit_code": packaged.returncode, "report": packaged.stdout.strip().splitlines()}
+        if curve:
+            result["curve"] = curve
         report["methods"][label] = {"method": method, "options": extras.get(label, []), **result}
         print(json.dumps({label: result}), file=sys.stderr, flush=True)
+    if len(times) > 1:
+        report["curves"] = {label: {f"{p['time_s']:g}": p["psnr"] for p in r["curve"]}
+                            for label, r in report["methods"].items()}
+    if args.write_curves is not None:
+        write_curves(args.write_curves, report, times)
     print(json.dumps(report, indent=1))
 
 
