@@ -224,6 +224,8 @@ def package(
         _say(note)
     if result.validation:
         typer.echo(api.format_validation(result.validation))
+    if result.timing is not None:
+        typer.echo(f"measured cost: {result.timing.sentence()}")
     typer.echo(f"package written: {result.path} ({', '.join(result.weight_formats)})")
 
 

@@ -31,6 +31,7 @@ from bmz_cosdd.data.splits import split_images
 from bmz_cosdd.errors import UserError
 from bmz_cosdd.artifacts.package_reader import TRAINING_STATE
 from bmz_cosdd.artifacts.run_folder import RunFolder, package_grid
+from bmz_cosdd.export.package_timing import PackageTiming, time_network, timed_shape
 from bmz_cosdd.export.package_content import Author, Maintainer, PackageContent, check_github_user
 from bmz_cosdd.export.package_zip import build_package
 from bmz_cosdd.export.source_bundle import architecture_source
@@ -124,6 +125,7 @@ class PackageResult:
     weight_formats: list[str]
     validation: list[Any]
     notes: list[str]
+    timing: PackageTiming | None = None
 
 
 def _test_image(trained: TrainedModel, run: RunFolder, size_min: tuple[int, ...],
@@ -324,18 +326,21 @@ def package_run(
         work = Path(tmp)
         notes: list[str] = []
         _write_weights(plan, work)
+        timing = time_network(plan.module, timed_shape(plan.trained.stats.n_channels, plan.size_min, plan.size_step),
+                              plan.exported.n_samples)
         onnx_path = _write_onnx(plan, work, notes)
         cover = _write_cover(plan, meta, work)
         formats = ["torchscript", "pytorch_state_dict"] + (["onnx"] if onnx_path else [])
-        fields = _card_fields(plan, meta, out, formats)
+        fields = {**_card_fields(plan, meta, out, formats), "timing_text": timing.sentence()}
         docs = work / "README.md"
         docs.write_text(_render_card(plan.exported.card, fields))
         content = _package_content(plan, meta, fields, work, docs, cover, onnx_path)
+        content.config["cpu_time_512"] = timing.to_dict()
         content.attachments = [_write_training_state(plan, work)]
         staged = work / out.name
         results = _build_and_validate(content, staged, formats, notes, validate, device, say)
         os.replace(staged, out)
-    return PackageResult(path=out, weight_formats=formats, validation=results, notes=notes)
+    return PackageResult(path=out, weight_formats=formats, validation=results, notes=notes, timing=timing)
 
 
 def _zip_target(out: str | Path) -> Path:

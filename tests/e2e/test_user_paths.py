@@ -92,6 +92,7 @@ def test_moved_run_with_deleted_data_packages_and_predicts_from_elsewhere(tmp_pa
     done = bmz("package", "../laptop/runs/my run", "--out", "pkg/model.zip", "--samples", 2, "--force", cwd=elsewhere)
     assert done.returncode == 0, done.stderr
     assert (elsewhere / "pkg" / "model.zip").is_file() and "Traceback" not in done.stderr
+    assert "measured cost: one 512 x 512 image (2 posterior samples and their mean) took" in done.stdout
     done = bmz("predict", "runs/my run", "new/img.tif", "--axes", "SYX", "--samples", 2, "--out", "out", cwd=laptop)
     assert done.returncode == 0, done.stderr
     assert (laptop / "out" / "img_mmse.tif").is_file()

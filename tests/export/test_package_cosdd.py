@@ -47,6 +47,19 @@ def test_default_package_has_one_input_one_output_bcyx(package):
 
 
 @pytest.mark.slow
+def test_the_card_states_the_measured_cost_of_a_512_image(package):
+    from bmz_cosdd.artifacts.package_reader import read_package_descr
+
+    timing = read_package_descr(package).config.model_dump()["bmz_cosdd"]["cpu_time_512"]
+    assert timing["shape"] == [1, 1, 512, 512] and timing["samples"] == 8
+    assert timing["cpu_s"] > 0 and timing["wall_s"] > 0 and timing["threads"] >= 1
+    with zipfile.ZipFile(package) as zf:
+        card = zf.read(next(n for n in zf.namelist() if n.endswith("README.md"))).decode()
+    speed = card.split("## Speed")[1].split("##")[0]
+    assert f"one 512 x 512 image (8 posterior samples and their mean) took {timing['cpu_s']:.1f} CPU-seconds" in speed
+
+
+@pytest.mark.slow
 def test_scripted_mmse_equals_in_framework_mmse(package, trained_run, tmp_path):
     with zipfile.ZipFile(package) as zf:
         name = next(n for n in zf.namelist() if "torchscript" in n)
