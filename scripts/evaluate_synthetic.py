@@ -25,7 +25,9 @@ takes the clean images from real micrograph and photograph tiles shipped with sc
 (:mod:`bmz_cosdd.data.real_images`: 56 training, 27 held-out tiles of 128 x 128) with the paper's
 FFHQ-Stripe noise (``row_correlated`` at its defaults) instead of the demo's generator.
 ``--write-curves`` stores the curves where ``--preset auto`` reads them
-(:mod:`bmz_cosdd.methods.cosdd.preset_choice`).
+(:mod:`bmz_cosdd.methods.cosdd.preset_choice`); ``--merge-curves A.json B.json --write-curves OUT``
+averages such files (e.g. two training seeds, ``--extra-tiny "--seed 1"``) point by point, keeping each
+file's PSNR in ``psnr_runs``.
 """
 
 from __future__ import annotations
@@ -107,16 +109,54 @@ def write_curves(path: Path, report: dict, times: list[float]) -> None:
     data = {
         "what": "PSNR (dB) of COSDD's MMSE against training time for each preset, measured by"
                 " scripts/evaluate_synthetic.py; read by --preset auto",
-        "command": report["command"], "date": time.strftime("%Y-%m-%d"), "device": "cpu",
-        "threads": report["threads"], "cpus": report["cpus"], "batch_size": report["batch_size"],
-        "crop_size": report["crop_size"], "samples": report["samples"], "images": report["images"],
-        "noise": report["noise"], "psnr_noisy": round(report["psnr_noisy"], 3),
-        "presets": {label: r["curve"] for label, r in runs.items()},
+        "command": [report["command"]], "date": [time.strftime("%Y-%m-%d")], "device": "cpu",
+        "threads": report["threads"], "cpus": report["cpus"], "samples": report["samples"],
+        "images": report["images"], "noise": report["noise"], "psnr_noisy": round(report["psnr_noisy"], 3),
+        "presets": {label: {"batch_size": report["batch_size"], "crop_size": report["crop_size"],
+                            "points": r["curve"]} for label, r in runs.items()},
     }
+    _write_json(path, data)
+
+
+def _write_json(path: Path, data: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(data, indent=1) + "\n")
     tmp.replace(path)
+
+
+def merge_curves(paths: list[Path], out: Path) -> None:
+    """Average curves files point by point (PSNR, SSIM, steps, seconds), e.g. two training seeds; a preset
+    in only some files keeps the mean of those. The files must share images, noise and threads, and a
+    preset its batch, crop and times."""
+    files = [json.loads(Path(p).read_text()) for p in paths]
+    keys = ("threads", "images", "noise", "samples")
+    for other in files[1:]:
+        if any(other[k] != files[0][k] for k in keys):
+            raise SystemExit(f"--merge-curves: the files differ in {', '.join(k for k in keys if other[k] != files[0][k])}")
+    merged = dict(files[0], command=[c for f in files for c in f["command"]], date=[d for f in files for d in f["date"]])
+    presets = {}
+    for name in dict.fromkeys(n for f in files for n in f["presets"]):
+        entries = [f["presets"][name] for f in files if name in f["presets"]]
+        shapes = {(e["batch_size"], e["crop_size"], tuple(p["time_s"] for p in e["points"])) for e in entries}
+        if len(shapes) > 1:
+            raise SystemExit(f"--merge-curves: {name} was measured with different batches, crops or times")
+        points = []
+        for same in zip(*(e["points"] for e in entries)):
+            runs = [r for p in same for r in p.get("psnr_runs", [p["psnr"]])]
+            points.append({
+                "time_s": same[0]["time_s"],
+                "trained_s": round(float(np.mean([p["trained_s"] for p in same])), 1),
+                "steps": int(round(np.mean([p["steps"] for p in same]))),
+                "psnr": round(float(np.mean(runs)), 3),
+                "ssim": round(float(np.mean([p["ssim"] for p in same])), 4),
+                "psnr_runs": runs,
+            })
+        presets[name] = {"batch_size": entries[0]["batch_size"], "crop_size": entries[0]["crop_size"],
+                         "points": points}
+    merged["presets"] = presets
+    _write_json(out, merged)
+    print(json.dumps({name: {f"{p['time_s']:g}": p["psnr_runs"] for p in e["points"]} for name, e in presets.items()}))
 
 
 def main() -> None:
@@ -144,7 +184,14 @@ def main() -> None:
     parser.add_argument("--calibration-frames", type=int, default=20,
                         help="frames of a static scene (same noise) for the noise model of divnoising/hdn")
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--merge-curves", type=Path, nargs="+", default=None,
+                        help="average these curves files into --write-curves, and nothing else")
     args, rest = parser.parse_known_args()
+    if args.merge_curves:
+        if args.write_curves is None:
+            parser.error("--merge-curves needs --write-curves")
+        merge_curves(args.merge_curves, args.write_curves)
+        return
     # --extra-<method> "options" passes options to that method's train command.
     extras: dict[str, list[str]] = {}
     for flag, value in zip(rest[::2], rest[1::2]):
@@ -186,8 +233,8 @@ def main() -> None:
     cutoff = gaussian_cutoff(args.blur) if args.blur > 0 else None
     report = {
         "noise": args.noise, "noise_params": params, "clean_blur_sigma": args.blur, "budget_s": times,
-        "images": f"{len(train_noisy)} train / {len(clean)} held-out, {clean.shape[-2]}x{clean.shape[-1]},"
-                  f" kind {args.kind}",
+        "images": (f"{'real-image tiles' if args.kind == 'real' else args.kind + ' synthetic images'}"
+                   f" ({len(train_noisy)} training, {len(clean)} held-out, {clean.shape[-2]} x {clean.shape[-1]})"),
         "threads": torch.get_num_threads(), "cpus": os.cpu_count(), "batch_size": args.batch_size,
         "crop_size": args.crop_size, "samples": args.samples, "command": " ".join(sys.argv),
         "psnr_noisy": float(np.mean([psnr(n, c, data_range) for n, c in zip(test_noisy, clean)])),

@@ -20,6 +20,32 @@ if TYPE_CHECKING:
 
 
 @dataclass(frozen=True)
+class Budget:
+    """How long a run may train, and the work of one step.
+
+    Parameters
+    ----------
+    seconds
+        ``max_time`` in seconds of training, or None.
+    steps
+        The optimiser steps the limits allow (``max_steps``, or ``max_epochs`` times
+        ``steps_per_epoch``, the smaller), or None.
+    batch_size, crop_size
+        Crops per step and their Y/X extent in pixels.
+    """
+
+    seconds: float | None = None
+    steps: int | None = None
+    batch_size: int = 4
+    crop_size: int = 64
+
+    def describe(self) -> str:
+        parts = ([f"{self.seconds:g} s"] if self.seconds is not None else []) + (
+            [f"{self.steps} steps"] if self.steps is not None else [])
+        return " or ".join(parts) or "no limit"
+
+
+@dataclass(frozen=True)
 class CliOption:
     """One ``train`` setting a user may give on the command line, as plain data.
 
@@ -105,11 +131,12 @@ class Method(Protocol):
     estimators: tuple[str, ...]
     train_defaults: dict[str, Any]
 
-    def config_from_dict(self, values: dict[str, Any], device: str = "cpu") -> Any:
+    def config_from_dict(self, values: dict[str, Any], device: str = "cpu", budget: Budget | None = None) -> Any:
         """Build the method's settings (a dataclass) from a mapping, presets resolved.
 
-        ``device`` (``cpu`` or ``cuda``) is where the run trains, for settings chosen by
-        hardware (COSDD's ``--preset auto``).
+        ``device`` (``cpu`` or ``cuda``) is where the run trains and ``budget`` how long it
+        may, for settings chosen by hardware and time (COSDD's ``--preset auto``); None: the
+        method's default training length.
         """
 
     def cli_options(self) -> list[CliOption]:

@@ -197,7 +197,7 @@ class NoiseModelVAEMethod:
     # Volumes: which levels of the VAE down-sample (finest first), and how many z_pool entries it takes.
     z_levels: Callable[[Any], tuple[list[bool], int]] = lambda cfg: ([], 0)
 
-    def config_from_dict(self, values: dict[str, Any], device: str = "cpu") -> Any:
+    def config_from_dict(self, values: dict[str, Any], device: str = "cpu", budget: Any = None) -> Any:
         return self.make_config(values)
 
     def cli_options(self) -> list[CliOption]:

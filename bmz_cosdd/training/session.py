@@ -20,7 +20,7 @@ from bmz_cosdd.data.io import Image, load_images
 from bmz_cosdd.data.normalisation import NormStats, compute_stats, normalise
 from bmz_cosdd.data.splits import split_images
 from bmz_cosdd.errors import UserError
-from bmz_cosdd.methods.base import Method
+from bmz_cosdd.methods.base import Budget, Method
 from bmz_cosdd.methods.registry import get_method
 from bmz_cosdd.training.checkpoints import load_checkpoint
 from bmz_cosdd.training.device import device_type, resolve_device
@@ -54,6 +54,13 @@ def build_config(values: dict[str, Any]) -> RunConfig:
     return resolve_config(values)[1]
 
 
+def training_budget(train: TrainConfig, data: DataConfig) -> Budget:
+    """The run's limits as a :class:`~bmz_cosdd.methods.base.Budget` (for settings chosen by budget)."""
+    steps = [s for s in (train.max_steps, train.max_epochs and train.max_epochs * train.steps_per_epoch) if s]
+    return Budget(seconds=train.max_time, steps=min(steps) if steps else None, batch_size=train.batch_size,
+                  crop_size=data.crop_size)
+
+
 def resolve_config(values: dict[str, Any], method: Method | None = None) -> tuple[Method, RunConfig]:
     """The run's method and its checked :class:`RunConfig`, from a mapping shaped like ``config.yaml``.
 
@@ -82,12 +89,14 @@ def resolve_config(values: dict[str, Any], method: Method | None = None) -> tupl
     if any(user_train.get(name) is not None for name in LIMITS):
         defaults.update(dict.fromkeys(LIMITS))  # the user's limits replace the default training length
     train_values = {**defaults, **user_train}
+    train = from_dict(TrainConfig, train_values, "train.")
+    data = from_dict(DataConfig, values.get("data"), "data.")
     config = RunConfig(
         method=method.name,
-        model=method.config_from_dict(values.get("model") or {},
-                                      device=device_type(str(train_values.get("device") or "auto"))),
-        data=from_dict(DataConfig, values.get("data"), "data."),
-        train=from_dict(TrainConfig, train_values, "train."),
+        model=method.config_from_dict(values.get("model") or {}, device=device_type(train.device),
+                                      budget=training_budget(train, data)),
+        data=data,
+        train=train,
     )
     if not config.data.paths:
         raise UserError("no training data given (pass DATA paths or data.paths in the config file)")

@@ -30,20 +30,26 @@ def test_readme_parameter_counts(preset):
 
 
 def test_auto_preset_follows_the_device_and_the_run_says_why():
+    from bmz_cosdd.methods.base import Budget
+    from bmz_cosdd.methods.cosdd.config import PRESETS, preset_size_steps
+    from bmz_cosdd.methods.cosdd.preset_choice import choose_preset
     from bmz_cosdd.training.session import build_config
 
     method = get_method("cosdd")
     on_cpu, on_cuda = method.config_from_dict({}), method.config_from_dict({}, device="cuda")
-    assert (on_cpu.preset, on_cpu.n_levels, on_cpu.preset_auto) == ("tiny", 4, True)
+    # no budget given: COSDD's default length, 6000 steps of batch 4 and crop 64
+    expected = choose_preset("cpu", Budget(steps=6000), preset_size_steps()).preset
+    assert (on_cpu.preset, on_cpu.n_levels, on_cpu.preset_auto) == (expected, PRESETS[expected]["n_levels"], True)
     assert (on_cuda.preset, on_cuda.n_levels) == ("small", 6)
     given = method.config_from_dict({"preset": "large", "features": 8}, device="cpu")
     assert (given.preset, given.preset_auto, given.features, given.n_levels) == ("large", False, 8, 14)
     # what a run records reads back as the same architecture on any machine
     again = method.config_from_dict({k: v for k, v in vars(on_cpu).items()}, device="cuda")
-    assert (again.preset, again.n_levels, again.preset_auto) == ("tiny", 4, True)
+    assert (again.preset, again.n_levels, again.preset_auto) == (expected, on_cpu.n_levels, True)
     config = build_config({"method": "cosdd", "data": {"paths": ["x.tif"]}, "model": {"direction": "none"}})
     _, notes = method.resolve_config(config.model, config.data, [], None)
-    assert notes and notes[0].startswith("preset (auto): tiny.") and "benchmark_real.py" in notes[0]
+    assert notes and notes[0].startswith(f"preset (auto): {expected}: expected PSNR")
+    assert "evaluate_synthetic.py --curve" in notes[0]
 
 
 def test_a_given_limit_replaces_the_default_training_length():

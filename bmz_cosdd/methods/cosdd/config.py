@@ -10,6 +10,8 @@ from pydantic import model_validator
 from bmz_cosdd.config import (BoolList, Fraction, NonNegative, OddList, Positive, PositiveFloat, PositiveList,
                               check_levels, from_dict, latent_widths, one_of, settings)
 from bmz_cosdd.errors import UserError
+from bmz_cosdd.methods.base import Budget
+from bmz_cosdd.methods.cosdd.preset_choice import choose_preset
 
 DIRECTIONS = ("x", "y", "z", "none")
 DIRECT_LOSSES = ("mse", "l1")
@@ -23,10 +25,11 @@ class COSDDConfig:
     ----------
     preset
         Name of the preset the other values started from (``tiny``, ``small``, ``large``, ``reference``).
-        ``auto`` (the default of :func:`cosdd_config`) is resolved when the config is built:
-        see :data:`AUTO_PRESETS`.
-    preset_auto
-        True when ``preset`` was chosen by ``auto`` (the run's notes give the reason).
+        ``auto`` (the default of :func:`cosdd_config`) is resolved when the config is built, from
+        the device and the training budget (:func:`~bmz_cosdd.methods.cosdd.preset_choice.choose_preset`).
+    preset_auto, preset_reason
+        True when ``preset`` was chosen by ``auto``, and why (with the expected PSNR of each preset
+        in the run's budget; :mod:`bmz_cosdd.methods.cosdd.preset_choice`).
     direction
         Axis along which the noise is correlated: ``x`` (rows), ``y`` (columns),
         ``z`` (along Z, 3-D data only), ``none`` (pixel-independent: the noise decoder sees no other pixel) or
@@ -70,6 +73,7 @@ class COSDDConfig:
 
     preset: str = "small"
     preset_auto: bool = False
+    preset_reason: Optional[str] = None
     direction: Annotated[str, one_of(*DIRECTIONS, "auto")] = "auto"
     n_levels: Positive = 6
     latent_channels: PositiveList = field(default_factory=lambda: [32] * 5 + [64])
@@ -131,14 +135,6 @@ PRESETS: dict[str, dict[str, Any]] = {
     ),
 }
 
-
-#: ``--preset auto`` by the device the run trains on.
-AUTO_PRESETS = {"cpu": "tiny", "cuda": "small"}
-AUTO_PRESET_REASON = (
-    "On real tiles at about the same CPU time (scripts/benchmark_real.py), tiny for 6000 steps matched or beat"
-    " small for 1500 steps (FFHQ-Stripe 32.5 vs 32.2 dB, stronger stripes 31.5 vs 30.9 dB); on CUDA a step of"
-    " small costs little more, so it gets small. Pass --preset small or large for a GPU or hours of training."
-)
 
 #: The noise decoder's field covers this many correlation lengths.
 FIELD_PER_LENGTH = 4
@@ -203,16 +199,28 @@ def context_dropout_for(correlation: float) -> float:
     return round(min(high, max(low, 1.0 - abs(float(correlation)))), 2)
 
 
-def cosdd_config(values: dict[str, Any], device: str = "cpu") -> COSDDConfig:
+def preset_size_steps() -> dict[str, int]:
+    """Each preset's size step in Y and X (its crops and images are multiples of it), without the direct denoiser.
+
+    >>> preset_size_steps()
+    {'large': 128, 'small': 8, 'reference': 16, 'tiny': 4}
+    """
+    from bmz_cosdd.nn.ladder_vae import ladder_downsampling
+
+    return {name: 2 ** sum(ladder_downsampling(p["n_levels"])) for name, p in PRESETS.items()}
+
+
+def cosdd_config(values: dict[str, Any], device: str = "cpu", budget: Budget | None = None) -> COSDDConfig:
     """Resolve ``values`` over their preset and check them.
 
     Parameters
     ----------
     values
         The ``model`` section of a run's config (``--preset`` and the other COSDD options).
-    device
-        ``cpu`` or ``cuda``: where the run trains; ``preset`` ``auto`` (the default) picks
-        :data:`AUTO_PRESETS` for it.
+    device, budget
+        Where the run trains (``cpu`` or ``cuda``) and how long it may (None: 6000 steps at batch 4 and
+        crop 64, COSDD's default length); ``preset`` ``auto`` (the default) picks the preset with the
+        best measured PSNR for them (:func:`~bmz_cosdd.methods.cosdd.preset_choice.choose_preset`).
 
     Raises
     ------
@@ -223,7 +231,9 @@ def cosdd_config(values: dict[str, Any], device: str = "cpu") -> COSDDConfig:
     preset = values.get("preset") or "auto"
     auto = preset == "auto" or bool(values.get("preset_auto"))
     if preset == "auto":
-        preset = AUTO_PRESETS["cuda" if device == "cuda" else "cpu"]
+        budget = budget or Budget(steps=6000)
+        choice = choose_preset("cuda" if device == "cuda" else "cpu", budget, preset_size_steps())
+        preset, values["preset_reason"] = choice.preset, choice.reason
     if preset not in PRESETS:
         raise UserError(f"unknown preset {preset!r} (choose auto, {', '.join(PRESETS)})")
     resolved = {**PRESETS[preset], **{k: v for k, v in values.items() if v is not None}, "preset": preset,

@@ -15,10 +15,8 @@ from bmz_cosdd.methods.anisotropy import auto_z_layout, resolve_vae_z
 from bmz_cosdd.nn.ladder_vae import ladder_downsampling
 from bmz_cosdd.nn.posterior import PosteriorSampler
 from bmz_cosdd.nn.unet import unet_receptive_field
-from bmz_cosdd.methods.base import CliOption, ExportedModel, ExportOptions, OptimiserSpec, PredictOptions
+from bmz_cosdd.methods.base import Budget, CliOption, ExportedModel, ExportOptions, OptimiserSpec, PredictOptions
 from bmz_cosdd.methods.cosdd.config import (
-    AUTO_PRESET_REASON,
-    AUTO_PRESETS,
     LONG_FIELD_LAYERS,
     PRESETS,
     ar_field_for,
@@ -67,16 +65,17 @@ class COSDD:
     # scripts/benchmark_real.py measures tiny at (about 10 CPU-minutes on one thread).
     train_defaults: dict[str, Any] = {"lr": 1e-3, "max_epochs": 60}
 
-    def config_from_dict(self, values: dict[str, Any], device: str = "cpu"):
-        return cosdd_config(values, device)
+    def config_from_dict(self, values: dict[str, Any], device: str = "cpu", budget: Budget | None = None):
+        return cosdd_config(values, device, budget)
 
     def cli_options(self) -> list[CliOption]:
         return [
             CliOption("direction", str, "Axis along which the noise is correlated: x (rows), y (columns), z "
                       "(3-D only), none (pixel-independent) or auto (measured from the data, as `bmz-cosdd "
                       "inspect` does; default).", "COSDD"),
-            CliOption("preset", str, f"Architecture preset: auto (default: {AUTO_PRESETS['cpu']} on CPU, "
-                      f"{AUTO_PRESETS['cuda']} on CUDA), {', '.join(PRESETS)}.", "COSDD"),
+            CliOption("preset", str, "Architecture preset: auto (default: the preset with the best measured PSNR"
+                      f" for the device and the time or step limit; the run's notes say why), {', '.join(PRESETS)}.",
+                      "COSDD"),
             CliOption("n_levels", int, "Hierarchy levels of the ladder VAE (overrides the preset).", "COSDD"),
             CliOption("features", int, "Feature width of the ladder VAE (overrides the preset).", "COSDD"),
             CliOption("ar_layers", int, "Layers of the autoregressive noise decoder (its receptive field; default:"
@@ -114,7 +113,7 @@ class COSDD:
         """The noise direction, the noise decoder's field and the context dropout, from the data when auto."""
         if config.direction == "z" and data.spatial_dims != 3:
             raise UserError("--direction z needs volumes: train with --spatial-dims 3 (and axes with Z)")
-        notes = [f"preset (auto): {config.preset}. {AUTO_PRESET_REASON}"] if config.preset_auto else []
+        notes = [f"preset (auto): {config.preset_reason or config.preset}"] if config.preset_auto else []
         noise = None
         needs_noise = config.ar_layers is None or config.context_dropout is None
         if config.direction == "auto" or (needs_noise and config.direction in ("x", "y", "z")):

@@ -117,7 +117,7 @@ class BlindSpotMethod:
     tags: list[str] = field(default_factory=list)
     monitor: str = "loss"
 
-    def config_from_dict(self, values: dict[str, Any], device: str = "cpu") -> N2VConfig:
+    def config_from_dict(self, values: dict[str, Any], device: str = "cpu", budget: Any = None) -> N2VConfig:
         return n2v_config(values, self.defaults)
 
     def cli_options(self) -> list[CliOption]:
