@@ -169,6 +169,8 @@ def run_demo(
     demo.package_valid = bool(packaged.validation) and all(r.passed for r in packaged.validation)
     verdict = "passed" if demo.package_valid else "FAILED"
     say(f"package: {packaged.path} ({', '.join(packaged.weight_formats)}); bioimageio.core's test {verdict}")
+    if packaged.timing is not None:
+        say(f"measured cost: {packaged.timing.sentence()}")
     for line in _how_to_open(packaged.path):
         say(line)
     return demo

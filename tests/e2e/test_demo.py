@@ -32,6 +32,7 @@ def test_demo_as_typed_packages_and_validates(tmp_path):
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "demo_output" / "demo.zip").is_file()
     assert "bioimageio.core's test passed" in done.stdout
+    assert "measured cost: one 512 x 512 image (4 posterior samples and their mean) took" in done.stdout
     assert "deepImageJ" in done.stdout and "ilastik" in done.stdout and "bioimageio.core.predict" in done.stdout
     assert "trained 40 steps" in done.stdout
 

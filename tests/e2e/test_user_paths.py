@@ -180,3 +180,15 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_130(folder):
     assert "Traceback" not in err
     assert not (folder / "runs" / "stopped" / ".lock").exists()
     assert np.isfinite(json.loads((folder / "runs" / "stopped" / "metrics.jsonl").read_text().splitlines()[-1])["loss"])
+
+
+def test_auto_preset_says_what_it_chose_for_the_budget_and_records_it(folder):
+    """No --preset: the measured curves choose for the device and the limit; the run says which and why."""
+    done = bmz("train", "cosdd", "data/noisy.tif", "--axes", "SYX", "--max-time", 20, "--max-steps", 3,
+               "--crop-size", 32, "--batch-size", 2, "--direction", "x", "--quiet", "--out", "runs/auto", cwd=folder)
+    assert done.returncode == 0, done.stderr
+    line = next(line for line in done.stderr.splitlines() if line.startswith("preset (auto): "))
+    assert line.startswith("preset (auto): tiny: the budget (20 s or 3 steps, about") and "evaluate_synthetic" in line
+    config = (folder / "runs" / "auto" / "config.yaml").read_text()
+    assert "preset: tiny" in config and "preset_auto: true" in config and "preset_reason: " in config
+    assert line[len("preset (auto): "):] in (folder / "runs" / "auto" / "notes.txt").read_text()

@@ -110,8 +110,8 @@ def choose_preset(device: str, budget: Budget, size_steps: dict[str, int],
     by_cost = sorted(presets, key=cost.__getitem__)
     cheapest = by_cost[0]
     left_out = sorted(set(curves["presets"]) - set(presets))
-    source = (f"PSNR against training time measured on {curves['images']} ({curves['noise']} noise) with"
-              f" {curves['threads']} threads on {curves['cpus']} CPUs, scripts/evaluate_synthetic.py --curve"
+    source = (f"PSNR against training time measured on {curves['images']} with {curves['noise']} noise,"
+              f" {curves['threads']} threads on {curves['cpus']} CPUs: scripts/evaluate_synthetic.py --curve"
               + (f"; {', '.join(left_out)} left out: crops of {budget.crop_size} are not a multiple of"
                  f" {', '.join(str(size_steps[n]) for n in left_out)}" if left_out else ""))
     shortest = min(float(p["time_s"]) for p in presets[cheapest]["points"])
