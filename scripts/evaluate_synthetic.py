@@ -111,7 +111,9 @@ def write_curves(path: Path, report: dict, times: list[float]) -> None:
                 " scripts/evaluate_synthetic.py; read by --preset auto",
         "command": [report["command"]], "date": [time.strftime("%Y-%m-%d")], "device": "cpu",
         "threads": report["threads"], "cpus": report["cpus"], "samples": report["samples"],
-        "images": report["images"], "noise": report["noise"], "psnr_noisy": round(report["psnr_noisy"], 3),
+        "images": report["images"], "psnr_noisy": round(report["psnr_noisy"], 3),
+        "noise": ("FFHQ-Stripe (row_correlated)" if report["noise"] == "row_correlated" and "real" in report["images"]
+                  else report["noise"]),
         "presets": {label: {"batch_size": report["batch_size"], "crop_size": report["crop_size"],
                             "points": r["curve"]} for label, r in runs.items()},
     }

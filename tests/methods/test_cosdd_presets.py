@@ -48,7 +48,7 @@ def test_auto_preset_follows_the_device_and_the_run_says_why():
     assert (again.preset, again.n_levels, again.preset_auto) == (expected, on_cpu.n_levels, True)
     config = build_config({"method": "cosdd", "data": {"paths": ["x.tif"]}, "model": {"direction": "none"}})
     _, notes = method.resolve_config(config.model, config.data, [], None)
-    assert notes and notes[0].startswith(f"preset (auto): {expected}: expected PSNR")
+    assert notes and notes[0].startswith(f"preset (auto): {expected}: PSNR after 952 s of training")
     assert "evaluate_synthetic.py --curve" in notes[0]
 
 

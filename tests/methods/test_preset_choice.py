@@ -15,7 +15,7 @@ def choose_preset(device, budget, curves):
 def curves(**presets):
     """Curves measured at batch 4, crop 64: ``name=(seconds per step, [psnr at 60, 120, 300, 600 s])``."""
     return {
-        "images": "test tiles", "noise": "row_correlated", "threads": 2, "cpus": 2,
+        "images": "test tiles", "noise": "row_correlated", "threads": 2, "cpus": 2, "psnr_noisy": 25.0,
         "presets": {
             name: {"batch_size": 4, "crop_size": 64,
                    "points": [{"time_s": t, "trained_s": t, "steps": int(t / per_step), "psnr": p}
@@ -33,31 +33,37 @@ def test_a_time_budget_takes_the_best_preset_at_that_time():
     assert choose_preset("cpu", Budget(seconds=120), MEASURED).preset == "tiny"
     late = choose_preset("cpu", Budget(seconds=600), MEASURED)
     assert late.preset == "small"
-    assert "small 30.5 dB in 600 s" in late.reason and "tiny 29.6 dB in 600 s" in late.reason
+    assert "PSNR after 600 s of training" in late.reason and "tiny 29.6 dB, small 30.5 dB" in late.reason
     # between 120 and 300 s linear in log time: small crosses tiny at about 240 s
     assert choose_preset("cpu", Budget(seconds=200), MEASURED).preset == "tiny"
     assert choose_preset("cpu", Budget(seconds=290), MEASURED).preset == "small"
     # beyond the longest time measured, the last figures (and the reason says so)
     long = choose_preset("cpu", Budget(seconds=7200), MEASURED)
-    assert long.preset == "small" and "count as 600 s" in long.reason
+    assert long.preset == "small" and "beyond 600 s: the 600 s figures" in long.reason
 
 
-def test_a_step_budget_becomes_each_presets_own_time():
-    # 3000 steps: tiny trains 300 s (29.5 dB), small 1200 s (held at its 600 s figure, 30.5 dB)
+def test_a_step_limit_counts_as_the_time_it_takes_the_cheapest_preset():
+    # 3000 steps: 300 s with tiny; there small is ahead (29.8 against 29.5), so small, for the same steps
     choice = choose_preset("cpu", Budget(steps=3000), MEASURED)
-    assert choice.preset == "small" and "tiny 29.5 dB in 300 s" in choice.reason
-    # 1200 steps: tiny 120 s (29.0), small 480 s (about 30.3)
-    assert choose_preset("cpu", Budget(steps=1200), MEASURED).preset == "small"
+    assert choice.preset == "small" and "about 300 s with tiny" in choice.reason and "tiny 29.5 dB" in choice.reason
+    # 1200 steps: 120 s with tiny, where tiny is ahead
+    assert choose_preset("cpu", Budget(steps=1200), MEASURED).preset == "tiny"
     # the time limit binds first: 3000 steps or 120 s
     assert choose_preset("cpu", Budget(seconds=120, steps=3000), MEASURED).preset == "tiny"
     # twice the pixels per step: twice the seconds per step, so 1500 steps at batch 8 = 3000 at batch 4
-    assert "tiny 29.5 dB in 300 s" in choose_preset("cpu", Budget(steps=1500, batch_size=8), MEASURED).reason
+    assert "about 300 s with tiny" in choose_preset("cpu", Budget(steps=1500, batch_size=8), MEASURED).reason
 
 
 def test_a_budget_shorter_than_any_measurement_gets_the_cheapest_preset():
     for budget in (Budget(steps=20), Budget(seconds=30), Budget(steps=500)):  # tiny: 2 s, 30 s, 50 s
         choice = choose_preset("cpu", budget, MEASURED)
-        assert choice.preset == "tiny" and "shorter than the shortest training measured (60 s)" in choice.reason
+        assert choice.preset == "tiny" and "shorter than the shortest training measured (60 s" in choice.reason
+
+
+def test_a_budget_where_every_preset_stayed_below_the_noisy_input_gets_the_cheapest():
+    short = curves(tiny=(0.1, [24.0, 29.0, 29.5, 29.6]), small=(0.4, [24.5, 28.0, 29.8, 30.5]))
+    choice = choose_preset("cpu", Budget(seconds=60), short)  # small ahead, but both below 25.0
+    assert choice.preset == "tiny" and "stayed below the noisy input" in choice.reason
 
 
 def test_presets_within_the_tie_margin_go_to_the_cheaper():
@@ -102,3 +108,24 @@ def test_a_run_records_the_choice_and_its_reason():
     assert "shorter than the shortest training measured" in config.model.preset_reason
     again = build_config(config.to_dict())  # what the run wrote reads back unchanged
     assert (again.model.preset, again.model.preset_reason) == ("tiny", config.model.preset_reason)
+
+
+def test_another_preset_over_a_recorded_auto_choice_is_not_labelled_auto():
+    from bmz_cosdd.methods.registry import get_method
+
+    method = get_method("cosdd")
+    recorded = {"preset": "tiny", "preset_auto": True, "preset_reason": "tiny: PSNR after 90 s of training ..."}
+    again = method.config_from_dict(recorded)  # resuming, or the same config reused: the record stands
+    assert (again.preset_auto, again.preset_reason) == (True, recorded["preset_reason"])
+    other = method.config_from_dict({**recorded, "preset": "small"})  # --preset small over it
+    assert (other.preset, other.preset_auto, other.preset_reason) == ("small", False, None)
+
+
+def test_reference_chosen_by_auto_sizes_its_noise_decoder_from_the_data(monkeypatch):
+    import bmz_cosdd.methods.cosdd.config as cosdd_config
+    from bmz_cosdd.methods.cosdd.preset_choice import PresetChoice
+
+    assert cosdd_config.cosdd_config({"preset": "reference"}).ar_layers == 8  # given: the reference's field
+    monkeypatch.setattr(cosdd_config, "choose_preset", lambda *a: PresetChoice("reference", "reference: test"))
+    chosen = cosdd_config.cosdd_config({})
+    assert (chosen.preset, chosen.preset_auto, chosen.ar_layers) == ("reference", True, None)

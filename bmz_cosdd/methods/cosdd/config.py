@@ -230,13 +230,21 @@ def cosdd_config(values: dict[str, Any], device: str = "cpu", budget: Budget | N
     values = dict(values)
     preset = values.get("preset") or "auto"
     auto = preset == "auto" or bool(values.get("preset_auto"))
+    reason = str(values.get("preset_reason") or "")
+    if preset != "auto" and auto and reason and not reason.startswith(preset):
+        # a recorded auto choice (a run's config.yaml as --config) with another --preset given over it
+        auto, values["preset_reason"] = False, None
+    preset_values = dict(PRESETS.get(preset, {}))
     if preset == "auto":
         budget = budget or Budget(steps=6000)
         choice = choose_preset("cuda" if device == "cuda" else "cpu", budget, preset_size_steps())
         preset, values["preset_reason"] = choice.preset, choice.reason
+        # reference's 8-layer noise decoder is for comparisons with the reference implementation; chosen by
+        # auto, its field is sized from the data like every other preset's
+        preset_values = {k: v for k, v in PRESETS[preset].items() if k != "ar_layers"}
     if preset not in PRESETS:
         raise UserError(f"unknown preset {preset!r} (choose auto, {', '.join(PRESETS)})")
-    resolved = {**PRESETS[preset], **{k: v for k, v in values.items() if v is not None}, "preset": preset,
+    resolved = {**preset_values, **{k: v for k, v in values.items() if v is not None}, "preset": preset,
                 "preset_auto": auto}
     if values.get("latent_channels") is None and values.get("n_levels") is not None:
         # --n-levels over a preset: the preset's widths, its top level's last (e.g. small's 5 x 32 + 64).

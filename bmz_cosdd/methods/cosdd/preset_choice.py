@@ -4,12 +4,14 @@ The evidence is a set of PSNR-against-training-time curves, one per preset, meas
 ``scripts/evaluate_synthetic.py --curve`` and stored beside this module
 (``preset_curves.json``: the command, machine and threads, and each preset's batch and crop
 size, are in the file). Only presets whose size step divides the run's crop size take part.
-A budget in seconds is compared directly; a budget in steps becomes each preset's own time,
-its steps times the seconds per step measured on the same curve (scaled by the pixels of a
-step when the batch or crop differ). Between measured times the PSNR is interpolated
-linearly in log time; beyond the longest it is held at the last figure (no credit for time
-that was not measured); when even the cheapest preset's time is below the shortest
-measured, nothing can be compared and the cheapest preset is chosen. Presets within
+Every preset is compared at one time: ``max_time``, or the time a step limit takes the
+cheapest preset (its steps times that preset's measured seconds per step, scaled by the pixels
+of a step when the batch or crop differ), whichever is shorter: a step limit stands for the
+compute it buys with the cheapest preset, so a larger preset is chosen only where the curves
+favour it at equal time (it then takes longer for the same steps). Between measured times the
+PSNR is interpolated linearly in log time; beyond the longest it is held at the last figure
+(no credit for time that was not measured). A time below the shortest measured, or one at
+which every preset stayed below the noisy input, gets the cheapest preset. Presets within
 :data:`TIE_DB` of the best count as equal and the cheapest of them wins.
 """
 
@@ -93,7 +95,7 @@ def choose_preset(device: str, budget: Budget, size_steps: dict[str, int],
     Returns
     -------
     PresetChoice
-        The preset and a sentence with each preset's expected PSNR and training time.
+        The preset and a sentence with each preset's expected PSNR at the budget's time.
     """
     if device == "cuda":
         return PresetChoice(CUDA_PRESET, f"{CUDA_PRESET}: no PSNR-against-time curves have been measured on a GPU"
@@ -104,30 +106,33 @@ def choose_preset(device: str, budget: Budget, size_steps: dict[str, int],
     if not presets:
         raise ValueError(f"no measured preset takes crops of {budget.crop_size}")
     cost = {name: seconds_per_step(entry, budget) for name, entry in presets.items()}
-    seconds = {name: min(budget.seconds if budget.seconds is not None else math.inf,
-                         budget.steps * cost[name] if budget.steps is not None else math.inf)
-               for name in presets}
     by_cost = sorted(presets, key=cost.__getitem__)
     cheapest = by_cost[0]
+    if budget.seconds is None and budget.steps is None:
+        return PresetChoice(cheapest, f"{cheapest}: no time or step limit to compare presets at")
+    # A step limit counts as the time it takes the cheapest preset: every preset is compared at that time.
+    by_steps = budget.steps * cost[cheapest] if budget.steps is not None else math.inf
+    seconds = min(budget.seconds if budget.seconds is not None else math.inf, by_steps)
+    budget_text = budget.describe() + (f", about {by_steps:.0f} s with {cheapest}" if seconds == by_steps else "")
     left_out = sorted(set(curves["presets"]) - set(presets))
-    source = (f"PSNR against training time measured on {curves['images']} with {curves['noise']} noise,"
-              f" {curves['threads']} threads on {curves['cpus']} CPUs: scripts/evaluate_synthetic.py --curve"
+    source = (f"measured on {curves['images']} with {curves['noise']} noise (noisy input"
+              f" {curves['psnr_noisy']:.1f} dB), {curves['threads']} threads on {curves['cpus']} CPUs:"
+              " scripts/evaluate_synthetic.py --curve; on other images the dB differ, the ranking is the evidence"
               + (f"; {', '.join(left_out)} left out: crops of {budget.crop_size} are not a multiple of"
                  f" {', '.join(str(size_steps[n]) for n in left_out)}" if left_out else ""))
     shortest = min(float(p["time_s"]) for p in presets[cheapest]["points"])
-    if not math.isfinite(seconds[cheapest]):
-        return PresetChoice(cheapest, f"{cheapest}: no time or step limit to compare presets at")
-    if seconds[cheapest] < shortest:
-        return PresetChoice(cheapest, f"{cheapest}: the budget ({budget.describe()}, about {seconds[cheapest]:.0f} s"
-                                      f" with {cheapest}) is shorter than the shortest training measured"
-                                      f" ({shortest:.0f} s), so the cheapest preset ({source})")
-    expected = {name: psnr_at(presets[name]["points"], seconds[name]) for name in by_cost}
-    scored = {name: value for name, value in expected.items() if value is not None}
+    if seconds < shortest:
+        return PresetChoice(cheapest, f"{cheapest}, the cheapest preset: the budget ({budget_text}) is shorter than"
+                                      f" the shortest training measured ({shortest:.0f} s; {source})")
+    scored = {name: value for name in by_cost
+              if (value := psnr_at(presets[name]["points"], seconds)) is not None}
     best = max(scored.values())
-    chosen = next(name for name in by_cost if name in scored and scored[name] >= best - TIE_DB)
+    figures = ", ".join(f"{name} {value:.1f} dB" for name, value in scored.items())
     longest = max(float(p["time_s"]) for entry in presets.values() for p in entry["points"])
-    figures = ", ".join(f"{name} {scored[name]:.1f} dB in {seconds[name]:.0f} s" if name in scored
-                        else f"{name} not measured that short" for name in by_cost)
-    held = f"; times beyond {longest:.0f} s count as {longest:.0f} s" if max(seconds.values()) > longest else ""
-    return PresetChoice(chosen, f"{chosen}: expected PSNR in this budget ({budget.describe()}): {figures}{held}"
-                                f" ({source})")
+    held = f" (beyond {longest:.0f} s: the {longest:.0f} s figures)" if seconds > longest else ""
+    if best < float(curves["psnr_noisy"]):
+        return PresetChoice(cheapest, f"{cheapest}, the cheapest preset: in this budget ({budget_text}) every preset"
+                                      f" stayed below the noisy input on the benchmark ({figures}; {source})")
+    chosen = next(name for name in by_cost if name in scored and scored[name] >= best - TIE_DB)
+    return PresetChoice(chosen, f"{chosen}: PSNR after {seconds:.0f} s of training{held} (the budget: {budget_text}):"
+                                f" {figures} ({source})")
