@@ -25,6 +25,11 @@ noise_app = typer.Typer(help="Pixel noise models p(x | s) for DivNoising and HDN
 app.add_typer(noise_app, name="noise-model")
 
 
+#: Why training stopped (TrainResult.stopped), as the summary line says it.
+STOP_CAUSES = {"limit": "the step limit", "time": "the time limit", "early stopping": "early stopping",
+               "interrupted": "Ctrl-C"}
+
+
 def _say(message: str) -> None:
     typer.echo(message, err=True)
 
@@ -61,7 +66,7 @@ def make_train_command(method: Any) -> Callable[..., None]:
         processes = f" on {outcome.processes} processes" if outcome.processes > 1 else ""
         _say(
             f"{method.name}: {result.steps} steps in {result.seconds:.0f} s ({result.steps_per_s:.2f} steps/s)"
-            f"{processes}, stopped by {result.stopped}; best validation {method.monitor} {result.best:.5g};"
+            f"{processes}, stopped by {STOP_CAUSES.get(result.stopped, result.stopped)}; best validation {method.monitor} {result.best:.5g};"
             f" run folder {run_dir}"
         )
         if result.quality is not None:

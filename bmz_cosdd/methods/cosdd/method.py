@@ -73,8 +73,9 @@ class COSDD:
             CliOption("direction", str, "Axis along which the noise is correlated: x (rows), y (columns), z "
                       "(3-D only), none (pixel-independent) or auto (measured from the data, as `bmz-cosdd "
                       "inspect` does; default).", "COSDD"),
-            CliOption("preset", str, "Architecture preset: auto (default: the preset with the best measured PSNR"
-                      f" for the device and the time or step limit; the run's notes say why), {', '.join(PRESETS)}.",
+            CliOption("preset", str, "Architecture preset: auto (default: on a CPU the preset with the best PSNR"
+                      " in the benchmark's curves at the run's time or step limit, 6000 steps unless given; small on"
+                      f" CUDA, where none were measured; the run's notes say why), {', '.join(PRESETS)}.",
                       "COSDD"),
             CliOption("n_levels", int, "Hierarchy levels of the ladder VAE (overrides the preset).", "COSDD"),
             CliOption("features", int, "Feature width of the ladder VAE (overrides the preset).", "COSDD"),
