@@ -205,9 +205,18 @@ def preset_size_steps() -> dict[str, int]:
     >>> preset_size_steps()
     {'large': 128, 'small': 8, 'reference': 16, 'tiny': 4}
     """
+    return {name: ladder_size_step(p["n_levels"]) for name, p in PRESETS.items()}
+
+
+def ladder_size_step(n_levels: int) -> int:
+    """The ladder VAE's size step in Y and X: 2 to the number of levels that halve the resolution.
+
+    >>> ladder_size_step(4), ladder_size_step(14)
+    (4, 128)
+    """
     from bmz_cosdd.nn.ladder_vae import ladder_downsampling
 
-    return {name: 2 ** sum(ladder_downsampling(p["n_levels"])) for name, p in PRESETS.items()}
+    return 2 ** sum(ladder_downsampling(n_levels))
 
 
 def cosdd_config(values: dict[str, Any], device: str = "cpu", budget: Budget | None = None) -> COSDDConfig:

@@ -22,6 +22,7 @@ from bmz_cosdd.methods.cosdd.config import (
     ar_field_for,
     context_dropout_for,
     cosdd_config,
+    ladder_size_step,
 )
 from bmz_cosdd.methods.cosdd.model import COSDDModel
 from bmz_cosdd.nn.ar_decoder import receptive_field
@@ -166,8 +167,7 @@ class COSDD:
         return COSDDModel(config, n_channels, spatial_dims)
 
     def yx_size_step(self, config) -> int:
-        ladder = 2 ** sum(ladder_downsampling(config.n_levels))
-        return max(ladder, 2 ** config.direct_depth if config.direct_denoiser else 1)
+        return max(ladder_size_step(config.n_levels), 2 ** config.direct_depth if config.direct_denoiser else 1)
 
     def size_step(self, model: nn.Module) -> tuple[int, ...]:
         steps = [tuple(model.vae.size_steps)]
