@@ -121,22 +121,28 @@ class GMMNoiseModel(torch.nn.Module):
         }
 
     def _components(self, s: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
-        """Log-weights, means and variances, each shaped ``s.shape + (K,)``."""
+        """Log-weights, means and variances, each shaped ``(K,) + s.shape``.
+
+        The Gaussians lead so that every sum over them (softmax, mixture mean, logsumexp)
+        adds whole contiguous tensors: over a trailing axis of 3 the same reductions cost
+        several times more on the CPU (they run once per pixel of every training batch).
+        """
         s = s.to(dtype)
         low = per_channel(self.min_signal, s)
         span = per_channel([hi - lo for lo, hi in zip(self.min_signal, self.max_signal)], s)
-        t = ((s - low) / span).clamp(0.0, 1.0)[..., None, None]
-        coeffs = self.params.to(dtype).reshape(
-            (1, self.n_channels) + (1,) * (s.ndim - 2) + (3, self.n_gaussians, self.n_coeffs)
+        t = ((s - low) / span).clamp(0.0, 1.0)
+        # (C, 3, K, n) -> (n, 3, K, 1, C, 1...): one coefficient tensor per degree, against (B, C, ...)
+        coeffs = self.params.to(dtype).permute(3, 1, 2, 0).reshape(
+            (self.n_coeffs, 3, self.n_gaussians, 1, self.n_channels) + (1,) * (s.ndim - 2)
         )
-        poly = coeffs[..., -1]
+        poly = coeffs[-1]
         for p in range(self.n_coeffs - 2, -1, -1):  # Horner
-            poly = poly * t + coeffs[..., p]
-        logits, offsets, log_var = poly.unbind(-2)
-        log_w = torch.log_softmax(logits, dim=-1)
+            poly = poly * t + coeffs[p]
+        logits, offsets, log_var = poly.unbind(0)
+        log_w = torch.log_softmax(logits, dim=0)
         var = self.min_sigma + torch.exp(log_var.clamp(max=_MAX_LOG_VAR))
         offsets = offsets * torch.sqrt(var)
-        mu = s[..., None] + offsets - (log_w.exp() * offsets).sum(-1, keepdim=True)
+        mu = s + offsets - (log_w.exp() * offsets).sum(0)
         return log_w, mu, var
 
     def _log_likelihood(self, x: Tensor, s: Tensor) -> Tensor:
@@ -144,9 +150,8 @@ class GMMNoiseModel(torch.nn.Module):
         check_channels(self.n_channels, x, s)
         dtype = compute_dtype(x, s)
         log_w, mu, var = self._components(s, dtype)
-        x = x.to(dtype)[..., None]
-        terms = log_w - 0.5 * torch.log(2.0 * math.pi * var) - (x - mu) ** 2 / (2.0 * var)
-        return torch.logsumexp(terms, dim=-1)
+        terms = log_w - 0.5 * torch.log(2.0 * math.pi * var) - (x.to(dtype) - mu) ** 2 / (2.0 * var)
+        return torch.logsumexp(terms, dim=0)
 
     def log_likelihood(self, x: Tensor, s: Tensor) -> Tensor:
         """Per-pixel log-density of observations given signals.
@@ -180,8 +185,8 @@ class GMMNoiseModel(torch.nn.Module):
         check_channels(self.n_channels, s)
         log_w, mu, var = self._components(s, compute_dtype(s))
         w = log_w.exp()
-        mean = (w * mu).sum(-1)
-        variance = (w * (var + (mu - mean[..., None]) ** 2)).sum(-1)
+        mean = (w * mu).sum(0)
+        variance = (w * (var + (mu - mean) ** 2)).sum(0)
         return mean, variance
 
     def sample(self, s: Tensor, generator: torch.Generator) -> Tensor:
@@ -205,8 +210,9 @@ class GMMNoiseModel(torch.nn.Module):
             where = generator.device
             u = torch.rand((*s.shape, 1), generator=generator, device=where, dtype=mu.dtype).to(s.device)
             z = torch.randn(s.shape, generator=generator, device=where, dtype=mu.dtype).to(s.device)
-            k = (torch.cumsum(log_w.exp(), dim=-1) < u).sum(-1, keepdim=True).clamp(max=self.n_gaussians - 1)
-            return (mu.gather(-1, k) + torch.sqrt(var.gather(-1, k)) * z[..., None])[..., 0]
+            u = u.movedim(-1, 0)  # the draws of the trailing-axis layout, in the same order
+            k = (torch.cumsum(log_w.exp(), dim=0) < u).sum(0, keepdim=True).clamp(max=self.n_gaussians - 1)
+            return (mu.gather(0, k) + torch.sqrt(var.gather(0, k)) * z[None])[0]
 
 
 def _offset_spread(n_gaussians: int) -> Tensor:

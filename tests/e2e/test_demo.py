@@ -25,7 +25,7 @@ def test_demo_inspects_trains_and_denoises(tmp_path):
 
 @pytest.mark.slow
 def test_demo_as_typed_packages_and_validates(tmp_path):
-    env = {**os.environ, "OMP_NUM_THREADS": "2"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run([sys.executable, "-m", "bmz_cosdd", "demo", "--out", "demo_output", "--steps", "40",
                            "--samples", "4", "--quiet"], cwd=tmp_path, env=env, capture_output=True, text=True,
                           timeout=900)

@@ -33,7 +33,7 @@ def journey(name: str) -> list[list[str]]:
 
 def run(command: list[str], cwd: Path) -> subprocess.CompletedProcess:
     assert command[0] == "bmz-cosdd", command
-    env = {**os.environ, "OMP_NUM_THREADS": "2"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run([sys.executable, "-m", "bmz_cosdd", *command[1:]], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=900)
     assert done.returncode == 0, f"{shlex.join(command)} failed:\n{done.stderr}"

@@ -19,7 +19,7 @@ LEVEL = 0.3  # a dim FFHQ-Stripe case: 20.5 dB noisy
 
 def _cli(*args, cwd):
     return subprocess.run([sys.executable, "-m", "bmz_cosdd", *map(str, args)], cwd=cwd, capture_output=True,
-                          text=True, env={**os.environ, "OMP_NUM_THREADS": "2"})
+                          text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 
 @pytest.mark.slow
