@@ -27,6 +27,7 @@ from bmz_cosdd.training.device import device_type, resolve_device
 from bmz_cosdd.training.distributed import World, distributed_world
 from bmz_cosdd.training.quality import QualityReport, assess
 from bmz_cosdd.training.trainer import TrainResult, Trainer
+from bmz_cosdd.threads import threads_in_use
 
 # Settings that may change when a run is resumed (they do not alter what was learnt so far).
 LIMITS = ("max_steps", "max_epochs", "max_time")
@@ -231,6 +232,8 @@ def train(
     )
     config = dataclasses.replace(config, model=model_config)
     say = say or (lambda line: print(line, file=sys.stderr))
+    count, why = threads_in_use()
+    notes = [*notes, f"threads: {count} ({why})"]
 
     def start() -> None:  # once every check has passed, in the process that writes the run
         run.check_new()  # again, now that this process holds the folder
