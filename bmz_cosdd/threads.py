@@ -212,7 +212,7 @@ def free_cpus(count: int, why: str) -> tuple[int, str]:
     free = max(1, min(count, math.floor(len(mask) - busy + 0.5)))
     if free >= count:
         return count, why
-    return free, f"{why}, {busy:.1f} of them busy with other processes when it started"
+    return free, f"{why}, less {busy:.1f} busy with other processes when it started"
 
 
 def configure_threads(threads: int | None = None) -> str:

@@ -101,7 +101,7 @@ def test_cpu_times_and_the_busy_cpus_of_others(tmp_path):
 def test_the_cpus_others_keep_busy_are_left_out(monkeypatch):
     monkeypatch.setattr(threads.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
     monkeypatch.setattr(threads, "busy_cpus", lambda cpus: 1.2)
-    assert threads.free_cpus(4, "4 CPUs") == (3, "4 CPUs, 1.2 of them busy with other processes when it started")
+    assert threads.free_cpus(4, "4 CPUs") == (3, "4 CPUs, less 1.2 busy with other processes when it started")
     assert threads.free_cpus(2, "a quota of 2")[0] == 2  # a quota below the free CPUs stays
     monkeypatch.setattr(threads, "busy_cpus", lambda cpus: 3.9)
     assert threads.free_cpus(4, "4 CPUs")[0] == 1  # at least one
@@ -113,8 +113,8 @@ def test_the_cpus_others_keep_busy_are_left_out(monkeypatch):
         monkeypatch.setattr(threads, "usable_cpus", lambda: (4, "4 CPUs"))
         monkeypatch.setattr(threads, "busy_cpus", lambda cpus: 2.0)
         assert threads.configure_threads() == (
-            "2 threads (4 CPUs, 2.0 of them busy with other processes when it started)")
-        assert threads.threads_in_use() == (2, "4 CPUs, 2.0 of them busy with other processes when it started")
+            "2 threads (4 CPUs, less 2.0 busy with other processes when it started)")
+        assert threads.threads_in_use() == (2, "4 CPUs, less 2.0 busy with other processes when it started")
         torch.set_num_threads(3)
         assert threads.threads_in_use() == (3, "set by the caller")
     finally:

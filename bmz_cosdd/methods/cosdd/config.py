@@ -8,10 +8,14 @@ from typing import Annotated, Any, Optional
 from pydantic import model_validator
 
 from bmz_cosdd.config import (BoolList, Fraction, NonNegative, OddList, Positive, PositiveFloat, PositiveList,
-                              check_levels, from_dict, latent_widths, one_of, settings)
+                              TrainConfig, check_levels, from_dict, latent_widths, one_of, settings)
 from bmz_cosdd.errors import UserError
 from bmz_cosdd.methods.base import Budget
 from bmz_cosdd.methods.cosdd.preset_choice import choose_preset
+
+# COSDD's default length (6000 steps of the default 100 per epoch): the method's training default,
+# and the budget ``--preset auto`` chooses for when a caller gives none.
+DEFAULT_EPOCHS = 60
 
 DIRECTIONS = ("x", "y", "z", "none")
 DIRECT_LOSSES = ("mse", "l1")
@@ -245,7 +249,7 @@ def cosdd_config(values: dict[str, Any], device: str = "cpu", budget: Budget | N
         auto, values["preset_reason"] = False, None
     preset_values = dict(PRESETS.get(preset, {}))
     if preset == "auto":
-        budget = budget or Budget(steps=6000)
+        budget = budget or Budget(steps=DEFAULT_EPOCHS * TrainConfig().steps_per_epoch)
         choice = choose_preset("cuda" if device == "cuda" else "cpu", budget, preset_size_steps())
         preset, values["preset_reason"] = choice.preset, choice.reason
         # reference's 8-layer noise decoder is for comparisons with the reference implementation; chosen by

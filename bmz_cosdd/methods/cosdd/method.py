@@ -17,6 +17,7 @@ from bmz_cosdd.nn.posterior import PosteriorSampler
 from bmz_cosdd.nn.unet import unet_receptive_field
 from bmz_cosdd.methods.base import Budget, CliOption, ExportedModel, ExportOptions, OptimiserSpec, PredictOptions
 from bmz_cosdd.methods.cosdd.config import (
+    DEFAULT_EPOCHS,
     LONG_FIELD_LAYERS,
     PRESETS,
     ar_field_for,
@@ -64,7 +65,7 @@ class COSDD:
     # Adam at 1e-3, not the paper's Adamax at 2e-3: +1.1 dB on average over 3 seeds of a tiny run on real
     # tiles (scripts/benchmark_real.py; see the README's COSDD section). 60 epochs of 100 steps: the length
     # scripts/benchmark_real.py measures tiny at (about 10 CPU-minutes on one thread).
-    train_defaults: dict[str, Any] = {"lr": 1e-3, "max_epochs": 60}
+    train_defaults: dict[str, Any] = {"lr": 1e-3, "max_epochs": DEFAULT_EPOCHS}
 
     def config_from_dict(self, values: dict[str, Any], device: str = "cpu", budget: Budget | None = None):
         return cosdd_config(values, device, budget)
