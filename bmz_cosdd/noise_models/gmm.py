@@ -208,9 +208,8 @@ class GMMNoiseModel(torch.nn.Module):
         with torch.no_grad():
             log_w, mu, var = self._components(s, compute_dtype(s))
             where = generator.device
-            u = torch.rand((*s.shape, 1), generator=generator, device=where, dtype=mu.dtype).to(s.device)
+            u = torch.rand((1, *s.shape), generator=generator, device=where, dtype=mu.dtype).to(s.device)
             z = torch.randn(s.shape, generator=generator, device=where, dtype=mu.dtype).to(s.device)
-            u = u.movedim(-1, 0)  # the draws of the trailing-axis layout, in the same order
             k = (torch.cumsum(log_w.exp(), dim=0) < u).sum(0, keepdim=True).clamp(max=self.n_gaussians - 1)
             return (mu.gather(0, k) + torch.sqrt(var.gather(0, k)) * z[None])[0]
 
