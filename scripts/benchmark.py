@@ -42,17 +42,23 @@ import sys
 import time
 
 
-#: Parameters of the reference implementation (krulllab/COSDD) at its default configuration, per part
-#: (counted by this project's developers; shared notes, methods-facts.md).
-REFERENCE_PARAMETERS = {"vae": 3_580_000, "ar_decoder": 211_000, "signal_decoder": 111_000, "total": 3_898_762}
-#: Why the parts differ, as far as established: the signal decoder matches exactly; the others do not.
+#: Parameters of the reference implementation (krulllab/COSDD, ``models/`` layout at commit 17357e8, its default
+#: configuration), per part, counted on a local build of it (``scripts/benchmark_reference.py`` prints them).
+#: Issue 18 counted 3,898,762 on another version: 82,176 fewer, one gated residual block without batch norms.
+REFERENCE_PARAMETERS = {"vae": 3_658_240, "ar_decoder": 211_337, "signal_decoder": 111_361, "total": 3_980_938}
+#: Why the parts differ (from the same build's modules).
 REFERENCE_DIFFERENCES = {
     "signal_decoder": "the same network: four 3x3 convolutions of width 64 (111,361 parameters)",
-    "ar_decoder": "8 layers of 1 x 5 kernels, 64 filters, 3 Gaussians in both; about 29k parameters fewer"
-                  " here, in how the layers take the latent (which layer differs is not established)",
-    "vae": "the same width (64), levels (8) and latent channels (32), one gated residual block per level"
-           " and direction here; the reference's stem, merges and blocks hold about 0.86M more (two blocks"
-           " per level here would be 4.03M); which of its blocks hold them is not established",
+    "ar_decoder": "8 layers of a 1 x 5 convolution (dilated in places) and a 1x1 taking the latent in, 64 filters,"
+                  " 3 Gaussians in both; each of the reference's 8 layers ends in one more 1x1 64->64 convolution"
+                  " (8 x 4,160), where this project has one in its head: 29,120 fewer here",
+    "vae": "the same width (64), levels (8), latent channels (32) and gated residual blocks; the reference adds"
+           " per level below the top a stochastic-skip merge (1x1 convolution + a gated residual block, 90,688"
+           " parameters, 634,816 over 7 levels) and takes each latent in with a 3x3 convolution (18,496) where"
+           " this project uses a 1x1 on [features, latent] (6,208). Its ladder also differs: at its default"
+           " 256 px crop level 0 stays at full resolution and levels 1-7 halve it (size step 128), this preset"
+           " halves at levels 0, 2, 4, 6 (size step 16), so a posterior sample costs 114 GFLOP there against"
+           " 33-38 here at 256 x 256 (scripts/benchmark_reference.py)",
 }
 
 

@@ -9,6 +9,8 @@ norm as a separate op and the training-form blocks; ``inference``: the default, 
 - ``scripted``: the sampler compiled with ``torch.jit.script``, saved and loaded (for the inference form,
   exactly the module a package ships, from ``Method.export``).
 
+The side-by-side comparison with the reference implementation is ``scripts/benchmark_reference.py``.
+
 The figure is CPU time per posterior sample (``time.process_time`` over a ``reduce`` of
 ``--sampling-samples`` samples, divided by them, the bottom-up pass included), the fastest of
 ``--sampling-repeat`` runs after two warm-up runs (TorchScript optimises during its first two calls; their
@@ -26,13 +28,6 @@ import tempfile
 import time
 from pathlib import Path
 
-#: The reference implementation (krulllab/COSDD, its default 64/8 configuration): CPU seconds per posterior
-#: sample of a 256 x 256 image with one torch thread, as measured by the filer of issue 18 (not measured here).
-REFERENCE_CPU_S_PER_SAMPLE_256 = (5.49, 6.52)
-#: The same filer's figure for this project's training-form sampler on that machine (issue 18's table): the
-#: filer's machine was about 4x slower than ours (our training step 2.59-2.75 CPU-s there, 0.64-0.67 here),
-#: so the absolute reference figure cannot be set against times measured here; its ratio to this one can.
-ISSUE_TRAINING_FORM_CPU_S_256 = (2.06, 2.34)
 #: Untimed runs first: TorchScript's profiling executor optimises a loaded module during its first two calls.
 WARM_UP = 2
 
@@ -108,7 +103,7 @@ def phase_sampling(args: argparse.Namespace) -> dict:
 
 
 def sampling(args: argparse.Namespace, script: str) -> dict:
-    """Every case in its own process (``script ... --sampling-case``); the summary and the reference ratio."""
+    """Every case in its own process (``script ... --sampling-case``) and their summary."""
     import platform
 
     import torch
@@ -126,7 +121,6 @@ def sampling(args: argparse.Namespace, script: str) -> dict:
                 cases.append(case)
     by = {(c["size"], c["form"], c["mode"]): c for c in cases}
     summary = {}
-    lo, hi = REFERENCE_CPU_S_PER_SAMPLE_256
     for size in dict.fromkeys(c["size"] for c in cases):
         row = {}
         for mode in ("eager", "scripted"):
@@ -134,26 +128,12 @@ def sampling(args: argparse.Namespace, script: str) -> dict:
             row[mode] = {"training_cpu_s": round(t["cpu_s_per_sample"], 4),
                          "inference_cpu_s": round(f["cpu_s_per_sample"], 4),
                          "speed_up": round(t["cpu_s_per_sample"] / f["cpu_s_per_sample"], 2)}
-            if size == "256x256":
-                # The reference's time over our training form's, both from the issue's machine, times our
-                # training form's over our inference form's, both measured here.
-                old_lo, old_hi = ISSUE_TRAINING_FORM_CPU_S_256
-                speed_up = t["cpu_s_per_sample"] / f["cpu_s_per_sample"]
-                row[mode]["estimated_reference_over_inference"] = [round(lo / old_hi * speed_up, 1),
-                                                                   round(hi / old_lo * speed_up, 1)]
         eager = by[(size, "inference", "eager")]
         row["max_abs_diff_vs_training_form"] = eager.get("max_abs_diff_vs_training_form")
         summary[size] = row
     return {
         "what": "posterior sampling, CPU seconds per sample (fastest of the repeats), training form of the"
                 " networks vs their inference form (bmz_cosdd/nn/fast_inference.py)",
-        "reference": {"cpu_s_per_sample_256": list(REFERENCE_CPU_S_PER_SAMPLE_256),
-                      "training_form_cpu_s_256_same_machine": list(ISSUE_TRAINING_FORM_CPU_S_256),
-                      "source": "issue 18's measurement of krulllab/COSDD (64/8 default, one torch thread) and of"
-                                " this project's training-form sampler on the same (about 4x slower) machine;"
-                                " not measured by this script. estimated_reference_over_inference = the"
-                                " issue's reference / training-form ratio times the training-form / inference-"
-                                "form ratio measured here"},
         "preset": args.preset, "sample_batch": args.sample_batch, "samples": args.sampling_samples,
         "repeat": args.sampling_repeat, "threads": threads, "torch": torch.__version__,
         "machine": platform.processor() or platform.machine(),

@@ -397,6 +397,11 @@ class LadderVAE(nn.Module):
         3-D only: ``n_levels`` odd Z extents of each level's convolutions (0 or
         None = as Y and X; the stem follows level 0, see the module docstring).
         None = all isotropic.
+    downsample : sequence of bool, optional
+        ``n_levels`` entries (index 0 = finest): which levels halve the resolution, in place of
+        ``downsample_every``. ``[False] + [True] * 7`` is the ladder of the reference implementation
+        (krulllab/COSDD) at its default 256 px training crop, level 0 at the input's resolution
+        (``scripts/benchmark_reference.py``).
 
     Attributes
     ----------
@@ -468,6 +473,7 @@ class LadderVAE(nn.Module):
         spatial_dims: int = 2,
         z_pool: Optional[Sequence[bool]] = None,
         z_kernel: Optional[Sequence[int]] = None,
+        downsample: Optional[Sequence[bool]] = None,
     ) -> None:
         super().__init__()
         self.spatial_dims = check_spatial_dims(spatial_dims)
@@ -482,7 +488,12 @@ class LadderVAE(nn.Module):
         self.n_levels = n_levels
         self.latent_channels = channels
         self.features = features
-        self.downsample = ladder_downsampling(n_levels, downsample_every)
+        if downsample is None:
+            self.downsample = ladder_downsampling(n_levels, downsample_every)
+        elif len(downsample) != n_levels:
+            raise ValueError(f"downsample has {len(downsample)} entries for {n_levels} levels")
+        else:
+            self.downsample = [bool(d) for d in downsample]
         self.size_step = 2 ** sum(self.downsample)
         off = sorted({int(level) for level in (deactivated or [])})
         if off and (off[0] < 0 or off[-1] >= n_levels - 1):

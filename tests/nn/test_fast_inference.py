@@ -93,6 +93,7 @@ LADDERS = {
     "3d-anisotropic": (lambda: _ladder(3), (1, 1, 6, 16, 24)),
     "2d-deactivated": (lambda: _ladder(2, deactivated=[0, 1]), (1, 1, 32, 32)),
     "2d-two-blocks": (lambda: _ladder(2, blocks_per_level=2, downsample_every=1), (1, 1, 32, 32)),
+    "2d-full-resolution-level": (lambda: _ladder(2, downsample=[False, True, True, True]), (1, 1, 16, 24)),
 }
 
 

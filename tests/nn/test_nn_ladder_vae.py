@@ -48,6 +48,17 @@ def test_attributes_and_latent_shapes():
         LadderVAE(1, n_levels=3, latent_channels=[2, 2], features=4)
 
 
+def test_explicit_downsampling_pattern_keeps_level_zero_at_full_resolution():
+    # The reference implementation's ladder at its default crop: level 0 at the input's resolution.
+    vae = LadderVAE(1, n_levels=3, latent_channels=2, features=4, downsample_every=2, downsample=[0, 1, 1]).eval()
+    assert vae.downsample == [False, True, True] and vae.size_step == 4
+    assert vae.latent_shapes([16, 24]) == [[2, 16, 24], [2, 8, 12], [2, 4, 6]]
+    features, kl = vae(torch.randn(1, 1, 16, 24))
+    assert features.shape == (1, 4, 16, 24) and len(kl) == 3
+    with pytest.raises(ValueError, match="downsample has 2 entries for 3 levels"):
+        LadderVAE(1, n_levels=3, latent_channels=2, features=4, downsample=[True, True])
+
+
 def test_parameter_count_in_line_with_reference():
     vae = LadderVAE(1, n_levels=8, latent_channels=32, features=64)
     n = sum(p.numel() for p in vae.parameters())
