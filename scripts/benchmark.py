@@ -44,8 +44,10 @@ import time
 
 #: Parameters of the reference implementation (krulllab/COSDD, ``models/`` layout at commit 17357e8, its default
 #: configuration), per part, counted on a local build of it (``scripts/benchmark_reference.py`` prints them).
-#: Issue 18 counted 3,898,762 on another version: 82,176 fewer, one gated residual block without batch norms.
-REFERENCE_PARAMETERS = {"vae": 3_658_240, "ar_decoder": 211_337, "signal_decoder": 111_361, "total": 3_980_938}
+#: Its ladder follows its training crop (``floor(log2(crop)) - 1`` halvings, at most one per level): these are
+#: for a 64 px crop (5 halvings; issue 18's count). At its default 256 px crop (7 halvings) each of the two
+#: extra halvings adds a strided 3x3 convolution and a 1x1 (41,088): VAE 3,658,240, total 3,980,938.
+REFERENCE_PARAMETERS = {"vae": 3_576_064, "ar_decoder": 211_337, "signal_decoder": 111_361, "total": 3_898_762}
 #: Why the parts differ (from the same build's modules).
 REFERENCE_DIFFERENCES = {
     "signal_decoder": "the same network: four 3x3 convolutions of width 64 (111,361 parameters)",
@@ -55,10 +57,11 @@ REFERENCE_DIFFERENCES = {
     "vae": "the same width (64), levels (8), latent channels (32) and gated residual blocks; the reference adds"
            " per level below the top a stochastic-skip merge (1x1 convolution + a gated residual block, 90,688"
            " parameters, 634,816 over 7 levels) and takes each latent in with a 3x3 convolution (18,496) where"
-           " this project uses a 1x1 on [features, latent] (6,208). Its ladder also differs: at its default"
-           " 256 px crop level 0 stays at full resolution and levels 1-7 halve it (size step 128), this preset"
-           " halves at levels 0, 2, 4, 6 (size step 16), so a posterior sample costs 114 GFLOP there against"
-           " 33-38 here at 256 x 256 (scripts/benchmark_reference.py)",
+           " this project uses a 1x1 on [features, latent] (6,208). Its ladder also differs: level 0 stays at"
+           " full resolution and the others halve it as its training crop allows (levels 1, 3, 5, 6, 7 at 64 px;"
+           " 1-7 at its default 256 px), this preset halves at levels 0, 2, 4, 6 (size step 16), so a posterior"
+           " sample of a 256 x 256 image costs 114 GFLOP there against 33-38 here"
+           " (scripts/benchmark_reference.py)",
 }
 
 

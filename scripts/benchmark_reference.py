@@ -1,4 +1,4 @@
-"""Posterior sampling side by side with the reference implementation (krulllab/COSDD); prints one JSON object.
+"""Posterior sampling and training side by side with the reference implementation (krulllab/COSDD); prints JSON.
 
 The reference is not part of this project and is never downloaded by it: point ``--reference-dir`` at a
 local checkout of krulllab/COSDD (its ``models/`` layout: ``utils.get_defaults``, ``models.get_models``,
@@ -22,17 +22,29 @@ a busy machine slows every case alike:
   a stochastic-skip merge block and a 3x3 convolution from each latent), which ``gflop_per_sample``
   shows.
 
+With ``--training``, training steps (a batch of ``--batch`` random ``--crop`` crops: losses, backward, the
+optimisers' steps) instead:
+
+- ``train-reference``: the reference's Lightning training step at its default configuration for that crop
+  (with its direct denoiser and activation checkpointing, its defaults; gradients accumulated over 4
+  batches), timed per batch by a Lightning callback; ``train-reference-lean``: without either;
+- ``train-preset`` / ``train-preset-dd``: this project's step at ``--preset reference`` without / with its
+  direct denoiser (``scripts/benchmark.py``'s train phase: crops drawn as a run draws them).
+
 Figures: CPU seconds per posterior sample (``time.process_time`` over one call of ``--samples`` samples,
 divided by them; this project's bottom-up pass, run once per image, is included), the fastest of
 ``--repeat`` calls after ``--warmup`` calls (TorchScript optimises during its first two); wall time
 beside it; floating-point operations per sample from ``torch.utils.flop_counter`` (multiply-adds
 counted as two). Ratios are the reference's CPU time over each case's, lowest and highest over rounds
-(each round's fastest against the same round's).
+(each round's fastest against the same round's). Training: CPU seconds per step, the mean of
+``--train-steps`` steps after ``--train-warmup``.
 
-Example
--------
+Examples
+--------
     python scripts/benchmark_reference.py --reference-dir ~/COSDD --reference-python ~/cosdd-venv/bin/python \
         --sizes 256,512 --rounds 3
+    python scripts/benchmark_reference.py --reference-dir ~/COSDD --reference-python ~/cosdd-venv/bin/python \
+        --training --rounds 3
 """
 
 from __future__ import annotations
@@ -106,6 +118,67 @@ def case_reference(args: argparse.Namespace, size: int) -> dict:
     return out
 
 
+def case_reference_train(args: argparse.Namespace, lean: bool) -> dict:
+    """The reference's training step (its Lightning module's ``training_step``, manual optimisation, Adamax,
+    gradients accumulated over its default 4 batches) at its default configuration for a ``--crop`` crop:
+    with its direct denoiser and activation checkpointing (its defaults), or without either (``lean``)."""
+    import pytorch_lightning as pl
+    import torch
+
+    sys.path.insert(0, str(Path(args.reference_dir).resolve()))
+    import utils  # the reference's
+    from models.get_models import get_models
+    from models.hub import Hub
+
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    config = utils.get_defaults({"train-parameters": {"crop-size": [args.crop, args.crop],
+                                                      "use-direct-denoiser": not lean},
+                                 "memory": {"checkpointed": not lean}})
+    vae, ar_decoder, s_decoder, direct_denoiser = get_models(config, 1)
+    n = (args.train_warmup + args.train_steps) * args.batch
+    crops = torch.rand(n, 1, args.crop, args.crop, generator=torch.Generator().manual_seed(1)) * 1000.0 + 100.0
+    hub = Hub(vae=vae, ar_decoder=ar_decoder, s_decoder=s_decoder, direct_denoiser=direct_denoiser,
+              data_mean=crops.mean(), data_std=crops.std(),
+              n_grad_batches=config["train-parameters"]["number-grad-batches"],
+              checkpointed=config["memory"]["checkpointed"])
+    hub.on_train_epoch_end = lambda: None  # its schedulers step on validation metrics, not run here
+    times: list = []
+
+    class Clock(pl.Callback):
+        def on_train_batch_start(self, *_):
+            times.append((time.process_time(), time.perf_counter()))
+
+        def on_train_batch_end(self, *_):
+            cpu, wall = times.pop()
+            times.append((time.process_time() - cpu, time.perf_counter() - wall, True))
+
+    trainer = pl.Trainer(accelerator="cpu", devices=1, precision="32-true", max_epochs=1, logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                         limit_val_batches=0, num_sanity_val_steps=0, callbacks=[Clock()])
+    trainer.fit(hub, torch.utils.data.DataLoader(crops, batch_size=args.batch))
+    timed = times[args.train_warmup:]
+    count = lambda m: sum(p.numel() for p in m.parameters()) if m is not None else 0  # noqa: E731
+    return {"parameters": {"vae": count(vae), "ar_decoder": count(ar_decoder), "signal_decoder": count(s_decoder),
+                           "direct_denoiser": count(direct_denoiser)},
+            "cpu_s_per_step": sum(t[0] for t in timed) / len(timed),
+            "wall_s_per_step": sum(t[1] for t in timed) / len(timed),
+            "batch": args.batch, "crop": args.crop}
+
+
+def case_ours_train(args: argparse.Namespace, direct_denoiser: bool) -> dict:
+    """This project's training step at ``--preset reference`` (``scripts/benchmark.py``'s train phase)."""
+    import torch
+
+    from benchmark import phase_train  # this script's folder
+
+    torch.set_num_threads(1)
+    out = phase_train(argparse.Namespace(preset="reference", crop=args.crop, batch=args.batch, device="cpu",
+                                         steps=args.train_steps, warmup=args.train_warmup,
+                                         direct_denoiser=direct_denoiser))
+    return dict(out, cpu_s_per_step=out["cpu_seconds_per_step"], wall_s_per_step=out["seconds_per_step"])
+
+
 def case_ours(args: argparse.Namespace, size: int, kind: str, mode: str) -> dict:
     import torch
 
@@ -151,6 +224,45 @@ def case_ours(args: argparse.Namespace, size: int, kind: str, mode: str) -> dict
     return out
 
 
+SAMPLING_CASES = "reference,preset-eager,preset-scripted,topology-eager,topology-scripted"
+TRAINING_CASES = "train-reference,train-reference-lean,train-preset,train-preset-dd"
+
+
+def run_case(args: argparse.Namespace, name: str, size: int) -> dict:
+    if name == "reference":
+        return case_reference(args, size)
+    if name.startswith("train-reference"):
+        return case_reference_train(args, lean=name.endswith("-lean"))
+    if name.startswith("train-preset"):
+        return case_ours_train(args, direct_denoiser=name.endswith("-dd"))
+    kind, mode = name.split("-")
+    return case_ours(args, size, kind, mode)
+
+
+def summarise(rows: list, cases: list, key: str) -> dict:
+    """Per size: each case's figure (min-max over rounds) and the reference cases' over it, round by round."""
+    summary: dict = {}
+    references = [c for c in cases if c.startswith("reference") or c.startswith("train-reference")]
+    for size in dict.fromkeys(r["size"] for r in rows):
+        at = [r for r in rows if r["size"] == size]
+        entry: dict = {}
+        for case in cases:
+            mine = [r for r in at if r["case"] == case]
+            values = [r[key] for r in mine]
+            entry[case] = {key: [round(min(values), 3), round(max(values), 3)]}
+            if "gflop_per_sample" in mine[0]:
+                entry[case]["gflop_per_sample"] = round(mine[0]["gflop_per_sample"], 1)
+                entry[case]["gflop_per_cpu_s"] = round(mine[0]["gflop_per_sample"] / min(values), 1)
+            if case in references:
+                continue
+            for ref_case in references:
+                ratios = [ref[key] / r[key] for ref in at if ref["case"] == ref_case
+                          for r in mine if r["round"] == ref["round"]]
+                entry[case][f"{ref_case}_over_this"] = [round(min(ratios), 2), round(max(ratios), 2)]
+        summary[f"{size}x{size}"] = entry
+    return summary
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reference-dir", help="a local checkout of krulllab/COSDD (models/ layout)")
@@ -162,60 +274,46 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--repeat", type=int, default=2, help="timed calls per case and round")
     parser.add_argument("--warmup", type=int, default=1, help="untimed calls first (at least 2 when scripted)")
-    parser.add_argument("--cases", default="reference,preset-eager,preset-scripted,topology-eager,topology-scripted")
+    parser.add_argument("--training", action="store_true", help="training steps instead of posterior sampling")
+    parser.add_argument("--crop", type=int, default=64, help="--training: crop size")
+    parser.add_argument("--batch", type=int, default=4, help="--training: crops per step")
+    parser.add_argument("--train-steps", type=int, default=8, help="--training: timed steps per case and round")
+    parser.add_argument("--train-warmup", type=int, default=3, help="--training: untimed steps first")
+    parser.add_argument("--cases", help=f"comma-separated (default {SAMPLING_CASES}; with --training {TRAINING_CASES})")
     parser.add_argument("--case", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.case:
         name, size = args.case.rsplit(",", 1)
-        if name == "reference":
-            result = case_reference(args, int(size))
-        else:
-            kind, mode = name.split("-")
-            result = case_ours(args, int(size), kind, mode)
-        print(json.dumps(result))
+        print(json.dumps(run_case(args, name, int(size))))
         return
 
-    cases = [c for c in args.cases.split(",") if c and (c != "reference" or args.reference_dir)]
+    wanted = args.cases or (TRAINING_CASES if args.training else SAMPLING_CASES)
+    cases = [c for c in wanted.split(",") if c and (args.reference_dir or "reference" not in c.split("-")[:2])]
+    sizes = [args.crop] if args.training else [int(s) for s in args.sizes.split(",")]
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    argv = [a for a in sys.argv[1:]]
     rows: list[dict] = []
     for round_ in range(args.rounds):
-        for size in [int(s) for s in args.sizes.split(",")]:
+        for size in sizes:
             for case in cases:
-                python = args.reference_python if case == "reference" else sys.executable
-                proc = subprocess.run([python, __file__, *argv, "--case", f"{case},{size}"],
+                python = args.reference_python if "reference" in case.split("-")[:2] else sys.executable
+                proc = subprocess.run([python, __file__, *sys.argv[1:], "--case", f"{case},{size}"],
                                       capture_output=True, text=True, env=env)
                 if proc.returncode != 0:
                     sys.exit(f"case {case} at {size}: {proc.stderr.strip().splitlines()[-1:]}")
                 row = dict(json.loads(proc.stdout.strip().splitlines()[-1]), case=case, size=size, round=round_)
                 print(json.dumps(row), file=sys.stderr, flush=True)
                 rows.append(row)
-
-    summary: dict = {}
-    for size in dict.fromkeys(r["size"] for r in rows):
-        at = [r for r in rows if r["size"] == size]
-        entry: dict = {}
-        for case in cases:
-            mine = [r for r in at if r["case"] == case]
-            entry[case] = {"cpu_s_per_sample": [round(min(r["cpu_s_per_sample"] for r in mine), 3),
-                                                round(max(r["cpu_s_per_sample"] for r in mine), 3)],
-                           "gflop_per_sample": round(mine[0]["gflop_per_sample"], 1),
-                           "gflop_per_cpu_s": round(mine[0]["gflop_per_sample"]
-                                                    / min(r["cpu_s_per_sample"] for r in mine), 1)}
-            if "reference" in cases and case != "reference":
-                ratios = [ref["cpu_s_per_sample"] / r["cpu_s_per_sample"]
-                          for ref in at if ref["case"] == "reference"
-                          for r in mine if r["round"] == ref["round"]]
-                entry[case]["reference_over_this"] = [round(min(ratios), 2), round(max(ratios), 2)]
-        summary[f"{size}x{size}"] = entry
     import torch
 
+    key = "cpu_s_per_step" if args.training else "cpu_s_per_sample"
+    what = ("training steps, CPU seconds per step (batch --batch of --crop crops)" if args.training
+            else "posterior sampling, CPU seconds per sample (each round's fastest call)")
     print(json.dumps({
-        "what": "posterior sampling, CPU seconds per sample (min-max over rounds of each round's fastest call),"
-                " one torch thread, cases interleaved; reference_over_this = the reference's time / the case's",
+        "what": what + ", min-max over rounds, one torch thread, cases interleaved; X_over_this = case X's time"
+                       " over this case's, round by round",
         "samples": args.samples, "rounds": args.rounds, "repeat": args.repeat, "threads": 1,
         "torch": torch.__version__, "machine": platform.processor() or platform.machine(),
-        "reference_dir": args.reference_dir, "summary": summary, "rows": rows,
+        "reference_dir": args.reference_dir, "summary": summarise(rows, cases, key), "rows": rows,
     }, indent=1))
 
 
