@@ -154,7 +154,7 @@ def run_demo(
     if p_mmse <= p_noisy:
         say(f"the COSDD output is NOT better than the noisy input ({p_mmse:.2f} <= {p_noisy:.2f} dB): the model is"
             " under-trained; give it more steps or time (--steps, --budget)")
-    say(f"figure: {figure}")
+    say(f"denoised: {denoised} (MMSE), {out / 'test_std.tif'} (posterior standard deviation); figure: {figure}")
     demo = DemoResult(p_noisy, p_mmse, s_noisy, s_mmse, trained.config.model.direction, result.steps,
                       result.seconds, run_dir, figure, denoised, noise_report, under_trained=under_trained)
     if not package:

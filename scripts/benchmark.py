@@ -336,7 +336,7 @@ def overhead(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", default="reference", help="reference (64/8/3), tiny, small or large")
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--crop", type=int, default=64)
@@ -398,6 +398,7 @@ def main() -> None:
                    "why": REFERENCE_DIFFERENCES.get(part, "")}
             for part, count in REFERENCE_PARAMETERS.items()}}
         comparison["reference_parameters"]["total"]["here"] = results["train"]["parameters"]
+        comparison["reference_parameters"]["total"]["why"] = "the sum of the parts (no direct denoiser in either)"
     print(json.dumps({
         "config": {"preset": args.preset, **model_values(args)},
         "device": args.device,

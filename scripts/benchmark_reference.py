@@ -264,7 +264,8 @@ def summarise(rows: list, cases: list, key: str) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--reference-dir", help="a local checkout of krulllab/COSDD (models/ layout)")
     parser.add_argument("--reference-python", default=sys.executable,
                         help="a Python that imports the reference (torch, pytorch-lightning)")
@@ -288,7 +289,17 @@ def main() -> None:
         return
 
     wanted = args.cases or (TRAINING_CASES if args.training else SAMPLING_CASES)
-    cases = [c for c in wanted.split(",") if c and (args.reference_dir or "reference" not in c.split("-")[:2])]
+    cases = [c for c in wanted.split(",") if c]
+    unknown = [c for c in cases if c not in (SAMPLING_CASES + "," + TRAINING_CASES).split(",")]
+    if unknown:
+        parser.error(f"unknown case {unknown[0]!r} (choose from {SAMPLING_CASES},{TRAINING_CASES})")
+    if not args.reference_dir:
+        skipped = [c for c in cases if "reference" in c.split("-")[:2]]
+        cases = [c for c in cases if c not in skipped]
+        if not cases:
+            parser.error("only reference cases asked for, but no --reference-dir (a local krulllab/COSDD checkout)")
+        if skipped:
+            print(f"no --reference-dir: {', '.join(skipped)} skipped, this project's cases only", file=sys.stderr)
     sizes = [args.crop] if args.training else [int(s) for s in args.sizes.split(",")]
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     rows: list[dict] = []
