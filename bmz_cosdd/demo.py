@@ -142,7 +142,8 @@ def run_demo(
     mmse_arr, std_arr = np.stack(mmse), np.stack(std)
     denoised = out / "test_mmse.tif"
     write_tiff(denoised, mmse_arr, "SYX")
-    write_tiff(out / "test_std.tif", std_arr, "SYX")
+    std_path = out / "test_std.tif"
+    write_tiff(std_path, std_arr, "SYX")
     p_noisy = float(np.mean([psnr(n, c) for n, c in zip(test_noisy, test_clean)]))
     p_mmse = float(np.mean([psnr(m, c) for m, c in zip(mmse_arr, test_clean)]))
     s_noisy = float(np.mean([ssim(n, c) for n, c in zip(test_noisy, test_clean)]))
@@ -154,7 +155,7 @@ def run_demo(
     if p_mmse <= p_noisy:
         say(f"the COSDD output is NOT better than the noisy input ({p_mmse:.2f} <= {p_noisy:.2f} dB): the model is"
             " under-trained; give it more steps or time (--steps, --budget)")
-    say(f"denoised: {denoised} (MMSE), {out / 'test_std.tif'} (posterior standard deviation); figure: {figure}")
+    say(f"denoised: {denoised} (MMSE), {std_path} (posterior standard deviation); figure: {figure}")
     demo = DemoResult(p_noisy, p_mmse, s_noisy, s_mmse, trained.config.model.direction, result.steps,
                       result.seconds, run_dir, figure, denoised, noise_report, under_trained=under_trained)
     if not package:

@@ -75,17 +75,19 @@ def _time(run, samples: int, warmup: int, repeat: int) -> dict:
             "runs_cpu_s": [round(c, 3) for c, _ in timed], "warm_up_cpu_s": [round(c, 3) for c, _ in runs[:warmup]]}
 
 
-def _flops(run) -> float:
+def _flops(run, *args) -> float:
+    """Floating-point operations of ``run(*args)`` (``torch.utils.flop_counter``, a multiply-add counted as two)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     counter = FlopCounterMode(display=False)
     with counter:
-        run()
+        run(*args)
     return float(counter.get_total_flops())
 
 
-def case_reference(args: argparse.Namespace, size: int) -> dict:
-    """The reference's per-sample prediction step; imports nothing of this project."""
+def _reference_hub(args: argparse.Namespace, settings: dict, data):
+    """The reference's Lightning module at its defaults updated by ``settings`` (``utils.get_defaults``), one
+    torch thread, normalised by ``data``'s mean and standard deviation; imports nothing of this project."""
     import torch
 
     sys.path.insert(0, str(Path(args.reference_dir).resolve()))
@@ -95,13 +97,26 @@ def case_reference(args: argparse.Namespace, size: int) -> dict:
 
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    config = utils.get_defaults({})
+    config = utils.get_defaults(settings)
     vae, ar_decoder, s_decoder, direct_denoiser = get_models(config, 1)
+    return Hub(vae=vae, ar_decoder=ar_decoder, s_decoder=s_decoder, direct_denoiser=direct_denoiser,
+               data_mean=data.mean(), data_std=data.std(),
+               n_grad_batches=config["train-parameters"]["number-grad-batches"],
+               checkpointed=config["memory"]["checkpointed"])
+
+
+def _reference_parameters(hub) -> dict:
+    count = lambda m: sum(p.numel() for p in m.parameters()) if m is not None else 0  # noqa: E731
+    return {"vae": count(hub.vae), "ar_decoder": count(hub.ar_decoder), "signal_decoder": count(hub.s_decoder),
+            "direct_denoiser": count(hub.direct_denoiser)}
+
+
+def case_reference(args: argparse.Namespace, size: int) -> dict:
+    """The reference's per-sample prediction step."""
+    import torch
+
     x = torch.rand(1, 1, size, size, generator=torch.Generator().manual_seed(1)) * 1000.0 + 100.0
-    hub = Hub(vae=vae, ar_decoder=ar_decoder, s_decoder=s_decoder, direct_denoiser=direct_denoiser,
-              data_mean=x.mean(), data_std=x.std(),
-              n_grad_batches=config["train-parameters"]["number-grad-batches"],
-              checkpointed=config["memory"]["checkpointed"])
+    hub = _reference_hub(args, {}, x)
     hub.direct_pred = False  # prediction.py's posterior-sampling branch
 
     def one():
@@ -111,9 +126,7 @@ def case_reference(args: argparse.Namespace, size: int) -> dict:
     def run():
         torch.stack([one() for _ in range(args.samples)]).mean(0)
 
-    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
-    out = {"parameters": {"vae": count(vae), "ar_decoder": count(ar_decoder), "signal_decoder": count(s_decoder)},
-           "gflop_per_sample": _flops(one) / 1e9}
+    out = {"parameters": _reference_parameters(hub), "gflop_per_sample": _flops(one) / 1e9}
     out.update(_time(run, args.samples, args.warmup, args.repeat))
     return out
 
@@ -125,42 +138,28 @@ def case_reference_train(args: argparse.Namespace, lean: bool) -> dict:
     import pytorch_lightning as pl
     import torch
 
-    sys.path.insert(0, str(Path(args.reference_dir).resolve()))
-    import utils  # the reference's
-    from models.get_models import get_models
-    from models.hub import Hub
-
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    config = utils.get_defaults({"train-parameters": {"crop-size": [args.crop, args.crop],
-                                                      "use-direct-denoiser": not lean},
-                                 "memory": {"checkpointed": not lean}})
-    vae, ar_decoder, s_decoder, direct_denoiser = get_models(config, 1)
     n = (args.train_warmup + args.train_steps) * args.batch
     crops = torch.rand(n, 1, args.crop, args.crop, generator=torch.Generator().manual_seed(1)) * 1000.0 + 100.0
-    hub = Hub(vae=vae, ar_decoder=ar_decoder, s_decoder=s_decoder, direct_denoiser=direct_denoiser,
-              data_mean=crops.mean(), data_std=crops.std(),
-              n_grad_batches=config["train-parameters"]["number-grad-batches"],
-              checkpointed=config["memory"]["checkpointed"])
+    hub = _reference_hub(args, {"train-parameters": {"crop-size": [args.crop, args.crop],
+                                                     "use-direct-denoiser": not lean},
+                                "memory": {"checkpointed": not lean}}, crops)
     hub.on_train_epoch_end = lambda: None  # its schedulers step on validation metrics, not run here
-    times: list = []
+    times: list = []  # (CPU, wall) seconds of each batch
+    started: list = []
 
     class Clock(pl.Callback):
         def on_train_batch_start(self, *_):
-            times.append((time.process_time(), time.perf_counter()))
+            started[:] = [time.process_time(), time.perf_counter()]
 
         def on_train_batch_end(self, *_):
-            cpu, wall = times.pop()
-            times.append((time.process_time() - cpu, time.perf_counter() - wall, True))
+            times.append((time.process_time() - started[0], time.perf_counter() - started[1]))
 
     trainer = pl.Trainer(accelerator="cpu", devices=1, precision="32-true", max_epochs=1, logger=False,
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                          limit_val_batches=0, num_sanity_val_steps=0, callbacks=[Clock()])
     trainer.fit(hub, torch.utils.data.DataLoader(crops, batch_size=args.batch))
     timed = times[args.train_warmup:]
-    count = lambda m: sum(p.numel() for p in m.parameters()) if m is not None else 0  # noqa: E731
-    return {"parameters": {"vae": count(vae), "ar_decoder": count(ar_decoder), "signal_decoder": count(s_decoder),
-                           "direct_denoiser": count(direct_denoiser)},
+    return {"parameters": _reference_parameters(hub),
             "cpu_s_per_step": sum(t[0] for t in timed) / len(timed),
             "wall_s_per_step": sum(t[1] for t in timed) / len(timed),
             "batch": args.batch, "crop": args.crop}
@@ -210,10 +209,9 @@ def case_ours(args: argparse.Namespace, size: int, kind: str, mode: str) -> dict
             torch.jit.script(module.eval()).save(str(path))
             loaded = torch.jit.load(str(path))
         run = lambda: loaded(x)  # noqa: E731
-    one = PosteriorSampler(vae, model.signal_decoder, **dict(kw, n_samples=2))
-    with torch.no_grad():
-        flops_1 = _flops(lambda: PosteriorSampler(vae, model.signal_decoder, **dict(kw, n_samples=1)).reduce(x))
-        flops_2 = _flops(lambda: one.reduce(x))
+    # One sample and two: the bottom-up pass (once per image) and a sample's own cost apart.
+    flops_1, flops_2 = (_flops(PosteriorSampler(vae, model.signal_decoder, **dict(kw, n_samples=k)).reduce, x)
+                        for k in (1, 2))
     per_extra = flops_2 - flops_1
     out = {"parameters": {"vae": sum(p.numel() for p in vae.parameters()),
                           "signal_decoder": sum(p.numel() for p in model.signal_decoder.parameters())},
@@ -226,6 +224,11 @@ def case_ours(args: argparse.Namespace, size: int, kind: str, mode: str) -> dict
 
 SAMPLING_CASES = "reference,preset-eager,preset-scripted,topology-eager,topology-scripted"
 TRAINING_CASES = "train-reference,train-reference-lean,train-preset,train-preset-dd"
+
+
+def _is_reference(case: str) -> bool:
+    """Whether ``case`` runs the reference implementation (``reference``, ``train-reference[-lean]``)."""
+    return "reference" in case.split("-")[:2]
 
 
 def run_case(args: argparse.Namespace, name: str, size: int) -> dict:
@@ -242,7 +245,7 @@ def run_case(args: argparse.Namespace, name: str, size: int) -> dict:
 def summarise(rows: list, cases: list, key: str) -> dict:
     """Per size: each case's figure (min-max over rounds) and the reference cases' over it, round by round."""
     summary: dict = {}
-    references = [c for c in cases if c.startswith("reference") or c.startswith("train-reference")]
+    references = [c for c in cases if _is_reference(c)]
     for size in dict.fromkeys(r["size"] for r in rows):
         at = [r for r in rows if r["size"] == size]
         entry: dict = {}
@@ -294,7 +297,7 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown case {unknown[0]!r} (choose from {SAMPLING_CASES},{TRAINING_CASES})")
     if not args.reference_dir:
-        skipped = [c for c in cases if "reference" in c.split("-")[:2]]
+        skipped = [c for c in cases if _is_reference(c)]
         cases = [c for c in cases if c not in skipped]
         if not cases:
             parser.error("only reference cases asked for, but no --reference-dir (a local krulllab/COSDD checkout)")
@@ -306,7 +309,7 @@ def main() -> None:
     for round_ in range(args.rounds):
         for size in sizes:
             for case in cases:
-                python = args.reference_python if "reference" in case.split("-")[:2] else sys.executable
+                python = args.reference_python if _is_reference(case) else sys.executable
                 proc = subprocess.run([python, __file__, *sys.argv[1:], "--case", f"{case},{size}"],
                                       capture_output=True, text=True, env=env)
                 if proc.returncode != 0:
